@@ -1,0 +1,112 @@
+"""Configuration: one typed struct, decoded from ``DATA/pki-edge.toml`` (optional).
+
+Unknown keys are refused. The environment overrides the file
+(``PKI_EDGE_<SECTION>_<KEY>``, e.g. ``PKI_EDGE_EDGE_PORT=8081``), and
+command-line flags override both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+CONFIG_FILE = "pki-edge.toml"
+ENV_DATA = "PKI_EDGE_DATA"
+DEFAULT_DATA = "./data"
+
+
+class ConfigError(Exception):
+    """The configuration file or an override is invalid (message is for the operator)."""
+
+
+class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # LMDB reserves address space, not disk: a large map costs nothing until used.
+    map_size_mb: int = 65536
+
+
+class SignerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    hash_algorithms: list[str] = msgspec.field(default_factory=lambda: ["sha1", "sha256"])
+    validity_hours: float = 168.0
+    backdate_seconds: int = 3600
+    # Refresh when this fraction of the validity has passed, minus a random share of
+    # ``jitter_fraction`` of the validity so refreshes spread out instead of bursting.
+    refresh_fraction: float = 0.5
+    jitter_fraction: float = 0.1
+    expired_grace_hours: float = 24.0
+    batch_size: int = 512
+    batch_seconds: float = 0.1
+    poll_interval_ms: int = 50
+
+
+class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # OCSP is answered at "/" and under each prefix.
+    ocsp_prefixes: list[str] = msgspec.field(default_factory=lambda: ["/ocsp", "/api/ocsp"])
+    max_request_bytes: int = 10000
+    retry_after_seconds: int = 60
+    # When the signer lags past a response's planned refresh, caches keep it this long at most.
+    overdue_max_age_seconds: int = 60
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    signer: SignerConfig = msgspec.field(default_factory=SignerConfig)
+    edge: EdgeConfig = msgspec.field(default_factory=EdgeConfig)
+
+
+def data_dir_from(flag: str | None) -> Path:
+    return Path(flag or os.environ.get(ENV_DATA) or DEFAULT_DATA).resolve()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for section, struct_type in (("store", StoreConfig), ("signer", SignerConfig), ("edge", EdgeConfig)):
+        for field in struct_type.__struct_fields__:
+            value = environ.get(f"PKI_EDGE_{section.upper()}_{field.upper()}")
+            if value is None:
+                continue
+            default = getattr(struct_type(), field)
+            parsed: Any = [v.strip() for v in value.split(",") if v.strip()] if isinstance(default, list) else value
+            overrides.setdefault(section, {})[field] = parsed
+    return overrides
+
+
+def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config:
+    path = data_dir / CONFIG_FILE
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = msgspec.toml.decode(path.read_bytes())
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for section, values in _env_overrides(dict(os.environ if environ is None else environ)).items():
+        raw.setdefault(section, {}).update(values)
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    from contract.store import HASH_ALGORITHMS
+
+    unknown = [h for h in config.signer.hash_algorithms if h not in HASH_ALGORITHMS]
+    if unknown or not config.signer.hash_algorithms:
+        raise ConfigError(f"signer.hash_algorithms: choose from {sorted(HASH_ALGORITHMS)}, got {unknown or 'nothing'}")
+    signer = config.signer
+    if not (0 <= signer.jitter_fraction < signer.refresh_fraction < 1):
+        raise ConfigError("signer.refresh_fraction and jitter_fraction must leave refresh before nextUpdate")
+    if config.signer.validity_hours <= 0 or config.signer.backdate_seconds < 0:
+        raise ConfigError("signer.validity_hours must be positive and backdate_seconds not negative")
+    for prefix in config.edge.ocsp_prefixes:
+        if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+            raise ConfigError(f"edge.ocsp_prefixes: {prefix!r} must start with '/' and not end with '/'")
+    if config.edge.max_request_bytes < 64:
+        raise ConfigError("edge.max_request_bytes is too small for any OCSP request")

@@ -1,0 +1,190 @@
+"""LMDB environment layout shared by the signer (the only writer) and the edge (reader).
+
+One environment lives in ``DATA/store``. Its named databases:
+
+``issuers``    issuer name (UTF-8)            -> IssuerRecord
+``meta``       fixed keys (``META_*``)         -> small values
+``inventory``  issuer number + serial key      -> CertRecord
+``responses``  issuer number + alg + serial    -> StoredResponse
+``schedule``   refresh time + issuer + serial  -> b"" (routine refresh order, oldest first)
+``refresh``    issuer number + serial key      -> refresh time (to find the schedule entry again)
+``pending``    priority + issuer + serial      -> b"" (revocations and new serials, ahead of refreshes)
+
+Keys are fixed-width big-endian so that LMDB's byte order is the logical order.
+A serial key is the minimal two's-complement encoding of the serial's integer
+value: padded encodings fold onto one key, negative serials stay distinct.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any, Literal
+
+import lmdb
+import msgspec
+
+DB_ISSUERS = b"issuers"
+DB_META = b"meta"
+DB_INVENTORY = b"inventory"
+DB_RESPONSES = b"responses"
+DB_SCHEDULE = b"schedule"
+DB_REFRESH = b"refresh"
+DB_PENDING = b"pending"
+ALL_DBS = (DB_ISSUERS, DB_META, DB_INVENTORY, DB_RESPONSES, DB_SCHEDULE, DB_REFRESH, DB_PENDING)
+
+META_REGISTRY_GENERATION = b"registry_generation"
+META_LAST_SIGNED_AT = b"last_signed_at"
+
+# Pending work priorities: lower sorts first and is signed first.
+PRIORITY_REVOCATION = 0
+PRIORITY_NEW = 1
+
+# CertID hash algorithms: code stored in keys, name used in config, DER content of the OID.
+HASH_ALGORITHMS: dict[str, tuple[int, bytes]] = {
+    "sha1": (1, bytes.fromhex("2b0e03021a")),
+    "sha256": (2, bytes.fromhex("608648016503040201")),
+    "sha384": (3, bytes.fromhex("608648016503040202")),
+    "sha512": (4, bytes.fromhex("608648016503040203")),
+}
+HashName = Literal["sha1", "sha256", "sha384", "sha512"]
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class IssuerRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One CA of the registry. The edge needs only ``number`` and ``cert_der``."""
+
+    number: int
+    name: str
+    cert_der: bytes
+    signing: Literal["ca", "delegate"]
+    responder_cert_der: bytes | None = None
+    ocsp_url: str | None = None
+    parent: str | None = None
+    created_at: int = 0
+
+
+class CertRecord(msgspec.Struct, frozen=True, array_like=True):
+    """Inventory entry of one issued certificate (``cert_der`` when it is known)."""
+
+    not_after: int
+    revoked_at: int | None = None
+    reason: int | None = None
+    cert_der: bytes | None = None
+
+
+class StoredResponse(msgspec.Struct, frozen=True, array_like=True):
+    """A signed OCSPResponse and everything the edge needs to serve it without parsing it.
+
+    Header values are stored ready to write (bytes), computed once at signing time.
+    """
+
+    der: bytes
+    this_update: int
+    next_update: int
+    refresh_at: int
+    serve_until: int
+    etag: bytes
+    last_modified: bytes
+    expires: bytes
+    revoked: bool
+
+
+ISSUER_ENCODER = msgspec.msgpack.Encoder()
+ISSUER_DECODER = msgspec.msgpack.Decoder(IssuerRecord)
+CERT_ENCODER = msgspec.msgpack.Encoder()
+CERT_DECODER = msgspec.msgpack.Decoder(CertRecord)
+RESPONSE_ENCODER = msgspec.msgpack.Encoder()
+RESPONSE_DECODER = msgspec.msgpack.Decoder(StoredResponse)
+
+
+def serial_key(serial: int) -> bytes:
+    """Minimal two's-complement big-endian encoding of a serial (the DER INTEGER content)."""
+    length = (serial + (serial < 0)).bit_length() // 8 + 1
+    return serial.to_bytes(length, "big", signed=True)
+
+
+def canonical_serial_key(content: bytes) -> bytes:
+    """Fold a possibly padded INTEGER content onto its minimal encoding."""
+    i = 0
+    last = len(content) - 1
+    while i < last:
+        b, nxt = content[i], content[i + 1]
+        if (b == 0 and nxt < 0x80) or (b == 0xFF and nxt >= 0x80):
+            i += 1
+        else:
+            break
+    return content[i:]
+
+
+def serial_from_key(key: bytes) -> int:
+    return int.from_bytes(key, "big", signed=True)
+
+
+def issuer_prefix(number: int) -> bytes:
+    return _U32.pack(number)
+
+
+def response_prefix(issuer_number: int, hash_code: int) -> bytes:
+    return _U32.pack(issuer_number) + bytes((hash_code,))
+
+
+def inventory_key(issuer_number: int, serial_k: bytes) -> bytes:
+    return _U32.pack(issuer_number) + serial_k
+
+
+def response_key(issuer_number: int, hash_code: int, serial_k: bytes) -> bytes:
+    return _U32.pack(issuer_number) + bytes((hash_code,)) + serial_k
+
+
+def schedule_key(refresh_at: int, inv_key: bytes) -> bytes:
+    return _U64.pack(refresh_at) + inv_key
+
+
+def split_schedule_key(key: bytes) -> tuple[int, bytes]:
+    return _U64.unpack_from(key)[0], key[8:]
+
+
+def pending_key(priority: int, inv_key: bytes) -> bytes:
+    return bytes((priority,)) + inv_key
+
+
+def split_inventory_key(key: bytes) -> tuple[int, bytes]:
+    return _U32.unpack_from(key)[0], key[4:]
+
+
+def pack_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_u64(value: bytes) -> int:
+    return int(_U64.unpack(value)[0])
+
+
+def store_path(data_dir: Path) -> Path:
+    return data_dir / "store"
+
+
+def open_env(data_dir: Path, *, readonly: bool, map_size: int) -> lmdb.Environment:
+    """Open the store; writers create it. Readers never lock or write the file."""
+    path = store_path(data_dir)
+    if not readonly:
+        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+    return lmdb.open(
+        os.fspath(path),
+        map_size=map_size,
+        max_dbs=len(ALL_DBS),
+        readonly=readonly,
+        lock=True,
+        # A crash never tears the store: each transaction is durable at commit.
+        sync=True,
+        metasync=True,
+        max_readers=512,
+    )
+
+
+def open_dbs(env: lmdb.Environment, *, readonly: bool) -> dict[bytes, Any]:
+    return {name: env.open_db(name, create=not readonly) for name in ALL_DBS}

@@ -1,0 +1,1 @@
+"""The internet-facing edge: serves precomputed OCSP responses, never holds a CA key."""

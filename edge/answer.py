@@ -1,0 +1,143 @@
+"""The OCSP answering function: request bytes in, (status, headers, body) out.
+
+Shared by every HTTP path that serves OCSP so that all give byte-identical
+answers. All mapping of failures to OCSP and HTTP statuses happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.utils import parsedate_to_datetime
+from typing import NamedTuple
+
+from contract.store import StoredResponse
+from edge.clock import Clock
+from edge.metrics import Metrics
+from edge.ocsp_request import MalformedRequest, parse_ocsp_request
+from edge.source import NotFound, Source, Stale, Unavailable
+
+Headers = list[tuple[bytes, bytes]]
+
+# OCSPResponse with only a responseStatus (RFC 6960 §2.3): no responseBytes, nothing signed.
+MALFORMED_REQUEST = bytes.fromhex("30030a0101")
+INTERNAL_ERROR = bytes.fromhex("30030a0102")
+TRY_LATER = bytes.fromhex("30030a0103")
+UNAUTHORIZED = bytes.fromhex("30030a0106")
+
+CONTENT_TYPE = (b"content-type", b"application/ocsp-response")
+NO_CACHE = (b"cache-control", b"max-age=0, no-cache")
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: Headers
+    body: bytes
+
+
+class Conditional(NamedTuple):
+    """Validators a GET or HEAD request carried (raw header values)."""
+
+    if_none_match: bytes | None = None
+    if_modified_since: bytes | None = None
+
+
+NO_CONDITIONS = Conditional()
+
+
+def _unsigned(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Answer:
+    return Answer(status, [CONTENT_TYPE, (b"content-length", b"%d" % len(body)), NO_CACHE, *extra], body)
+
+
+def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
+    """RFC 9110 §13.1.2: weak comparison over a list, ``*`` matches any current entity."""
+    for candidate in if_none_match.split(b","):
+        candidate = candidate.strip()
+        if candidate == b"*" or candidate.removeprefix(b"W/") == etag:
+            return True
+    return False
+
+
+def not_modified_since(if_modified_since: bytes, this_update: int, last_modified: bytes) -> bool:
+    if if_modified_since == last_modified:
+        return True
+    try:
+        since = parsedate_to_datetime(if_modified_since.decode("latin-1")).timestamp()
+    except (ValueError, TypeError):
+        return False  # an invalid date is ignored (RFC 9110 §13.1.3)
+    return this_update <= since
+
+
+class OCSPAnswerer:
+    def __init__(
+        self,
+        source: Source,
+        clock: Clock,
+        metrics: Metrics,
+        logger: logging.Logger,
+        *,
+        retry_after_seconds: int,
+        overdue_max_age_seconds: int,
+    ) -> None:
+        self._source = source
+        self._clock = clock
+        self._metrics = metrics
+        self._logger = logger
+        self._retry_after = (b"retry-after", b"%d" % retry_after_seconds)
+        self._overdue_max_age = overdue_max_age_seconds
+        self.malformed = _unsigned(400, MALFORMED_REQUEST)
+        self.too_large = _unsigned(413, MALFORMED_REQUEST)
+        self.unauthorized = _unsigned(200, UNAUTHORIZED)
+        self.try_later = _unsigned(503, TRY_LATER, self._retry_after)
+        self.internal_error = _unsigned(500, INTERNAL_ERROR, self._retry_after)
+
+    def cache_headers(self, stored: StoredResponse) -> Headers:
+        """RFC 5019bis §6.2 headers; max-age never reaches past nextUpdate or the planned refresh."""
+        now = self._clock.now()
+        refresh_at = stored.refresh_at if stored.refresh_at > now else now + self._overdue_max_age
+        max_age = max(0, min(stored.next_update, refresh_at) - now)
+        return [
+            (b"cache-control", b"max-age=%d, public, no-transform, must-revalidate" % max_age),
+            (b"last-modified", stored.last_modified),
+            (b"expires", stored.expires),
+            (b"etag", stored.etag),
+        ]
+
+    def answer_der(self, der: bytes, conditional: Conditional = NO_CONDITIONS) -> Answer:
+        try:
+            request = parse_ocsp_request(der)
+        except MalformedRequest:
+            self._metrics.inc("ocsp_malformed")
+            return self.malformed
+        if len(request.cert_ids) != 1:
+            # Answering only the first CertID would break RFC 6960 §4.2.2.3; live signing
+            # of multi-certificate requests is not available, so refuse explicitly.
+            self._metrics.inc("ocsp_multiple_certids")
+            return self.malformed
+        try:
+            stored = self._source.response(request.cert_ids[0])
+        except NotFound:
+            self._metrics.inc("ocsp_unauthorized")
+            return self.unauthorized
+        except Stale:
+            self._metrics.inc("ocsp_stale")
+            self._logger.error("stale response requested: is the signer running?")
+            return self.try_later
+        except Unavailable:
+            self._metrics.inc("ocsp_unavailable")
+            return self.try_later
+        headers = self.cache_headers(stored)
+        if conditional is not NO_CONDITIONS and self._not_modified(conditional, stored):
+            self._metrics.inc("ocsp_not_modified")
+            return Answer(304, headers, b"")
+        self._metrics.inc("ocsp_good" if not stored.revoked else "ocsp_revoked")
+        headers.append(CONTENT_TYPE)
+        headers.append((b"content-length", b"%d" % len(stored.der)))
+        return Answer(200, headers, stored.der)
+
+    @staticmethod
+    def _not_modified(conditional: Conditional, stored: StoredResponse) -> bool:
+        if conditional.if_none_match is not None:
+            return etag_matches(conditional.if_none_match, stored.etag)
+        if conditional.if_modified_since is not None:
+            return not_modified_since(conditional.if_modified_since, stored.this_update, stored.last_modified)
+        return False

@@ -1,0 +1,157 @@
+"""The edge's ASGI application.
+
+OCSP is served by a raw ASGI class (no Request object, no router on the hot
+path); Starlette serves everything else (health, readiness, lifespan). The
+store is opened by each worker after it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from contract.config import Config, data_dir_from, load_config
+from edge.answer import NO_CONDITIONS, Answer, OCSPAnswerer
+from edge.clock import Clock, SystemClock
+from edge.get_path import decode_get_request, strip_prefix
+from edge.metrics import CounterMetrics, Metrics
+from edge.ocsp_request import MalformedRequest
+from edge.source import FreshnessPolicy, LmdbSource
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+ALLOW = (b"allow", b"GET, HEAD, POST")
+STARLETTE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class OCSPApp:
+    """Raw ASGI OCSP endpoint for GET, HEAD and POST under every configured prefix."""
+
+    def __init__(self, answerer: OCSPAnswerer, prefixes: list[str], max_request_bytes: int) -> None:
+        self._answerer = answerer
+        # Longest first, root last, so "/api/ocsp" wins over "/".
+        self._prefixes = (*sorted((p.encode() for p in prefixes), key=len, reverse=True), b"")
+        self._max = max_request_bytes
+        self._method_not_allowed = Answer(405, [ALLOW, (b"content-length", b"0")], b"")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method == "GET" or method == "HEAD":
+            answer = self._get(scope)
+            if method == "HEAD":
+                answer = Answer(answer.status, answer.headers, b"")
+        elif method == "POST":
+            answer = await self._post(scope, receive)
+        else:
+            answer = self._method_not_allowed
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    def _get(self, scope: Scope) -> Answer:
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        encoded = strip_prefix(raw_path, self._prefixes)
+        if encoded is None:
+            return self._answerer.malformed
+        try:
+            der = decode_get_request(encoded, self._max)
+        except MalformedRequest:
+            return self._answerer.malformed
+        conditional = NO_CONDITIONS
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                conditional = conditional._replace(if_none_match=value)
+            elif name == b"if-modified-since":
+                conditional = conditional._replace(if_modified_since=value)
+        return self._answerer.answer_der(der, conditional)
+
+    async def _post(self, scope: Scope, receive: Receive) -> Answer:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit():
+                    return self._answerer.malformed
+                if int(value) > self._max:
+                    return self._answerer.too_large
+        chunks = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return self._answerer.malformed
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max:
+                return self._answerer.too_large
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return self._answerer.answer_der(b"".join(chunks))
+
+
+class EdgeApp:
+    """Sends OCSP straight to ``OCSPApp``; health, readiness and lifespan to Starlette."""
+
+    def __init__(self, ocsp: OCSPApp, starlette: Starlette) -> None:
+        self._ocsp = ocsp
+        self._starlette = starlette
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in STARLETTE_PATHS:
+            await self._ocsp(scope, receive, send)
+        else:
+            await self._starlette(scope, receive, send)
+
+
+def build_app(data_dir: Path, config: Config, clock: Clock, metrics: Metrics, logger: logging.Logger) -> EdgeApp:
+    source = LmdbSource(data_dir, config.store.map_size_mb << 20, logger)
+    answerer = OCSPAnswerer(
+        FreshnessPolicy(source, clock),
+        clock,
+        metrics,
+        logger,
+        retry_after_seconds=config.edge.retry_after_seconds,
+        overdue_max_age_seconds=config.edge.overdue_max_age_seconds,
+    )
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        if not source.open():
+            return JSONResponse({"ready": False, "reason": "store not created yet"}, status_code=503)
+        source.refresh_issuers()
+        newest = source.newest_signed_at()
+        age = None if newest is None else max(0, clock.now() - newest)
+        body = {"ready": True, "issuers": source.issuer_count, "newest_response_age_seconds": age}
+        return JSONResponse({**body, "counters": metrics.snapshot()})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not source.open():
+            logger.warning("store %s not created yet: answering tryLater until it is", data_dir)
+        yield
+
+    starlette = Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        lifespan=lifespan,
+    )
+    starlette.router.redirect_slashes = False
+    return EdgeApp(OCSPApp(answerer, config.edge.ocsp_prefixes, config.edge.max_request_bytes), starlette)
+
+
+def create_app() -> EdgeApp:
+    """uvicorn factory: each worker process builds its app from the environment."""
+    data_dir = data_dir_from(os.environ.get("PKI_EDGE_DATA"))
+    logger = logging.getLogger("pki_edge.edge")
+    return build_app(data_dir, load_config(data_dir), SystemClock(), CounterMetrics(), logger)

@@ -1,0 +1,202 @@
+"""Strict reader of DER OCSPRequests (RFC 6960 §4.1.1) for the hot path.
+
+A deliberate exception to "use the libraries": asn1crypto costs far more per
+request than the whole rest of the answer (see ``bench/bench_parse.py``). This
+reader walks the fixed request schema only; everything it returns is checked
+against asn1crypto in ``tests/edge/test_ocsp_request.py``.
+
+Bytes in, an ``OCSPRequestInfo`` or a ``MalformedRequest`` out; nothing else
+is raised. Bounded: the size is capped, the schema has a fixed depth, every
+length must be exact DER (definite, minimal) and nothing may trail.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from contract.store import canonical_serial_key
+
+MAX_REQUEST_BYTES = 10000
+MAX_HASH_BYTES = 64
+MAX_SERIAL_BYTES = 64
+MAX_OID_BYTES = 32
+ID_PKIX_OCSP_NONCE = bytes.fromhex("2b0601050507300102")
+
+_SEQUENCE = 0x30
+_INTEGER = 0x02
+_OCTET_STRING = 0x04
+_NULL = 0x05
+_OID = 0x06
+_BOOLEAN = 0x01
+_CTX0 = 0xA0
+_CTX1 = 0xA1
+_CTX2 = 0xA2
+
+
+class MalformedRequest(Exception):
+    """The bytes are not a well-formed DER OCSPRequest."""
+
+
+class CertID(NamedTuple):
+    hash_algorithm: bytes  # DER content of the hash algorithm's OID
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial_number: bytes  # minimal two's-complement INTEGER content (contract.store.serial_key)
+
+
+class OCSPRequestInfo(NamedTuple):
+    cert_ids: tuple[CertID, ...]
+    has_nonce: bool
+
+
+def _tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """Read one tag-length header at ``pos``; return (tag, content start, content end)."""
+    if end - pos < 2:
+        raise MalformedRequest("truncated")
+    tag = buf[pos]
+    if tag & 0x1F == 0x1F:
+        raise MalformedRequest("high tag numbers are not used by OCSP")
+    first = buf[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0:
+            raise MalformedRequest("indefinite length")
+        if count > 2 or end - pos < count:
+            raise MalformedRequest("length out of bounds")
+        length = int.from_bytes(buf[pos : pos + count], "big")
+        if buf[pos] == 0 or length < 0x80:
+            raise MalformedRequest("non-minimal length")
+        pos += count
+    if end - pos < length:
+        raise MalformedRequest("length past the end")
+    return tag, pos, pos + length
+
+
+def _expect(buf: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
+    got, start, stop = _tlv(buf, pos, end)
+    if got != tag:
+        raise MalformedRequest(f"expected tag 0x{tag:02x}, got 0x{got:02x}")
+    return start, stop
+
+
+def _oid(buf: bytes, start: int, stop: int) -> bytes:
+    content = buf[start:stop]
+    if not content or len(content) > MAX_OID_BYTES or content[-1] & 0x80 or content[0] == 0x80:
+        raise MalformedRequest("bad object identifier")
+    return content
+
+
+def _cert_id(buf: bytes, pos: int, end: int) -> CertID:
+    alg_start, alg_stop = _expect(buf, pos, end, _SEQUENCE)
+    oid_start, oid_stop = _expect(buf, alg_start, alg_stop, _OID)
+    hash_algorithm = _oid(buf, oid_start, oid_stop)
+    if oid_stop != alg_stop:
+        null_start, null_stop = _expect(buf, oid_stop, alg_stop, _NULL)
+        if null_start != null_stop or null_stop != alg_stop:
+            raise MalformedRequest("hash algorithm parameters must be NULL or absent")
+    name_start, name_stop = _expect(buf, alg_stop, end, _OCTET_STRING)
+    key_start, key_stop = _expect(buf, name_stop, end, _OCTET_STRING)
+    serial_start, serial_stop = _expect(buf, key_stop, end, _INTEGER)
+    if serial_stop != end:
+        raise MalformedRequest("trailing bytes in CertID")
+    if not (0 < name_stop - name_start <= MAX_HASH_BYTES and 0 < key_stop - key_start <= MAX_HASH_BYTES):
+        raise MalformedRequest("bad hash length")
+    if not 0 < serial_stop - serial_start <= MAX_SERIAL_BYTES:
+        raise MalformedRequest("bad serial number length")
+    return CertID(
+        hash_algorithm,
+        buf[name_start:name_stop],
+        buf[key_start:key_stop],
+        canonical_serial_key(buf[serial_start:serial_stop]),
+    )
+
+
+def _extensions_have_nonce(buf: bytes, pos: int, end: int) -> bool:
+    """Walk ``Extensions ::= SEQUENCE SIZE (1..MAX) OF Extension``; True if one is the nonce."""
+    start, stop = _expect(buf, pos, end, _SEQUENCE)
+    if stop != end or start == stop:
+        raise MalformedRequest("bad extensions")
+    found = False
+    pos = start
+    while pos < stop:
+        ext_start, ext_stop = _expect(buf, pos, stop, _SEQUENCE)
+        oid_start, oid_stop = _expect(buf, ext_start, ext_stop, _OID)
+        oid = _oid(buf, oid_start, oid_stop)
+        inner = oid_stop
+        tag, b_start, b_stop = _tlv(buf, inner, ext_stop)
+        if tag == _BOOLEAN:
+            # DER omits the DEFAULT FALSE, so an encoded critical flag must be TRUE (0xff).
+            if b_stop - b_start != 1 or buf[b_start] != 0xFF:
+                raise MalformedRequest("bad critical flag")
+            inner = b_stop
+        _, value_stop = _expect(buf, inner, ext_stop, _OCTET_STRING)
+        if value_stop != ext_stop:
+            raise MalformedRequest("trailing bytes in extension")
+        found = found or oid == ID_PKIX_OCSP_NONCE
+        pos = ext_stop
+    return found
+
+
+def _skip_explicit(buf: bytes, start: int, stop: int) -> None:
+    """An EXPLICIT field we do not interpret must hold exactly one well-formed element."""
+    _, _, inner_stop = _tlv(buf, start, stop)
+    if inner_stop != stop:
+        raise MalformedRequest("trailing bytes in tagged field")
+
+
+def parse_ocsp_request(der: bytes) -> OCSPRequestInfo:
+    if len(der) > MAX_REQUEST_BYTES:
+        raise MalformedRequest("request too large")
+    req_start, req_stop = _expect(der, 0, len(der), _SEQUENCE)
+    if req_stop != len(der):
+        raise MalformedRequest("trailing bytes after the request")
+    tbs_start, tbs_stop = _expect(der, req_start, req_stop, _SEQUENCE)
+    if tbs_stop != req_stop:
+        # optionalSignature [0] EXPLICIT Signature: tolerated, not verified (RFC 5019bis).
+        tag, sig_start, sig_stop = _tlv(der, tbs_stop, req_stop)
+        if tag != _CTX0 or sig_stop != req_stop:
+            raise MalformedRequest("unexpected element after tbsRequest")
+        _skip_explicit(der, sig_start, sig_stop)
+
+    pos = tbs_start
+    tag, start, stop = _tlv(der, pos, tbs_stop)
+    if tag == _CTX0:  # version [0] EXPLICIT INTEGER: only v1 (0) exists
+        v_start, v_stop = _expect(der, start, stop, _INTEGER)
+        if v_stop != stop or der[v_start:v_stop] != b"\x00":
+            raise MalformedRequest("unsupported version")
+        pos = stop
+        tag, start, stop = _tlv(der, pos, tbs_stop)
+    if tag == _CTX1:  # requestorName: treated as absent (RFC 5019bis)
+        _skip_explicit(der, start, stop)
+        pos = stop
+        tag, start, stop = _tlv(der, pos, tbs_stop)
+    if tag != _SEQUENCE:
+        raise MalformedRequest("missing requestList")
+
+    cert_ids = []
+    item = start
+    while item < stop:
+        r_start, r_stop = _expect(der, item, stop, _SEQUENCE)
+        _, cid_start, cid_stop = _tlv(der, r_start, r_stop)
+        if der[r_start] != _SEQUENCE:
+            raise MalformedRequest("expected CertID")
+        cert_ids.append(_cert_id(der, cid_start, cid_stop))
+        if cid_stop != r_stop:  # singleRequestExtensions [0]: tolerated
+            tag, ext_start, ext_stop = _tlv(der, cid_stop, r_stop)
+            if tag != _CTX0 or ext_stop != r_stop:
+                raise MalformedRequest("unexpected element in Request")
+            _extensions_have_nonce(der, ext_start, ext_stop)
+        item = r_stop
+    if not cert_ids:
+        raise MalformedRequest("empty requestList")
+
+    has_nonce = False
+    if stop != tbs_stop:
+        tag, ext_start, ext_stop = _tlv(der, stop, tbs_stop)
+        if tag != _CTX2 or ext_stop != tbs_stop:
+            raise MalformedRequest("unexpected element in tbsRequest")
+        has_nonce = _extensions_have_nonce(der, ext_start, ext_stop)
+    return OCSPRequestInfo(tuple(cert_ids), has_nonce)

@@ -1,0 +1,162 @@
+"""Where responses come from: the one-method ``Source`` seam.
+
+The HTTP layer asks a ``Source`` for the stored response of one CertID and gets
+a ``StoredResponse`` or one of the closed set of ``SourceError`` subclasses;
+``edge.answer`` maps those to OCSP and HTTP statuses in one place. Policies
+(staleness, expiry) are thin wrappers around the LMDB source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import lmdb
+from asn1crypto import x509 as asn1_x509
+
+from contract import store
+from contract.store import StoredResponse
+from edge.clock import Clock
+from edge.ocsp_request import CertID
+
+_HASHLIB_NAMES = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
+
+
+class SourceError(Exception):
+    """Base of the closed set of lookup failures."""
+
+
+class NotFound(SourceError):
+    """Unknown issuer, unknown serial, or a hash algorithm not served: not authoritative."""
+
+
+class Stale(SourceError):
+    """The stored response is at or past nextUpdate: never served."""
+
+
+class Unavailable(SourceError):
+    """The store cannot be read (not created yet, or failing)."""
+
+
+class Source(Protocol):
+    def response(self, cert_id: CertID) -> StoredResponse: ...
+
+
+def issuer_hashes(cert_der: bytes, hash_name: str) -> tuple[bytes, bytes]:
+    """(issuerNameHash, issuerKeyHash) of a CA certificate for one hash algorithm.
+
+    The name hash is over the DER subject; the key hash over the contents of the
+    subjectPublicKey BIT STRING (not the SPKI, not the SKI) — RFC 6960 §4.1.1.
+    """
+    cert = asn1_x509.Certificate.load(cert_der)
+    tbs = cert["tbs_certificate"]
+    subject_der = tbs["subject"].dump()
+    key_bits = tbs["subject_public_key_info"]["public_key"].contents[1:]  # drop unused-bits octet
+    h = _HASHLIB_NAMES[hash_name]
+    return hashlib.new(h, subject_der).digest(), hashlib.new(h, key_bits).digest()
+
+
+def build_issuer_table(records: list[store.IssuerRecord]) -> dict[tuple[bytes, bytes, bytes], bytes]:
+    """Map (hash OID, issuerNameHash, issuerKeyHash) to the response-key prefix, for every algorithm."""
+    table: dict[tuple[bytes, bytes, bytes], bytes] = {}
+    for record in records:
+        for name, (code, oid) in store.HASH_ALGORITHMS.items():
+            name_hash, key_hash = issuer_hashes(record.cert_der, name)
+            table[(oid, name_hash, key_hash)] = store.response_prefix(record.number, code)
+    return table
+
+
+class LmdbSource:
+    """Reads the signer's LMDB store, read-only. One instance per worker process."""
+
+    def __init__(self, data_dir: Path, map_size: int, logger: logging.Logger) -> None:
+        self._data_dir = data_dir
+        self._map_size = map_size
+        self._logger = logger
+        self._env: lmdb.Environment | None = None
+        self._responses: Any = None
+        self._issuers_db: Any = None
+        self._meta: Any = None
+        self._generation = -1
+        self._table: dict[tuple[bytes, bytes, bytes], bytes] = {}
+
+    def open(self) -> bool:
+        """Open the store if it exists; True when open. Called at worker start and retried."""
+        if self._env is not None:
+            return True
+        if not (store.store_path(self._data_dir) / "data.mdb").exists():
+            return False
+        try:
+            env = store.open_env(self._data_dir, readonly=True, map_size=self._map_size)
+            dbs = store.open_dbs(env, readonly=True)
+        except lmdb.Error as exc:
+            self._logger.warning("store not ready: %s", exc)
+            return False
+        self._env = env
+        self._responses = dbs[store.DB_RESPONSES]
+        self._issuers_db = dbs[store.DB_ISSUERS]
+        self._meta = dbs[store.DB_META]
+        self.refresh_issuers()
+        return True
+
+    @property
+    def issuer_count(self) -> int:
+        return len(self._table) // len(store.HASH_ALGORITHMS)
+
+    def refresh_issuers(self) -> bool:
+        """Rebuild the issuer table if the registry changed; True if it did."""
+        env = self._env
+        if env is None:
+            return False
+        with env.begin() as txn:
+            raw = txn.get(store.META_REGISTRY_GENERATION, db=self._meta)
+            generation = store.unpack_u64(raw) if raw else 0
+            if generation == self._generation:
+                return False
+            records = [store.ISSUER_DECODER.decode(v) for _, v in txn.cursor(db=self._issuers_db)]
+        self._table = build_issuer_table(records)
+        self._generation = generation
+        self._logger.info("issuer registry generation %d: %d issuers", generation, len(records))
+        return True
+
+    def response(self, cert_id: CertID) -> StoredResponse:
+        env = self._env
+        if env is None and not self.open():
+            raise Unavailable("store not created yet")
+        assert self._env is not None
+        key = (cert_id.hash_algorithm, cert_id.issuer_name_hash, cert_id.issuer_key_hash)
+        prefix = self._table.get(key)
+        # A CA added after start: the registry generation tells, at the price of one read.
+        if prefix is None and (not self.refresh_issuers() or (prefix := self._table.get(key)) is None):
+            raise NotFound("unknown issuer or hash algorithm")
+        with self._env.begin(db=self._responses) as txn:
+            value = txn.get(prefix + cert_id.serial_number)
+        if value is None:
+            raise NotFound("unknown serial or hash algorithm not served")
+        return store.RESPONSE_DECODER.decode(value)
+
+    def newest_signed_at(self) -> int | None:
+        if self._env is None:
+            return None
+        with self._env.begin(db=self._meta) as txn:
+            raw = txn.get(store.META_LAST_SIGNED_AT)
+        return store.unpack_u64(raw) if raw else None
+
+
+class FreshnessPolicy:
+    """Never serve a response at or past nextUpdate, nor one for a certificate past its grace."""
+
+    def __init__(self, inner: Source, clock: Clock) -> None:
+        self._inner = inner
+        self._clock = clock
+
+    def response(self, cert_id: CertID) -> StoredResponse:
+        stored = self._inner.response(cert_id)
+        now = self._clock.now()
+        if now >= stored.serve_until:
+            raise NotFound("certificate expired past its grace period")
+        if now >= stored.next_update:
+            raise Stale("stored response is past nextUpdate")
+        return stored

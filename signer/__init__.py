@@ -1,0 +1,1 @@
+"""The signer side: CA keys, certificate inventory, and the background OCSP precompute loop."""

@@ -1,0 +1,175 @@
+"""Certificates the signer makes: CA certificates and end-entity certificates."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+from signer.keys import SigningKey, signature_hash
+from signer.state import SignerError
+
+
+def parse_san(values: Sequence[str]) -> list[x509.GeneralName]:
+    """``DNS:name``, ``URI:uri``, ``IP:addr`` (as openssl writes them)."""
+    names: list[x509.GeneralName] = []
+    for value in values:
+        kind, _, text = value.partition(":")
+        kind = kind.strip().upper()
+        if not text:
+            raise SignerError(f"--san {value!r}: expected DNS:…, URI:… or IP:…")
+        if kind == "DNS":
+            names.append(x509.DNSName(text))
+        elif kind == "URI":
+            names.append(x509.UniformResourceIdentifier(text))
+        elif kind == "IP":
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(text)))
+            except ValueError:
+                raise SignerError(f"--san {value!r}: not an IP address") from None
+        else:
+            raise SignerError(f"--san {value!r}: expected DNS:…, URI:… or IP:…")
+    return names
+
+
+def _validity(days: int, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    if days <= 0:
+        raise SignerError("--days must be positive")
+    start = now.replace(microsecond=0) - dt.timedelta(minutes=5)  # tolerate clients' clock skew
+    return start, start + dt.timedelta(days=days)
+
+
+def _aia(ocsp_url: str | None) -> list[x509.AccessDescription]:
+    if not ocsp_url:
+        return []
+    return [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
+
+
+def make_ca_certificate(
+    name: str,
+    key: SigningKey,
+    days: int,
+    now: dt.datetime,
+    parent: tuple[x509.Certificate, SigningKey] | None = None,
+    parent_ocsp_url: str | None = None,
+) -> x509.Certificate:
+    """A self-signed root, or an intermediate issued by ``parent`` (certificate, key).
+
+    An intermediate's AIA points at its parent's responder, which answers for it.
+    """
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, name), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pki-edge")]
+    )
+    not_before, not_after = _validity(days, now)
+    issuer_cert, issuer_key = parent if parent else (None, key)
+    if issuer_cert is not None and not_after > issuer_cert.not_valid_after_utc:
+        not_after = issuer_cert.not_valid_after_utc
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer_cert is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        if aia := _aia(parent_ocsp_url):
+            builder = builder.add_extension(x509.AuthorityInformationAccess(aia), critical=False)
+    return builder.sign(issuer_key, signature_hash(issuer_key))
+
+
+def make_end_entity_certificate(
+    ca_cert: x509.Certificate,
+    ca_key: SigningKey,
+    public_key: object,
+    common_name: str,
+    sans: Sequence[x509.GeneralName],
+    days: int,
+    now: dt.datetime,
+    ocsp_url: str | None,
+    serial: int | None = None,
+) -> x509.Certificate:
+    not_before, not_after = _validity(days, now)
+    if not_after > ca_cert.not_valid_after_utc:
+        not_after = ca_cert.not_valid_after_utc
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    if aia := _aia(ocsp_url):
+        builder = builder.add_extension(x509.AuthorityInformationAccess(aia), critical=False)
+    return builder.sign(ca_key, signature_hash(ca_key))
+
+
+def load_certificate(data: bytes, source: str) -> x509.Certificate:
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise SignerError(f"{source}: not an X.509 certificate ({exc})") from None
+
+
+def check_directly_issued(cert: x509.Certificate, ca: x509.Certificate) -> str | None:
+    """None if ``ca`` issued ``cert`` (name and signature), else the reason it did not."""
+    if cert.issuer != ca.subject:
+        return "issuer name differs from the CA's subject"
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return "signature does not verify with the CA's key"
+    return None

@@ -1,0 +1,294 @@
+"""`pki-edge`: the command line. Each command imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from contract.config import Config, ConfigError, data_dir_from, load_config
+from signer.keys import KEY_TYPES
+
+Handler = Callable[[argparse.Namespace, Path, Config], int]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _open_store(data_dir: Path, config: Config):  # type: ignore[no-untyped-def]  # noqa: ANN202
+    from signer.state import SignerStore
+
+    return SignerStore(data_dir, config)
+
+
+def cmd_ca_create(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer.registry import create_ca
+
+    st = _open_store(data_dir, config)
+    record = create_ca(st, args.name, args.key, args.days, args.parent, args.ocsp_url, _now())
+    print(f"created CA {record.name} (issuer #{record.number})")
+    return 0
+
+
+def cmd_ca_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer.registry import add_ca
+    from signer.state import SignerError
+
+    if args.key and (args.responder_cert or args.responder_key):
+        raise SignerError("give either --key, or --responder-cert with --responder-key, not both")
+    st = _open_store(data_dir, config)
+    record = add_ca(
+        st,
+        args.name,
+        args.cert.read_bytes(),
+        args.key.read_bytes() if args.key else None,
+        args.responder_cert.read_bytes() if args.responder_cert else None,
+        args.responder_key.read_bytes() if args.responder_key else None,
+        args.ocsp_url,
+        _now(),
+    )
+    how = "its own key" if record.signing == "ca" else "a delegated responder certificate"
+    print(f"added CA {record.name} (issuer #{record.number}); OCSP signed with {how}")
+    return 0
+
+
+def cmd_ca_list(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from cryptography import x509
+
+    for record in _open_store(data_dir, config).issuers():
+        cert = x509.load_der_x509_certificate(record.cert_der)
+        print(
+            f"{record.name}\t#{record.number}\t{record.signing}\t{cert.subject.rfc4514_string()}"
+            f"\tnotAfter={cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}\tocsp={record.ocsp_url or '-'}"
+        )
+    return 0
+
+
+def cmd_ca_show(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    record = _open_store(data_dir, config).issuer(args.name)
+    sys.stdout.write(x509.load_der_x509_certificate(record.cert_der).public_bytes(Encoding.PEM).decode())
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer.issue import issue_to_directory
+
+    st = _open_store(data_dir, config)
+    cert_path, key_path = issue_to_directory(
+        st, st.issuer(args.name), args.cn, args.san or [], args.key, args.days, args.out, _now()
+    )
+    print(f"{cert_path}\n{key_path}")
+    return 0
+
+
+def _progress(label: str) -> Callable[[int], None]:
+    def report(done: int) -> None:
+        print(f"\r{label}: {done} entries", end="", file=sys.stderr, flush=True)
+
+    return report
+
+
+def cmd_import(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer import inventory
+
+    st = _open_store(data_dir, config)
+    issuer = st.issuer(args.name)
+    progress = _progress(f"importing into {issuer.name}") if sys.stderr.isatty() or args.progress else None
+    if args.cert:
+        report = inventory.ImportReport()
+        certs = inventory.read_certificates(args.cert, report)
+        report = inventory.add_certificates(st, issuer, certs, now=int(_now().timestamp()), progress=progress)
+    elif args.openssl_index:
+        report = inventory.import_openssl_index(st, issuer, args.openssl_index, progress)
+    else:
+        report = inventory.import_crl(st, issuer, args.crl, progress)
+    if progress:
+        print(file=sys.stderr)
+    print(f"{issuer.name}: {report.summary()}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer import inventory
+
+    st = _open_store(data_dir, config)
+    issuer = st.issuer(args.name)
+    serial = inventory.parse_serial(args.serial)
+    reason = inventory.reason_code(args.reason) if args.reason else None
+    when = inventory.parse_time(args.time) if args.time else int(_now().timestamp())
+    inventory.revoke(st, issuer, serial, reason, when)
+    print(f"revoked {serial:X} of {issuer.name} (reason {inventory.reason_name(reason) or 'none'})")
+    return 0
+
+
+def _iso(unix: int) -> str:
+    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer import inventory
+
+    st = _open_store(data_dir, config)
+    issuer = st.issuer(args.name)
+    serial = inventory.parse_serial(args.serial)
+    record, responses, pending = inventory.status(st, issuer, serial)
+    print(f"serial      {serial:X}")
+    print(f"issuer      {issuer.name}")
+    print(f"notAfter    {_iso(record.not_after)}")
+    if record.revoked_at is None:
+        print("status      good")
+    else:
+        print(f"status      revoked at {_iso(record.revoked_at)} (reason {inventory.reason_name(record.reason)})")
+    print(f"pending     {'yes (the signer will re-sign it next)' if pending else 'no'}")
+    for r in responses:
+        said = "revoked" if r.revoked else "good"
+        print(
+            f"response    {r.hash_algorithm}: {said}, thisUpdate {_iso(r.this_update)}, "
+            f"nextUpdate {_iso(r.next_update)}, refresh at {_iso(r.refresh_at)}"
+        )
+    if not responses:
+        print("response    none cached")
+    return 0
+
+
+def _logger(name: str) -> logging.Logger:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return logging.getLogger(name)
+
+
+def cmd_signer(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer.main import run_signer
+
+    run_signer(data_dir, config, _logger("pki_edge.signer"))
+    return 0
+
+
+def _apply_edge_flags(args: argparse.Namespace, config: Config) -> tuple[str, int, int]:
+    return (
+        args.host or config.edge.host,
+        args.port if args.port is not None else config.edge.port,
+        args.workers if args.workers is not None else config.edge.workers,
+    )
+
+
+def cmd_edge(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from edge.main import run_edge
+
+    host, port, workers = _apply_edge_flags(args, config)
+    run_edge(data_dir, config, host, port, workers)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer.supervisor import run_up
+
+    host, port, workers = _apply_edge_flags(args, config)
+    return run_up(data_dir, config, host, port, workers, demo=args.demo, logger=_logger("pki_edge.up"))
+
+
+def _edge_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="HTTP port (default from config: 8080)")
+    parser.add_argument("--workers", type=int, help="edge worker processes (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", default=argparse.SUPPRESS, help="data directory (default $PKI_EDGE_DATA or ./data)")
+    parser = argparse.ArgumentParser(prog="pki-edge", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ca = sub.add_parser("ca", help="manage the CA registry", parents=[common])
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND")
+    p = ca_sub.add_parser("create", help="create a new CA (self-signed, or issued by --parent)", parents=[common])
+    p.add_argument("name")
+    p.add_argument("--key", choices=KEY_TYPES, default="ec-p256")
+    p.add_argument("--days", type=int, default=3650)
+    p.add_argument("--parent", help="an existing CA of the registry that issues this one")
+    p.add_argument("--ocsp-url", help="OCSP URL written into the certificates this CA issues (AIA)")
+    p.set_defaults(handler=cmd_ca_create)
+    p = ca_sub.add_parser("add", help="bring an existing CA", parents=[common])
+    p.add_argument("name")
+    p.add_argument("--cert", type=Path, required=True, help="the CA certificate (PEM or DER)")
+    p.add_argument("--key", type=Path, help="the CA private key: OCSP is signed by the CA")
+    p.add_argument("--responder-cert", type=Path, help="a delegated OCSP responder certificate")
+    p.add_argument("--responder-key", type=Path, help="the delegated responder's private key")
+    p.add_argument("--ocsp-url", help="OCSP URL to write into certificates issued here")
+    p.set_defaults(handler=cmd_ca_add)
+    p = ca_sub.add_parser("list", help="list the CAs", parents=[common])
+    p.set_defaults(handler=cmd_ca_list)
+    p = ca_sub.add_parser("show", help="print a CA certificate as PEM", parents=[common])
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_ca_show)
+
+    p = sub.add_parser("issue", help="issue an end-entity certificate and key", parents=[common])
+    p.add_argument("name", help="the issuing CA")
+    p.add_argument("--cn", required=True)
+    p.add_argument("--san", action="append", help="DNS:name, URI:uri or IP:addr (repeatable)")
+    p.add_argument("--key", choices=("ec-p256", "rsa-2048"), default="ec-p256")
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--out", type=Path, required=True, help="directory for CN.pem and CN.key")
+    p.set_defaults(handler=cmd_issue)
+
+    p = sub.add_parser("import", help="import certificates, an OpenSSL index.txt or a CRL", parents=[common])
+    p.add_argument("name", help="the CA the entries belong to")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cert", type=Path, nargs="+", help="certificate files or directories")
+    source.add_argument("--openssl-index", type=Path, help="an OpenSSL CA database (index.txt)")
+    source.add_argument("--crl", type=Path, help="a CRL signed by the CA: marks its serials revoked")
+    p.add_argument("--progress", action="store_true", help="show progress even when not on a terminal")
+    p.set_defaults(handler=cmd_import)
+
+    p = sub.add_parser("revoke", help="revoke a serial", parents=[common])
+    p.add_argument("name")
+    p.add_argument("serial", help="hexadecimal, as `openssl x509 -noout -serial` prints it")
+    p.add_argument("--reason", help="keyCompromise, superseded, cessationOfOperation, ...")
+    p.add_argument("--time", help="revocation time, ISO 8601 or Unix seconds (default now)")
+    p.set_defaults(handler=cmd_revoke)
+
+    p = sub.add_parser("status", help="show a serial's inventory entry and cached responses", parents=[common])
+    p.add_argument("name")
+    p.add_argument("serial")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("signer", help="run the background signer", parents=[common])
+    p.set_defaults(handler=cmd_signer)
+    p = sub.add_parser("edge", help="run the HTTP edge", parents=[common])
+    _edge_options(p)
+    p.set_defaults(handler=cmd_edge)
+    p = sub.add_parser("up", help="run signer and edge together", parents=[common])
+    _edge_options(p)
+    p.add_argument("--demo", action="store_true", help="on an empty data directory, create a demo CA and devices")
+    p.set_defaults(handler=cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from signer.keys import KeyError_
+    from signer.state import SignerError
+
+    args = build_parser().parse_args(argv)
+    data_dir = data_dir_from(getattr(args, "data", None))
+    try:
+        config = load_config(data_dir)
+        handler: Handler = args.handler
+        return handler(args, data_dir, config)
+    except (SignerError, ConfigError, KeyError_) as exc:
+        print(f"pki-edge: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pki-edge: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

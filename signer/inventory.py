@@ -1,0 +1,329 @@
+"""The certificate inventory: adding, importing and revoking serials.
+
+Every change that alters what OCSP must say is written together with a
+``pending`` entry in one transaction, so the signer picks it up ahead of
+routine refreshes and a crash can never separate the two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from contract import store
+from contract.store import CertRecord, IssuerRecord
+from signer.certs import check_directly_issued
+from signer.state import SignerError, SignerStore
+
+BATCH = 10000
+Progress = Callable[[int], None]
+
+# RFC 5280 §5.3.1 CRLReason codes, with the spellings openssl's index.txt uses.
+REASONS: dict[str, int] = {
+    "unspecified": 0,
+    "keycompromise": 1,
+    "cacompromise": 2,
+    "affiliationchanged": 3,
+    "superseded": 4,
+    "cessationofoperation": 5,
+    "certificatehold": 6,
+    "removefromcrl": 8,
+    "privilegewithdrawn": 9,
+    "aacompromise": 10,
+}
+_CANONICAL_REASON_NAMES = {
+    0: "unspecified",
+    1: "keyCompromise",
+    2: "cACompromise",
+    3: "affiliationChanged",
+    4: "superseded",
+    5: "cessationOfOperation",
+    6: "certificateHold",
+    8: "removeFromCRL",
+    9: "privilegeWithdrawn",
+    10: "aACompromise",
+}
+
+
+class ImportReport(msgspec.Struct):
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def summary(self) -> str:
+        text = f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}"
+        rejected = sum(self.rejected.values())
+        if rejected:
+            reasons = "; ".join(f"{n} {why}" for why, n in sorted(self.rejected.items()))
+            text += f", rejected {rejected} ({reasons})"
+        return text
+
+
+def reason_code(name: str) -> int:
+    code = REASONS.get(name.replace("_", "").replace("-", "").lower())
+    if code is None:
+        raise SignerError(f"unknown revocation reason {name!r}: one of {', '.join(_CANONICAL_REASON_NAMES.values())}")
+    return code
+
+
+def reason_name(code: int | None) -> str | None:
+    return None if code is None else _CANONICAL_REASON_NAMES.get(code, str(code))
+
+
+def parse_serial(text: str) -> int:
+    """Hexadecimal as ``openssl x509 -noout -serial`` prints it; case, colons, ``serial=`` and 0x tolerated."""
+    cleaned = text.strip().lower().removeprefix("serial=").replace(":", "")
+    negative = cleaned.startswith("-")
+    cleaned = cleaned.removeprefix("-").removeprefix("0x")
+    if not cleaned or not re.fullmatch(r"[0-9a-f]+", cleaned) or len(cleaned) > 128:
+        raise SignerError(f"invalid serial {text!r}: expected hexadecimal, e.g. 1A2B or 1a:2b")
+    value = int(cleaned, 16)
+    return -value if negative else value
+
+
+def parse_time(text: str) -> int:
+    """Unix seconds, or an ISO 8601 time (UTC when no offset is given)."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SignerError(f"invalid time {text!r}: use ISO 8601 (2026-01-31T12:00:00Z) or Unix seconds") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+class Entry(NamedTuple):
+    serial: int
+    record: CertRecord
+
+
+def _merge(old: CertRecord | None, new: CertRecord) -> CertRecord | None:
+    """The record to write, or None when nothing changes. Revocation is sticky."""
+    if old is None:
+        return new
+    merged = CertRecord(
+        not_after=new.not_after,
+        revoked_at=old.revoked_at if old.revoked_at is not None else new.revoked_at,
+        reason=old.reason if old.revoked_at is not None else new.reason,
+        cert_der=new.cert_der or old.cert_der,
+    )
+    return None if merged == old else merged
+
+
+def write_entries(
+    st: SignerStore, issuer: IssuerRecord, entries: Iterable[Entry], report: ImportReport, progress: Progress | None
+) -> ImportReport:
+    """Write entries in batched transactions; each changed serial is queued for signing."""
+    done = 0
+    batch: list[Entry] = []
+
+    def flush() -> None:
+        with st.env.begin(write=True) as txn:
+            for entry in batch:
+                key = store.inventory_key(issuer.number, store.serial_key(entry.serial))
+                raw = txn.get(key, db=st.inventory)
+                old = store.CERT_DECODER.decode(raw) if raw is not None else None
+                merged = _merge(old, entry.record)
+                if merged is None:
+                    report.unchanged += 1
+                    continue
+                txn.put(key, store.CERT_ENCODER.encode(merged), db=st.inventory)
+                newly_revoked = merged.revoked_at is not None and (old is None or old.revoked_at is None)
+                priority = store.PRIORITY_REVOCATION if newly_revoked else store.PRIORITY_NEW
+                txn.put(store.pending_key(priority, key), b"", db=st.pending)
+                if old is None:
+                    report.added += 1
+                else:
+                    report.updated += 1
+
+    for entry in entries:
+        batch.append(entry)
+        if len(batch) >= BATCH:
+            flush()
+            done += len(batch)
+            batch.clear()
+            if progress:
+                progress(done)
+    if batch:
+        flush()
+        done += len(batch)
+        if progress:
+            progress(done)
+    return report
+
+
+def add_certificates(
+    st: SignerStore, issuer: IssuerRecord, certs: Iterable[x509.Certificate], now: int, progress: Progress | None = None
+) -> ImportReport:
+    """Add certificates issued by ``issuer``; those it did not issue are rejected with the reason."""
+    ca = x509.load_der_x509_certificate(issuer.cert_der)
+    report = ImportReport()
+
+    def accepted() -> Iterator[Entry]:
+        for cert in certs:
+            if reason := check_directly_issued(cert, ca):
+                report.reject(reason)
+                continue
+            if cert.serial_number < 0:
+                report.reject("negative serial number")
+                continue
+            der = cert.public_bytes(serialization.Encoding.DER)
+            yield Entry(cert.serial_number, CertRecord(int(cert.not_valid_after_utc.timestamp()), cert_der=der))
+
+    return write_entries(st, issuer, accepted(), report, progress)
+
+
+def read_certificates(paths: Iterable[Path], report: ImportReport) -> Iterator[x509.Certificate]:
+    """Certificates from PEM bundles or DER files, or every such file in a directory."""
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            data = file.read_bytes()
+            try:
+                if b"-----BEGIN CERTIFICATE-----" in data:
+                    yield from x509.load_pem_x509_certificates(data)
+                else:
+                    yield x509.load_der_x509_certificate(data)
+            except ValueError:
+                report.reject("not a certificate file")
+
+
+def _index_time(text: str) -> int:
+    """index.txt times are UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ)."""
+    if not text.endswith("Z") or not text[:-1].isdigit() or len(text) not in (13, 15):
+        raise ValueError(text)
+    digits = text[:-1]
+    if len(digits) == 12:
+        year = int(digits[:2])
+        digits = ("19" if year >= 50 else "20") + digits
+    when = dt.datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+def parse_openssl_index(lines: Iterable[str], report: ImportReport) -> Iterator[Entry]:
+    """Rows of an OpenSSL CA database (tab-separated).
+
+    ``V|R|E``, expiry, ``revocation[,reason]`` (empty unless R), serial (hex), file name, subject DN.
+    """
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 6 or fields[0] not in ("V", "R", "E"):
+            report.reject("malformed index line")
+            continue
+        flag, expiry, revocation, serial_text = fields[0], fields[1], fields[2], fields[3]
+        try:
+            not_after = _index_time(expiry)
+            serial = parse_serial(serial_text)
+        except (ValueError, SignerError):
+            report.reject("malformed index line")
+            continue
+        revoked_at = reason = None
+        if flag == "R":
+            when, _, why = revocation.partition(",")
+            try:
+                revoked_at = _index_time(when)
+                reason = reason_code(why) if why else None
+            except (ValueError, SignerError):
+                report.reject("malformed revocation field")
+                continue
+        elif revocation:
+            report.reject("revocation field on a row not marked R")
+            continue
+        yield Entry(serial, CertRecord(not_after, revoked_at, reason))
+
+
+def import_openssl_index(st: SignerStore, issuer: IssuerRecord, path: Path, progress: Progress | None) -> ImportReport:
+    report = ImportReport()
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        return write_entries(st, issuer, parse_openssl_index(lines, report), report, progress)
+
+
+def import_crl(st: SignerStore, issuer: IssuerRecord, path: Path, progress: Progress | None) -> ImportReport:
+    """Mark the serials of a CRL signed by ``issuer`` revoked; serials not in the inventory are rejected."""
+    data = path.read_bytes()
+    try:
+        crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise SignerError(f"{path}: not a CRL ({exc})") from None
+    ca = x509.load_der_x509_certificate(issuer.cert_der)
+    if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+        raise SignerError(f"{path}: this CRL was not signed by CA {issuer.name!r}")
+    report = ImportReport()
+
+    def entries() -> Iterator[Entry]:
+        with st.env.begin(db=st.inventory) as txn:
+            for revoked in crl:
+                key = store.inventory_key(issuer.number, store.serial_key(revoked.serial_number))
+                raw = txn.get(key)
+                if raw is None:
+                    report.reject("serial not in the inventory (import its certificate or index first)")
+                    continue
+                old = store.CERT_DECODER.decode(raw)
+                try:
+                    flag = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+                    code: int | None = reason_code(flag.name)
+                except x509.ExtensionNotFound:
+                    code = None
+                when = int(revoked.revocation_date_utc.timestamp())
+                yield Entry(revoked.serial_number, msgspec.structs.replace(old, revoked_at=when, reason=code))
+
+    return write_entries(st, issuer, list(entries()), report, progress)
+
+
+def revoke(st: SignerStore, issuer: IssuerRecord, serial: int, reason: int | None, when: int) -> CertRecord:
+    """Mark one serial revoked; durable when this returns (the transaction is synced)."""
+    key = store.inventory_key(issuer.number, store.serial_key(serial))
+    with st.env.begin(write=True) as txn:
+        raw = txn.get(key, db=st.inventory)
+        if raw is None:
+            raise SignerError(f"serial {serial:X} is not in the inventory of CA {issuer.name!r}")
+        record = msgspec.structs.replace(store.CERT_DECODER.decode(raw), revoked_at=when, reason=reason)
+        txn.put(key, store.CERT_ENCODER.encode(record), db=st.inventory)
+        txn.put(store.pending_key(store.PRIORITY_REVOCATION, key), b"", db=st.pending)
+    return record
+
+
+class ResponseStatus(NamedTuple):
+    hash_algorithm: str
+    this_update: int
+    next_update: int
+    refresh_at: int
+    revoked: bool
+
+
+def status(st: SignerStore, issuer: IssuerRecord, serial: int) -> tuple[CertRecord, list[ResponseStatus], bool]:
+    """The inventory entry, its cached responses, and whether a re-sign is pending."""
+    serial_k = store.serial_key(serial)
+    key = store.inventory_key(issuer.number, serial_k)
+    with st.env.begin() as txn:
+        raw = txn.get(key, db=st.inventory)
+        if raw is None:
+            raise SignerError(f"serial {serial:X} is not in the inventory of CA {issuer.name!r}")
+        responses = []
+        for name, (code, _) in store.HASH_ALGORITHMS.items():
+            value = txn.get(store.response_key(issuer.number, code, serial_k), db=st.responses)
+            if value is not None:
+                r = store.RESPONSE_DECODER.decode(value)
+                responses.append(ResponseStatus(name, r.this_update, r.next_update, r.refresh_at, r.revoked))
+        pending = any(
+            txn.get(store.pending_key(p, key), db=st.pending) is not None
+            for p in (store.PRIORITY_REVOCATION, store.PRIORITY_NEW)
+        )
+    return store.CERT_DECODER.decode(raw), responses, pending

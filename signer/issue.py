@@ -1,0 +1,63 @@
+"""`pki-edge issue`: an end-entity certificate for operators and tests, added to the inventory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from contract.store import IssuerRecord
+from signer.certs import make_end_entity_certificate, parse_san
+from signer.inventory import add_certificates
+from signer.keys import generate_key, write_private_key
+from signer.registry import load_ca_key
+from signer.state import SignerError, SignerStore
+
+
+def issue_certificate(
+    st: SignerStore,
+    issuer: IssuerRecord,
+    common_name: str,
+    sans: Sequence[str],
+    key_type: str,
+    days: int,
+    now: dt.datetime,
+) -> tuple[x509.Certificate, object]:
+    key = generate_key(key_type)
+    cert = make_end_entity_certificate(
+        x509.load_der_x509_certificate(issuer.cert_der),
+        load_ca_key(st.data_dir, issuer),
+        key.public_key(),
+        common_name,
+        parse_san(sans),
+        days,
+        now,
+        issuer.ocsp_url,
+    )
+    add_certificates(st, issuer, [cert], now=int(now.timestamp()))
+    return cert, key
+
+
+def issue_to_directory(
+    st: SignerStore,
+    issuer: IssuerRecord,
+    common_name: str,
+    sans: Sequence[str],
+    key_type: str,
+    days: int,
+    out: Path,
+    now: dt.datetime,
+) -> tuple[Path, Path]:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", common_name).strip("._") or "cert"
+    cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
+    if cert_path.exists() or key_path.exists():
+        raise SignerError(f"{cert_path} or {key_path} already exists")
+    cert, key = issue_certificate(st, issuer, common_name, sans, key_type, days, now)
+    out.mkdir(parents=True, exist_ok=True)
+    write_private_key(key_path, key)  # type: ignore[arg-type]
+    cert_path.write_bytes(cert.public_bytes(Encoding.PEM))
+    return cert_path, key_path

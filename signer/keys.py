@@ -1,0 +1,69 @@
+"""Private keys: generation, loading, and writing with owner-only permissions.
+
+Only signer-side code imports this module; the edge never sees a key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class KeyError_(Exception):
+    """A key could not be generated, loaded or written (message is for the operator)."""
+
+
+def generate_key(key_type: str) -> SigningKey:
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type.startswith("rsa-") and key_type in KEY_TYPES:
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    raise KeyError_(f"unknown key type {key_type!r}: choose one of {', '.join(KEY_TYPES)}")
+
+
+def signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
+    """SHA-384 for P-384 keys, SHA-256 otherwise (RFC 6960 §4.3: clients SHALL do RSA-SHA256)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def sign(key: SigningKey, data: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(algorithm))
+    return key.sign(data, padding.PKCS1v15(), algorithm)
+
+
+def write_private_key(path: Path, key: SigningKey) -> None:
+    """Write PKCS#8 PEM, mode 0600, refusing to overwrite an existing key."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyError_(f"{path} already exists; refusing to overwrite a private key") from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def load_private_key(pem_or_der: bytes, source: str) -> SigningKey:
+    try:
+        if b"-----BEGIN" in pem_or_der:
+            key = serialization.load_pem_private_key(pem_or_der, password=None)
+        else:
+            key = serialization.load_der_private_key(pem_or_der, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyError_(f"{source}: not an unencrypted private key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise KeyError_(f"{source}: only EC and RSA keys are supported")
+    return key

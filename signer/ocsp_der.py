@@ -1,0 +1,127 @@
+"""Build signed OCSP responses around the signature, with no per-response ASN.1 objects.
+
+Everything constant for an issuer (ResponderID, signature algorithm, the
+CertID prefix per hash algorithm, the delegated certificate) is encoded once;
+per response only the times, status and serial are encoded and the TBS bytes
+signed. Every byte is checked against cryptography's parser and `openssl ocsp`
+in tests/signer/test_ocsp_der.py.
+
+Shape (RFC 6960 §4.2.1 with the RFC 5019bis profile): BasicOCSPResponse,
+ResponderID byKey, one SingleResponse, no nonce, no extensions, nextUpdate
+always present, GeneralizedTime in whole seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from typing import NamedTuple
+
+from asn1crypto import keys as asn1_keys
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from contract.store import HASH_ALGORITHMS
+from signer.keys import SigningKey, sign, signature_hash
+
+
+def der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    octets = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(octets),)) + octets
+
+
+def tlv(tag: int, content: bytes) -> bytes:
+    return bytes((tag,)) + der_length(len(content)) + content
+
+
+@functools.lru_cache(maxsize=4096)  # a batch signs many responses with the same few times
+def generalized_time(unix: int) -> bytes:
+    return tlv(0x18, time.strftime("%Y%m%d%H%M%SZ", time.gmtime(unix)).encode())
+
+
+_GOOD = b"\x80\x00"
+_OID_BASIC = tlv(0x06, bytes.fromhex("2b0601050507300101"))  # id-pkix-ocsp-basic
+_SUCCESSFUL = b"\x0a\x01\x00"
+_SIG_ALGORITHMS = {
+    ("ec", "sha256"): tlv(0x30, tlv(0x06, bytes.fromhex("2a8648ce3d040302"))),
+    ("ec", "sha384"): tlv(0x30, tlv(0x06, bytes.fromhex("2a8648ce3d040303"))),
+    ("rsa", "sha256"): tlv(0x30, tlv(0x06, bytes.fromhex("2a864886f70d01010b")) + b"\x05\x00"),
+    ("rsa", "sha384"): tlv(0x30, tlv(0x06, bytes.fromhex("2a864886f70d01010c")) + b"\x05\x00"),
+}
+
+
+class CertStatus(NamedTuple):
+    revoked_at: int | None = None
+    reason: int | None = None  # CRLReason code; None leaves revocationReason out
+
+    def encode(self) -> bytes:
+        if self.revoked_at is None:
+            return _GOOD
+        info = generalized_time(self.revoked_at)
+        if self.reason is not None:
+            info += tlv(0xA0, b"\x0a\x01" + bytes((self.reason,)))
+        return tlv(0xA1, info)
+
+
+class ResponseSigner:
+    """Signs OCSP responses for one issuer, with the CA key or a delegated responder's key."""
+
+    def __init__(
+        self,
+        issuer_cert: x509.Certificate,
+        key: SigningKey,
+        responder_cert: x509.Certificate | None = None,
+    ) -> None:
+        signer_cert = responder_cert or issuer_cert
+        if signer_cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+            raise ValueError("the signing key does not match the responder certificate")
+        self._key = key
+        self._hash = signature_hash(key)
+        family = "ec" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa"
+        self._sig_alg = _SIG_ALGORITHMS[(family, self._hash.name)]
+        # ResponderID byKey: SHA-1 of the responder's subjectPublicKey BIT STRING contents.
+        self._responder_id = tlv(0xA2, tlv(0x04, hashlib.sha1(_public_key_bits(signer_cert)).digest()))
+        self._certs = b""
+        if responder_cert is not None:
+            cert_der = responder_cert.public_bytes(serialization.Encoding.DER)
+            self._certs = tlv(0xA0, tlv(0x30, cert_der))
+        subject = issuer_cert.subject.public_bytes()
+        key_bits = _public_key_bits(issuer_cert)
+        self.cert_id_prefixes: dict[int, bytes] = {}
+        for name, (code, oid) in HASH_ALGORITHMS.items():
+            algorithm = tlv(0x30, tlv(0x06, oid) + b"\x05\x00")
+            name_hash = hashlib.new(name, subject).digest()
+            key_hash = hashlib.new(name, key_bits).digest()
+            self.cert_id_prefixes[code] = algorithm + tlv(0x04, name_hash) + tlv(0x04, key_hash)
+
+    def sign_response(
+        self,
+        hash_code: int,
+        serial: bytes,
+        status: CertStatus,
+        produced_at: int,
+        this_update: int,
+        next_update: int,
+    ) -> bytes:
+        """One DER OCSPResponse; ``serial`` is the minimal INTEGER content (contract.store.serial_key)."""
+        cert_id = tlv(0x30, self.cert_id_prefixes[hash_code] + tlv(0x02, serial))
+        single = tlv(
+            0x30,
+            cert_id + status.encode() + generalized_time(this_update) + tlv(0xA0, generalized_time(next_update)),
+        )
+        tbs = tlv(0x30, self._responder_id + generalized_time(produced_at) + tlv(0x30, single))
+        signature = sign(self._key, tbs, self._hash)
+        basic = tlv(0x30, tbs + self._sig_alg + tlv(0x03, b"\x00" + signature) + self._certs)
+        return tlv(0x30, _SUCCESSFUL + tlv(0xA0, tlv(0x30, _OID_BASIC + tlv(0x04, basic))))
+
+
+def _public_key_bits(cert: x509.Certificate) -> bytes:
+    """Contents of the subjectPublicKey BIT STRING (without the unused-bits octet)."""
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return bytes(asn1_keys.PublicKeyInfo.load(spki)["public_key"].contents[1:])

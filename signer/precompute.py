@@ -1,0 +1,168 @@
+"""The background signer: keeps a fresh signed response for every serial in LMDB.
+
+Each batch is one write transaction: take pending work (revocations, then new
+serials) and, with what room is left, routine refreshes that are due (oldest
+first); sign; write responses, the new schedule entries and the removal of the
+pending entries; commit. A crash at any instant leaves the previous batch
+committed and this one untouched, so a restart redoes exactly the lost batch.
+A batch is bounded in size and time so that a revocation never waits long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+
+from contract import store
+from contract.config import SignerConfig
+from contract.store import IssuerRecord, StoredResponse
+from signer.ocsp_der import CertStatus, ResponseSigner
+from signer.state import SignerStore
+
+SignerLoader = Callable[[IssuerRecord], ResponseSigner]
+
+
+class Clock:
+    """Wall clock (whole seconds) and a monotonic one for batch deadlines; injected, faked in tests."""
+
+    def now(self) -> int:
+        return int(time.time())
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def http_date(unix: int) -> bytes:
+    return formatdate(unix, usegmt=True).encode()
+
+
+class Precomputer:
+    def __init__(
+        self,
+        st: SignerStore,
+        config: SignerConfig,
+        load_signer: SignerLoader,
+        clock: Clock,
+        logger: logging.Logger,
+        rng: random.Random,
+    ) -> None:
+        self._st = st
+        self._config = config
+        self._load_signer = load_signer
+        self._clock = clock
+        self._logger = logger
+        self._rng = rng
+        self._codes = [store.HASH_ALGORITHMS[name][0] for name in config.hash_algorithms]
+        self._unserved = [code for code, _ in store.HASH_ALGORITHMS.values() if code not in self._codes]
+        self._validity = int(config.validity_hours * 3600)
+        self._grace = int(config.expired_grace_hours * 3600)
+        self._generation = -1
+        self._signers: dict[int, ResponseSigner] = {}
+
+    def reload_issuers(self) -> None:
+        generation = self._st.registry_generation()
+        if generation == self._generation:
+            return
+        signers = {}
+        for record in self._st.issuers():
+            try:
+                signers[record.number] = self._load_signer(record)
+            except Exception as exc:  # one broken CA must not stop the others being refreshed
+                self._logger.error("CA %s: cannot load its OCSP signing key: %s", record.name, exc)
+        self._signers = signers
+        self._generation = generation
+        self._logger.info("loaded %d OCSP signers (registry generation %d)", len(signers), generation)
+
+    def run_batch(self) -> int:
+        """Sign one batch; returns how many serials were handled (0: nothing was due)."""
+        st = self._st
+        now = self._clock.now()
+        deadline = self._clock.monotonic() + self._config.batch_seconds
+        limit = self._config.batch_size
+        handled = 0
+        with st.env.begin(write=True) as txn:
+            work: list[tuple[bytes, bytes | None]] = []
+            for pending_key in txn.cursor(db=st.pending).iternext(values=False):
+                work.append((pending_key[1:], pending_key))
+                if len(work) >= limit:
+                    break
+            if len(work) < limit:
+                for skey in txn.cursor(db=st.schedule).iternext(values=False):
+                    refresh_at, inv_key = store.split_schedule_key(skey)
+                    if refresh_at > now or len(work) >= limit:
+                        break
+                    work.append((inv_key, None))
+            for inv_key, pkey in work:
+                if handled and self._clock.monotonic() > deadline:
+                    break
+                self._process(txn, inv_key, now)
+                if pkey is not None:
+                    txn.delete(pkey, db=st.pending)
+                handled += 1
+            if handled:
+                txn.put(store.META_LAST_SIGNED_AT, store.pack_u64(now), db=st.meta)
+        return handled
+
+    def _process(self, txn: Any, inv_key: bytes, now: int) -> None:
+        st = self._st
+        issuer_number, serial_k = store.split_inventory_key(inv_key)
+        old_refresh = txn.get(inv_key, db=st.refresh)
+        if old_refresh is not None:
+            txn.delete(store.schedule_key(store.unpack_u64(old_refresh), inv_key), db=st.schedule)
+        raw = txn.get(inv_key, db=st.inventory)
+        signer = self._signers.get(issuer_number)
+        record = store.CERT_DECODER.decode(raw) if raw is not None else None
+        serve_until = record.not_after + self._grace if record is not None else 0
+        if record is None or signer is None or now >= serve_until:
+            # Expired past its grace, or its CA is gone or unusable: stop serving it.
+            for code, _ in store.HASH_ALGORITHMS.values():
+                txn.delete(store.response_key(issuer_number, code, serial_k), db=st.responses)
+            txn.delete(inv_key, db=st.refresh)
+            if record is not None and signer is None:
+                self._logger.error(
+                    "issuer %d has no usable signer: serial %s not signed", issuer_number, serial_k.hex()
+                )
+            return
+        this_update = now - self._config.backdate_seconds
+        next_update = this_update + self._validity
+        jitter = self._rng.random() * self._config.jitter_fraction
+        refresh_at = this_update + int(self._validity * (self._config.refresh_fraction - jitter))
+        refresh_at = min(max(refresh_at, now + 1), serve_until)
+        status = CertStatus(record.revoked_at, record.reason)
+        last_modified, expires = http_date(this_update), http_date(next_update)
+        for code in self._codes:
+            der = signer.sign_response(code, serial_k, status, now, this_update, next_update)
+            stored = StoredResponse(
+                der=der,
+                this_update=this_update,
+                next_update=next_update,
+                refresh_at=refresh_at,
+                serve_until=serve_until,
+                etag=b'"%s"' % hashlib.sha256(der).hexdigest().encode(),
+                last_modified=last_modified,
+                expires=expires,
+                revoked=record.revoked_at is not None,
+            )
+            txn.put(
+                store.response_key(issuer_number, code, serial_k),
+                store.RESPONSE_ENCODER.encode(stored),
+                db=st.responses,
+            )
+        for code in self._unserved:
+            txn.delete(store.response_key(issuer_number, code, serial_k), db=st.responses)
+        txn.put(store.schedule_key(refresh_at, inv_key), b"", db=st.schedule)
+        txn.put(inv_key, store.pack_u64(refresh_at), db=st.refresh)
+
+    def run(self, stop: threading.Event) -> None:
+        """Sign until ``stop`` is set; the batch under way is always finished and committed."""
+        poll = self._config.poll_interval_ms / 1000
+        while not stop.is_set():
+            self.reload_issuers()
+            if self.run_batch() == 0:
+                stop.wait(poll)

@@ -1,0 +1,94 @@
+"""Signer-side access to the store: the only code that writes LMDB."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from contract import store
+from contract.config import Config
+
+# A CA name is also an EST label later: path-safe and never an EST operation name.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RESERVED = {"cacerts", "simpleenroll", "simplereenroll", "serverkeygen", "csrattrs", "fullcmc"}
+META_NEXT_ISSUER = b"next_issuer_number"
+
+
+class SignerError(Exception):
+    """An operator-facing failure: the message says what is wrong and what to do."""
+
+
+def check_ca_name(name: str) -> None:
+    if not _NAME.match(name) or name.lower() in _RESERVED:
+        raise SignerError(
+            f"invalid CA name {name!r}: use 1-64 letters, digits, '.', '_' or '-', not an EST operation name"
+        )
+
+
+def signer_dir(data_dir: Path) -> Path:
+    """The signer's side of the data directory: keys live here, mode 0700."""
+    path = data_dir / "signer"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def key_path(data_dir: Path, name: str, role: str = "ca") -> Path:
+    return signer_dir(data_dir) / "keys" / f"{name}.{role}.key"
+
+
+class SignerStore:
+    """The LMDB environment opened for writing, with its named databases."""
+
+    def __init__(self, data_dir: Path, config: Config) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.env = store.open_env(data_dir, readonly=False, map_size=config.store.map_size_mb << 20)
+        dbs = store.open_dbs(self.env, readonly=False)
+        self.issuers_db: Any = dbs[store.DB_ISSUERS]
+        self.meta: Any = dbs[store.DB_META]
+        self.inventory: Any = dbs[store.DB_INVENTORY]
+        self.responses: Any = dbs[store.DB_RESPONSES]
+        self.schedule: Any = dbs[store.DB_SCHEDULE]
+        self.refresh: Any = dbs[store.DB_REFRESH]
+        self.pending: Any = dbs[store.DB_PENDING]
+
+    def close(self) -> None:
+        self.env.close()
+
+    def issuers(self) -> list[store.IssuerRecord]:
+        with self.env.begin(db=self.issuers_db) as txn:
+            return [store.ISSUER_DECODER.decode(v) for _, v in txn.cursor()]
+
+    def registry_generation(self) -> int:
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(store.META_REGISTRY_GENERATION)
+        return store.unpack_u64(raw) if raw else 0
+
+    def issuer(self, name: str) -> store.IssuerRecord:
+        with self.env.begin(db=self.issuers_db) as txn:
+            raw = txn.get(name.encode())
+        if raw is None:
+            known = ", ".join(r.name for r in self.issuers()) or "none yet: run `pki-edge ca create NAME`"
+            raise SignerError(f"unknown CA {name!r} (known: {known})")
+        return store.ISSUER_DECODER.decode(raw)
+
+    def add_issuer(self, record: store.IssuerRecord) -> store.IssuerRecord:
+        """Register a new CA under the next issuer number and bump the registry generation."""
+        with self.env.begin(write=True) as txn:
+            if txn.get(record.name.encode(), db=self.issuers_db) is not None:
+                raise SignerError(f"CA {record.name!r} already exists")
+            raw = txn.get(META_NEXT_ISSUER, db=self.meta)
+            number = store.unpack_u64(raw) if raw else 1
+            txn.put(META_NEXT_ISSUER, store.pack_u64(number + 1), db=self.meta)
+            record = msgspec.structs.replace(record, number=number)
+            txn.put(record.name.encode(), store.ISSUER_ENCODER.encode(record), db=self.issuers_db)
+            self._bump_generation(txn)
+        return record
+
+    def _bump_generation(self, txn: Any) -> None:
+        raw = txn.get(store.META_REGISTRY_GENERATION, db=self.meta)
+        txn.put(store.META_REGISTRY_GENERATION, store.pack_u64((store.unpack_u64(raw) if raw else 0) + 1), db=self.meta)

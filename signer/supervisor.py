@@ -1,0 +1,94 @@
+"""`pki-edge up`: signer and edge as two child processes under one supervisor.
+
+SIGINT or SIGTERM is passed to both children, which drain and exit; a second
+signal, or a child that does not stop within the grace period, is killed. If
+either child dies on its own, the other is stopped and `up` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+from contract.config import Config
+from signer.state import SignerStore
+
+GRACE_SECONDS = 15
+
+
+def _child(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "signer.cli", "--data", str(data_dir), *args])
+
+
+def _wait_ready(url: str, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def run_up(
+    data_dir: Path, config: Config, host: str, port: int, workers: int, *, demo: bool, logger: logging.Logger
+) -> int:
+    st = SignerStore(data_dir, config)  # creates the store, so the edge opens it at once
+    public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{public_host}:{port}/ocsp"
+    try:
+        if demo and not st.issuers():
+            from signer.demo import create_demo
+
+            logger.info("creating the demo CA and devices in %s", data_dir)
+            create_demo(st, url, dt.datetime.now(dt.UTC))
+    finally:
+        st.close()
+
+    children = [
+        _child(data_dir, "signer"),
+        _child(data_dir, "edge", "--host", host, "--port", str(port), "--workers", str(workers)),
+    ]
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
+            for child in children:
+                child.kill()
+            return
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    if demo and _wait_ready(f"http://{public_host}:{port}/healthz", time.monotonic() + 30):
+        from signer.demo import demo_instructions
+
+        print(demo_instructions(data_dir, url), flush=True)
+
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    failed = not stopping
+    if failed:
+        logger.error("a child process exited unexpectedly; stopping the other")
+        on_signal(signal.SIGTERM, None)
+    deadline = time.monotonic() + GRACE_SECONDS
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 1 if failed else 0
