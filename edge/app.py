@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,7 +24,7 @@ from edge.clock import Clock, SystemClock
 from edge.get_path import decode_get_request, strip_prefix
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest
-from edge.source import FreshnessPolicy, LmdbSource
+from edge.source import FreshnessPolicy, LmdbSource, read_only_store
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -113,8 +112,7 @@ class EdgeApp:
             await self._starlette(scope, receive, send)
 
 
-def build_app(data_dir: Path, config: Config, clock: Clock, metrics: Metrics, logger: logging.Logger) -> EdgeApp:
-    source = LmdbSource(data_dir, config.store.map_size_mb << 20, logger)
+def build_app(source: LmdbSource, config: Config, clock: Clock, metrics: Metrics, logger: logging.Logger) -> EdgeApp:
     answerer = OCSPAnswerer(
         FreshnessPolicy(source, clock),
         clock,
@@ -139,7 +137,7 @@ def build_app(data_dir: Path, config: Config, clock: Clock, metrics: Metrics, lo
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not source.open():
-            logger.warning("store %s not created yet: answering tryLater until it is", data_dir)
+            logger.warning("store not created yet: answering tryLater until it is")
         yield
 
     starlette = Starlette(
@@ -154,4 +152,6 @@ def create_app() -> EdgeApp:
     """uvicorn factory: each worker process builds its app from the environment."""
     data_dir = data_dir_from(os.environ.get("PKI_EDGE_DATA"))
     logger = logging.getLogger("pki_edge.edge")
-    return build_app(data_dir, load_config(data_dir), SystemClock(), CounterMetrics(), logger)
+    config = load_config(data_dir)
+    source = LmdbSource(read_only_store(data_dir, config.store.map_size_mb << 20), logger)
+    return build_app(source, config, SystemClock(), CounterMetrics(), logger)

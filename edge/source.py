@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,12 +69,25 @@ def build_issuer_table(records: list[store.IssuerRecord]) -> dict[tuple[bytes, b
     return table
 
 
-class LmdbSource:
-    """Reads the signer's LMDB store, read-only. One instance per worker process."""
+EnvOpener = Callable[[], lmdb.Environment | None]
 
-    def __init__(self, data_dir: Path, map_size: int, logger: logging.Logger) -> None:
-        self._data_dir = data_dir
-        self._map_size = map_size
+
+def read_only_store(data_dir: Path, map_size: int) -> EnvOpener:
+    """Opens the store read-only once the signer has created it (None until then)."""
+
+    def opener() -> lmdb.Environment | None:
+        if not (store.store_path(data_dir) / "data.mdb").exists():
+            return None
+        return store.open_env(data_dir, readonly=True, map_size=map_size)
+
+    return opener
+
+
+class LmdbSource:
+    """Reads the signer's LMDB store. One instance per worker process."""
+
+    def __init__(self, opener: EnvOpener, logger: logging.Logger) -> None:
+        self._opener = opener
         self._logger = logger
         self._env: lmdb.Environment | None = None
         self._responses: Any = None
@@ -86,10 +100,10 @@ class LmdbSource:
         """Open the store if it exists; True when open. Called at worker start and retried."""
         if self._env is not None:
             return True
-        if not (store.store_path(self._data_dir) / "data.mdb").exists():
-            return False
         try:
-            env = store.open_env(self._data_dir, readonly=True, map_size=self._map_size)
+            env = self._opener()
+            if env is None:
+                return False
             dbs = store.open_dbs(env, readonly=True)
         except lmdb.Error as exc:
             self._logger.warning("store not ready: %s", exc)

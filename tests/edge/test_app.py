@@ -1,0 +1,229 @@
+"""The edge ASGI app in-process, over a real LMDB store written by the signer code, with a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import logging
+import random
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from contract.config import Config
+from edge.app import build_app
+from edge.clock import FakeClock
+from edge.metrics import CounterMetrics
+from edge.source import LmdbSource, read_only_store
+from signer.certs import make_end_entity_certificate
+from signer.inventory import add_certificates, revoke
+from signer.keys import generate_key
+from signer.precompute import Clock, Precomputer
+from signer.registry import create_ca, load_ca_key, load_response_signer
+from signer.state import SignerStore
+
+NOW = 1_800_000_000
+
+
+class FixedClock(Clock):
+    def now(self) -> int:
+        return NOW
+
+
+def drain(st: SignerStore, config: Config) -> None:
+    pre = Precomputer(
+        st,
+        config.signer,
+        lambda r: load_response_signer(st.data_dir, r),
+        FixedClock(),
+        logging.getLogger("t"),
+        random.Random(0),
+    )
+    pre.reload_issuers()
+    while pre.run_batch():
+        pass
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    config = Config()
+    st = SignerStore(data, config)
+    when = dt.datetime.fromtimestamp(NOW - 60, dt.UTC)
+    issuer = create_ca(st, "ca1", "ec-p256", 365, None, None, when)
+    ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
+    key = generate_key("ec-p256")
+    # A serial whose GET encoding has "//" inside the base64 (must not be collapsed).
+    slash_serial = next(s for s in range(1, 1 << 20) if "//" in base64.b64encode(request_der(ca_cert, s)).decode())
+    leaves = [
+        make_end_entity_certificate(
+            ca_cert, load_ca_key(data, issuer), key.public_key(), f"d{i}", [], 30, when, None, serial=s
+        )
+        for i, s in enumerate((0x10, 0x80, slash_serial))
+    ]
+    add_certificates(st, issuer, leaves, now=NOW)
+    revoke(st, issuer, 0x80, 1, NOW - 30)
+    drain(st, config)
+    yield data, config, st, ca_cert, slash_serial
+    st.close()
+
+
+def request_der(ca_cert, serial, algorithm=None) -> bytes:
+    leaf_like = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        *_issuer_hashes(ca_cert, algorithm or hashes.SHA1()), serial, algorithm or hashes.SHA1()
+    )
+    return leaf_like.build().public_bytes(serialization.Encoding.DER)
+
+
+def _issuer_hashes(ca_cert, algorithm):
+    from asn1crypto import x509 as a
+
+    tbs = a.Certificate.load(ca_cert.public_bytes(serialization.Encoding.DER))["tbs_certificate"]
+    name = hashes.Hash(algorithm)
+    name.update(tbs["subject"].dump())
+    keyh = hashes.Hash(algorithm)
+    keyh.update(tbs["subject_public_key_info"]["public_key"].contents[1:])
+    return name.finalize(), keyh.finalize()
+
+
+def make_app(world, clock):
+    # One process cannot open an LMDB environment twice: the edge reads through the signer's handle.
+    _, config, st, *_ = world
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"))
+    return build_app(source, config, clock, CounterMetrics(), logging.getLogger("t"))
+
+
+def client(world, clock):
+    app = make_app(world, clock)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge")
+
+
+def call(world, method, path, clock=None, **kwargs) -> httpx.Response:
+    async def go():
+        async with client(world, clock or FakeClock(NOW)) as c:
+            return await c.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("prefix", ["", "/ocsp", "/api/ocsp"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_good_answer_under_every_prefix(world, prefix, method):
+    ca_cert = world[3]
+    der = request_der(ca_cert, 0x10)
+    if method == "GET":
+        r = call(world, "GET", f"{prefix}/{base64.b64encode(der).decode()}")
+    else:
+        r = call(world, "POST", prefix or "/", content=der)
+    assert r.status_code == 200
+    resp = ocsp.load_der_ocsp_response(r.content)
+    assert resp.certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert resp.serial_number == 0x10
+
+
+def test_revoked_and_sha256(world):
+    r = call(world, "POST", "/ocsp", content=request_der(world[3], 0x80, hashes.SHA256()))
+    resp = ocsp.load_der_ocsp_response(r.content)
+    assert resp.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert isinstance(resp.hash_algorithm, hashes.SHA256)
+    assert resp.revocation_reason == x509.ReasonFlags.key_compromise
+
+
+def test_double_slash_inside_base64_is_not_collapsed(world):
+    der = request_der(world[3], world[4])
+    encoded = base64.b64encode(der).decode()
+    assert "//" in encoded
+    r = call(world, "GET", f"/ocsp/{encoded}")
+    assert r.status_code == 200
+    assert ocsp.load_der_ocsp_response(r.content).serial_number == world[4]
+
+
+def test_head_has_get_headers_and_no_body(world):
+    path = "/ocsp/" + base64.b64encode(request_der(world[3], 0x10)).decode()
+    get, head = call(world, "GET", path), call(world, "HEAD", path)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert head.headers["etag"] == get.headers["etag"]
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_get_405_with_allow(world, method):
+    r = call(world, method, "/ocsp")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET, HEAD, POST"
+
+
+def test_post_limits(world):
+    assert call(world, "POST", "/ocsp", content=b"\x30" * 10001).status_code == 413
+    assert call(world, "POST", "/ocsp", content=b"").status_code == 400
+    r = call(world, "POST", "/ocsp", content=b"not der")
+    assert (r.status_code, r.content) == (400, bytes.fromhex("30030a0101"))
+
+
+def test_stale_response_is_never_served(world):
+    der = request_der(world[3], 0x10)
+    r = call(world, "POST", "/", content=der, clock=FakeClock(NOW + 8 * 24 * 3600))
+    assert r.status_code == 503
+    assert r.content == bytes.fromhex("30030a0103")
+    assert r.headers["retry-after"] == "60"
+    assert r.headers["cache-control"] == "max-age=0, no-cache"
+
+
+def test_max_age_counts_down_to_the_planned_refresh(world):
+    der = request_der(world[3], 0x10)
+    first = call(world, "POST", "/", content=der, clock=FakeClock(NOW))
+    later = call(world, "POST", "/", content=der, clock=FakeClock(NOW + 1000))
+    age = int(first.headers["cache-control"].split("=")[1].split(",")[0])
+    age_later = int(later.headers["cache-control"].split("=")[1].split(",")[0])
+    assert age - age_later == 1000
+    assert 0 < age <= 7 * 24 * 3600 / 2
+
+
+def test_health_and_readiness_do_not_shadow_ocsp(world):
+    assert call(world, "GET", "/healthz").text == "ok\n"
+    r = call(world, "GET", "/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True and r.json()["issuers"] == 1
+    assert call(world, "GET", "/ocsp/healthz").status_code == 400
+
+
+def test_ca_added_after_start_is_found(world):
+    data, config, st, *_ = world
+
+    async def go():
+        app = make_app(world, FakeClock(NOW))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e") as c:
+            when = dt.datetime.fromtimestamp(NOW - 60, dt.UTC)
+            issuer = create_ca(st, "late", "ec-p256", 365, None, None, when)
+            ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
+            der = request_der(ca_cert, 0x99)
+            before = await c.post("/", content=der)
+            key = generate_key("ec-p256")
+            leaf = make_end_entity_certificate(
+                ca_cert, load_ca_key(data, issuer), key.public_key(), "x", [], 30, when, None, serial=0x99
+            )
+            add_certificates(st, issuer, [leaf], now=NOW)
+            drain(st, config)
+            after = await c.post("/", content=der)
+            return before, after
+
+    before, after = asyncio.run(go())
+    assert before.content == bytes.fromhex("30030a0106")
+    assert after.status_code == 200
+    assert ocsp.load_der_ocsp_response(after.content).certificate_status == ocsp.OCSPCertStatus.GOOD
+
+
+def test_store_not_created_answers_try_later(tmp_path):
+    source = LmdbSource(read_only_store(tmp_path, 1 << 30), logging.getLogger("t"))
+    app = build_app(source, Config(), FakeClock(NOW), CounterMetrics(), logging.getLogger("t"))
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e") as c:
+            return await c.post("/", content=bytes.fromhex("3003300130")), await c.get("/readyz")
+
+    post, ready = asyncio.run(go())
+    assert post.status_code in (400, 503)
+    assert ready.status_code == 503
