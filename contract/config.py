@@ -51,6 +51,8 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retry_after_seconds: int = 60
     # When the signer lags past a response's planned refresh, caches keep it this long at most.
     overdue_max_age_seconds: int = 60
+    # Answer OCSP from uvicorn's parser callbacks instead of a full ASGI cycle (edge.fastlane).
+    fast_lane: bool = True
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -33,6 +33,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 ALLOW = (b"allow", b"GET, HEAD, POST")
 STARLETTE_PATHS = frozenset({"/healthz", "/readyz"})
+STARLETTE_RAW_PATHS = frozenset(p.encode() for p in STARLETTE_PATHS)
 
 
 class OCSPApp:
@@ -43,45 +44,70 @@ class OCSPApp:
         # Longest first, root last, so "/api/ocsp" wins over "/".
         self._prefixes = (*sorted((p.encode() for p in prefixes), key=len, reverse=True), b"")
         self._max = max_request_bytes
-        self._method_not_allowed = Answer(405, [ALLOW, (b"content-length", b"0")], b"")
+        self.method_not_allowed = Answer(405, [ALLOW, (b"content-length", b"0")], b"")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         if method == "GET" or method == "HEAD":
-            answer = self._get(scope)
-            if method == "HEAD":
-                answer = Answer(answer.status, answer.headers, b"")
+            answer = self.answer_get(method, scope.get("raw_path") or scope["path"].encode(), scope["headers"])
         elif method == "POST":
-            answer = await self._post(scope, receive)
+            answer = self.check_post_headers(scope["headers"]) or await self._post(receive)
         else:
-            answer = self._method_not_allowed
+            answer = self.method_not_allowed
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.body})
 
-    def _get(self, scope: Scope) -> Answer:
-        raw_path = scope.get("raw_path") or scope["path"].encode()
+    # The methods below are the whole OCSP-over-HTTP logic, shared with the fast lane
+    # (edge.fastlane) so that both paths give byte-identical answers.
+
+    def answer_get(self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -> Answer:
+        """GET or HEAD: decode the request from the raw path; HEAD drops the body, keeps the headers."""
         encoded = strip_prefix(raw_path, self._prefixes)
         if encoded is None:
-            return self._answerer.malformed
-        try:
-            der = decode_get_request(encoded, self._max)
-        except MalformedRequest:
-            return self._answerer.malformed
-        conditional = NO_CONDITIONS
-        for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                conditional = conditional._replace(if_none_match=value)
-            elif name == b"if-modified-since":
-                conditional = conditional._replace(if_modified_since=value)
-        return self._answerer.answer_der(der, conditional)
+            answer = self._answerer.malformed
+        else:
+            try:
+                der = decode_get_request(encoded, self._max)
+            except MalformedRequest:
+                answer = self._answerer.malformed
+            else:
+                conditional = NO_CONDITIONS
+                for name, value in headers:
+                    if name == b"if-none-match":
+                        conditional = conditional._replace(if_none_match=value)
+                    elif name == b"if-modified-since":
+                        conditional = conditional._replace(if_modified_since=value)
+                answer = self._answerer.answer_der(der, conditional)
+        return Answer(answer.status, answer.headers, b"") if method == "HEAD" else answer
 
-    async def _post(self, scope: Scope, receive: Receive) -> Answer:
-        for name, value in scope["headers"]:
+    def check_post_headers(self, headers: list[tuple[bytes, bytes]]) -> Answer | None:
+        """An early answer for a POST whose declared length is invalid or too large, else None."""
+        for name, value in headers:
             if name == b"content-length":
                 if not value.isdigit():
                     return self._answerer.malformed
                 if int(value) > self._max:
                     return self._answerer.too_large
+        return None
+
+    def answer_post(self, body: bytes) -> Answer:
+        if len(body) > self._max:
+            return self._answerer.too_large
+        return self._answerer.answer_der(body)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self._max
+
+    @property
+    def too_large(self) -> Answer:
+        return self._answerer.too_large
+
+    def serves(self, path: bytes) -> bool:
+        """True for every path OCSP answers (all but the Starlette routes)."""
+        return path not in STARLETTE_RAW_PATHS
+
+    async def _post(self, receive: Receive) -> Answer:
         chunks = []
         size = 0
         more = True
@@ -95,19 +121,19 @@ class OCSPApp:
                 return self._answerer.too_large
             chunks.append(chunk)
             more = message.get("more_body", False)
-        return self._answerer.answer_der(b"".join(chunks))
+        return self.answer_post(b"".join(chunks))
 
 
 class EdgeApp:
     """Sends OCSP straight to ``OCSPApp``; health, readiness and lifespan to Starlette."""
 
     def __init__(self, ocsp: OCSPApp, starlette: Starlette) -> None:
-        self._ocsp = ocsp
+        self.ocsp = ocsp  # also reached by the fast lane (edge.fastlane)
         self._starlette = starlette
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in STARLETTE_PATHS:
-            await self._ocsp(scope, receive, send)
+            await self.ocsp(scope, receive, send)
         else:
             await self._starlette(scope, receive, send)
 
