@@ -26,6 +26,7 @@ from signer.ocsp_der import CertStatus, ResponseSigner
 from signer.state import SignerStore
 
 SignerLoader = Callable[[IssuerRecord], ResponseSigner]
+RETRY_UNSIGNABLE_SECONDS = 60
 
 
 class Clock:
@@ -76,6 +77,7 @@ class Precomputer:
             except Exception as exc:  # one broken CA must not stop the others being refreshed
                 self._logger.error("CA %s: cannot load its OCSP signing key: %s", record.name, exc)
         self._signers = signers
+        self._unsignable_logged: set[int] = set()
         self._generation = generation
         self._logger.info("loaded %d OCSP signers (registry generation %d)", len(signers), generation)
 
@@ -116,18 +118,24 @@ class Precomputer:
         if old_refresh is not None:
             txn.delete(store.schedule_key(store.unpack_u64(old_refresh), inv_key), db=st.schedule)
         raw = txn.get(inv_key, db=st.inventory)
-        signer = self._signers.get(issuer_number)
         record = store.CERT_DECODER.decode(raw) if raw is not None else None
         serve_until = record.not_after + self._grace if record is not None else 0
-        if record is None or signer is None or now >= serve_until:
-            # Expired past its grace, or its CA is gone or unusable: stop serving it.
+        if record is None or now >= serve_until:
+            # Expired past its grace (or no longer in the inventory): stop serving it.
             for code, _ in store.HASH_ALGORITHMS.values():
                 txn.delete(store.response_key(issuer_number, code, serial_k), db=st.responses)
             txn.delete(inv_key, db=st.refresh)
-            if record is not None and signer is None:
-                self._logger.error(
-                    "issuer %d has no usable signer: serial %s not signed", issuer_number, serial_k.hex()
-                )
+            return
+        signer = self._signers.get(issuer_number)
+        if signer is None:
+            # The CA's key cannot be loaded now: keep what is stored (the edge stops serving
+            # it at nextUpdate) and retry later rather than block the other work.
+            retry_at = now + RETRY_UNSIGNABLE_SECONDS
+            txn.put(store.schedule_key(retry_at, inv_key), b"", db=st.schedule)
+            txn.put(inv_key, store.pack_u64(retry_at), db=st.refresh)
+            if issuer_number not in self._unsignable_logged:
+                self._unsignable_logged.add(issuer_number)
+                self._logger.error("issuer %d has no usable signer: its serials wait", issuer_number)
             return
         this_update = now - self._config.backdate_seconds
         next_update = this_update + self._validity
