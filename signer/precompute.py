@@ -65,6 +65,7 @@ class Precomputer:
         self._grace = int(config.expired_grace_hours * 3600)
         self._generation = -1
         self._signers: dict[int, ResponseSigner] = {}
+        self._unsignable_logged: set[int] = set()
 
     def reload_issuers(self) -> None:
         generation = self._st.registry_generation()
@@ -77,7 +78,7 @@ class Precomputer:
             except Exception as exc:  # one broken CA must not stop the others being refreshed
                 self._logger.error("CA %s: cannot load its OCSP signing key: %s", record.name, exc)
         self._signers = signers
-        self._unsignable_logged: set[int] = set()
+        self._unsignable_logged = set()
         self._generation = generation
         self._logger.info("loaded %d OCSP signers (registry generation %d)", len(signers), generation)
 
