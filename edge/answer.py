@@ -6,8 +6,10 @@ answers. All mapping of failures to OCSP and HTTP statuses happens here.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from email.utils import parsedate_to_datetime
+import re
+from email.utils import parsedate_tz
 from typing import NamedTuple
 
 from contract.store import StoredResponse
@@ -48,22 +50,27 @@ def _unsigned(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Answer:
     return Answer(status, [CONTENT_TYPE, (b"content-length", b"%d" % len(body)), NO_CACHE, *extra], body)
 
 
+# One member of an If-None-Match list: an entity-tag (quotes may hold commas) or "*".
+_LIST_MEMBER = re.compile(rb'(?:^|,)[ \t]*(?:W/)?("[^"]*"|\*)[ \t]*(?=,|$)')
+
+
 def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
-    """RFC 9110 §13.1.2: weak comparison over a list, ``*`` matches any current entity."""
-    for candidate in if_none_match.split(b","):
-        candidate = candidate.strip()
-        if candidate == b"*" or candidate.removeprefix(b"W/") == etag:
-            return True
-    return False
+    """RFC 9110 §13.1.2: weak comparison over the list; ``*`` matches any current entity."""
+    opaque = etag.removeprefix(b"W/")
+    return any(tag == opaque or tag == b"*" for tag in _LIST_MEMBER.findall(if_none_match))
 
 
 def not_modified_since(if_modified_since: bytes, this_update: int, last_modified: bytes) -> bool:
     if if_modified_since == last_modified:
         return True
-    try:
-        since = parsedate_to_datetime(if_modified_since.decode("latin-1")).timestamp()
-    except (ValueError, TypeError):
+    parsed = parsedate_tz(if_modified_since.decode("latin-1"))
+    if parsed is None:
         return False  # an invalid date is ignored (RFC 9110 §13.1.3)
+    # HTTP dates are UTC whatever their form (RFC 9110 §5.6.7); asctime carries no zone at all.
+    try:
+        since = dt.datetime(*parsed[:6], tzinfo=dt.UTC).timestamp() - (parsed[9] or 0)
+    except (ValueError, OverflowError):
+        return False
     return this_update <= since
 
 

@@ -84,8 +84,14 @@ def _expect(buf: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
 
 def _oid(buf: bytes, start: int, stop: int) -> bytes:
     content = buf[start:stop]
-    if not content or len(content) > MAX_OID_BYTES or content[-1] & 0x80 or content[0] == 0x80:
+    if not content or len(content) > MAX_OID_BYTES or content[-1] & 0x80:
         raise MalformedRequest("bad object identifier")
+    if 0x80 in content:  # rare: check that no subidentifier starts with a padding octet (X.690 §8.19.2)
+        starts = True
+        for octet in content:
+            if starts and octet == 0x80:
+                raise MalformedRequest("non-minimal object identifier")
+            starts = octet < 0x80
     return content
 
 

@@ -1,0 +1,565 @@
+"""Table-driven tests of ``edge.answer``: request bytes in, (status, headers, body) out.
+
+A fake ``Source`` returns a ``StoredResponse`` or raises one of the closed set of lookup
+errors; ``FreshnessPolicy`` and ``FakeClock`` are the real ones. Expected statuses, bodies
+and header values are written out from RFC 6960 / RFC 5019bis, not read back from the code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+
+import pytest
+
+from contract.store import HASH_ALGORITHMS, StoredResponse, serial_key
+from edge.answer import Answer, Conditional, OCSPAnswerer, etag_matches, not_modified_since
+from edge.clock import FakeClock
+from edge.metrics import CounterMetrics
+from edge.ocsp_request import CertID
+from edge.source import FreshnessPolicy, NotFound, Source, Stale, Unavailable
+from tests.edge.conftest import (
+    SHA256_OID,
+    algorithm_identifier,
+    cert_id,
+    crypto_request_by_hash,
+    fake_hashes,
+    integer_content,
+    ocsp_request,
+    single_request,
+)
+
+NOW = 1_700_000_000
+MINUTE = 60
+HOUR = 3600
+DAY = 86400
+RETRY_AFTER = 120
+OVERDUE_MAX_AGE = 300
+
+# OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED } for the unsigned statuses (RFC 6960 §4.2.1).
+MALFORMED_BODY = bytes([0x30, 0x03, 0x0A, 0x01, 0x01])
+TRY_LATER_BODY = bytes([0x30, 0x03, 0x0A, 0x01, 0x03])
+UNAUTHORIZED_BODY = bytes([0x30, 0x03, 0x0A, 0x01, 0x06])
+
+NAME_HASH, KEY_HASH = fake_hashes("sha1", b"answer-tests")
+SERIAL = 0x0123456789ABCDEF
+REQUEST = crypto_request_by_hash(NAME_HASH, KEY_HASH, SERIAL)
+EXPECTED_CERT_ID = CertID(HASH_ALGORITHMS["sha1"][1], NAME_HASH, KEY_HASH, serial_key(SERIAL))
+RESPONSE_DER = b"\x30\x81\x80" + bytes(range(128))  # opaque to the edge
+ETAG = b'"5c1e-9f3a"'
+
+
+def http_date(timestamp: int) -> bytes:
+    return formatdate(timestamp, usegmt=True).encode()
+
+
+def stored(
+    *,
+    this_update: int = NOW - HOUR,
+    next_update: int = NOW + 7 * DAY,
+    refresh_at: int = NOW + 3 * DAY,
+    serve_until: int = NOW + 365 * DAY,
+    revoked: bool = False,
+    etag: bytes = ETAG,
+) -> StoredResponse:
+    return StoredResponse(
+        der=RESPONSE_DER,
+        this_update=this_update,
+        next_update=next_update,
+        refresh_at=refresh_at,
+        serve_until=serve_until,
+        etag=etag,
+        last_modified=http_date(this_update),
+        expires=http_date(next_update),
+        revoked=revoked,
+    )
+
+
+class FakeSource:
+    """Returns one outcome for every CertID and remembers what it was asked."""
+
+    def __init__(self, outcome: StoredResponse | Exception) -> None:
+        self.outcome = outcome
+        self.calls: list[CertID] = []
+
+    def response(self, cert_id: CertID) -> StoredResponse:
+        self.calls.append(cert_id)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+class Harness:
+    def __init__(self, outcome: StoredResponse | Exception, *, policy: bool = True, now: int = NOW) -> None:
+        self.clock = FakeClock(now)
+        self.source = FakeSource(outcome)
+        self.metrics = CounterMetrics()
+        inner: Source = self.source
+        self.answerer = OCSPAnswerer(
+            FreshnessPolicy(inner, self.clock) if policy else inner,
+            self.clock,
+            self.metrics,
+            logging.getLogger("test"),
+            retry_after_seconds=RETRY_AFTER,
+            overdue_max_age_seconds=OVERDUE_MAX_AGE,
+        )
+
+    def answer(self, der: bytes = REQUEST, conditional: Conditional | None = None) -> Answer:
+        if conditional is None:
+            return self.answerer.answer_der(der)
+        return self.answerer.answer_der(der, conditional)
+
+
+def header_dict(answer: Answer) -> dict[bytes, bytes]:
+    names = [name for name, _ in answer.headers]
+    assert len(names) == len(set(names)), f"duplicate headers: {names}"
+    assert all(name == name.lower() for name in names)
+    return dict(answer.headers)
+
+
+def cache_control(max_age: int) -> bytes:
+    return f"max-age={max_age}, public, no-transform, must-revalidate".encode()
+
+
+CACHE_HEADER_NAMES = (b"cache-control", b"last-modified", b"expires", b"etag")
+
+
+# ------------------------------------------------------------------ authoritative answers
+
+# (id, StoredResponse fields, expected max-age): max-age = min(nextUpdate, refresh_at) - now, or when the
+# refresh is overdue (refresh_at <= now) min(nextUpdate - now, overdue max-age); never negative.
+MAX_AGE_CASES = [
+    ("refresh-before-next-update", {"refresh_at": NOW + 2 * DAY, "next_update": NOW + 7 * DAY}, 2 * DAY),
+    ("next-update-before-refresh", {"refresh_at": NOW + DAY, "next_update": NOW + HOUR}, HOUR),
+    ("refresh-equals-next-update", {"refresh_at": NOW + DAY, "next_update": NOW + DAY}, DAY),
+    ("refresh-in-one-second", {"refresh_at": NOW + 1}, 1),
+    ("next-update-in-one-second", {"next_update": NOW + 1, "refresh_at": NOW + DAY}, 1),
+    ("overdue-refresh-is-now", {"refresh_at": NOW}, OVERDUE_MAX_AGE),
+    ("overdue-refresh-long-past", {"refresh_at": NOW - 30 * DAY}, OVERDUE_MAX_AGE),
+    ("overdue-next-update-sooner", {"refresh_at": NOW - 1, "next_update": NOW + MINUTE}, MINUTE),
+    ("overdue-next-update-equal", {"refresh_at": NOW - 1, "next_update": NOW + OVERDUE_MAX_AGE}, OVERDUE_MAX_AGE),
+    ("revoked", {"revoked": True, "refresh_at": NOW + 5 * MINUTE}, 5 * MINUTE),
+]
+
+
+@pytest.mark.parametrize(("fields", "max_age"), [c[1:] for c in MAX_AGE_CASES], ids=[c[0] for c in MAX_AGE_CASES])
+def test_authoritative_answer(fields: dict[str, int], max_age: int) -> None:
+    response = stored(**fields)  # type: ignore[arg-type]
+    harness = Harness(response)
+
+    answer = harness.answer()
+
+    assert answer.status == 200
+    assert answer.body == RESPONSE_DER
+    assert header_dict(answer) == {
+        b"content-type": b"application/ocsp-response",
+        b"content-length": str(len(RESPONSE_DER)).encode(),
+        b"cache-control": cache_control(max_age),
+        b"last-modified": response.last_modified,
+        b"expires": response.expires,
+        b"etag": ETAG,
+    }
+    assert harness.source.calls == [EXPECTED_CERT_ID]
+    assert harness.metrics.snapshot() == {"ocsp_revoked" if response.revoked else "ocsp_good": 1}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"next_update": NOW - 1, "refresh_at": NOW + DAY},
+        {"next_update": NOW - DAY, "refresh_at": NOW - 2 * DAY},
+        {"next_update": NOW, "refresh_at": NOW},
+    ],
+    ids=["next-update-passed", "both-passed", "both-now"],
+)
+def test_max_age_is_never_negative_without_the_freshness_policy(fields: dict[str, int]) -> None:
+    answer = Harness(stored(**fields), policy=False).answer()  # type: ignore[arg-type]
+
+    assert answer.status == 200
+    assert header_dict(answer)[b"cache-control"] == cache_control(0)
+
+
+def test_max_age_follows_the_clock() -> None:
+    harness = Harness(stored(refresh_at=NOW + HOUR, next_update=NOW + DAY))
+    assert header_dict(harness.answer())[b"cache-control"] == cache_control(HOUR)
+    harness.clock.advance(HOUR - 10)
+    assert header_dict(harness.answer())[b"cache-control"] == cache_control(10)
+    harness.clock.advance(10)  # refresh now overdue
+    assert header_dict(harness.answer())[b"cache-control"] == cache_control(OVERDUE_MAX_AGE)
+    harness.clock.advance(DAY - HOUR - 100)  # 100 s before nextUpdate
+    assert header_dict(harness.answer())[b"cache-control"] == cache_control(100)
+
+
+@pytest.mark.parametrize("hash_name", ["sha1", "sha256", "sha384", "sha512"])
+def test_source_is_asked_for_the_request_cert_id(hash_name: str) -> None:
+    name_hash, key_hash = fake_hashes(hash_name, b"lookup")
+    harness = Harness(stored())
+
+    harness.answer(crypto_request_by_hash(name_hash, key_hash, 2**100 + 1, hash_name))
+
+    assert harness.source.calls == [
+        CertID(HASH_ALGORITHMS[hash_name][1], name_hash, key_hash, integer_content(2**100 + 1))
+    ]
+
+
+# ------------------------------------------------------------------ non-authoritative and failures
+
+
+def unsigned_headers(body: bytes, *extra: tuple[bytes, bytes]) -> dict[bytes, bytes]:
+    return {
+        b"content-type": b"application/ocsp-response",
+        b"content-length": str(len(body)).encode(),
+        b"cache-control": b"max-age=0, no-cache",
+        **dict(extra),
+    }
+
+
+RETRY = (b"retry-after", str(RETRY_AFTER).encode())
+
+# (id, source outcome, use FreshnessPolicy, status, body, extra headers, metric)
+FAILURE_CASES = [
+    ("not-found", NotFound("unknown serial"), True, 200, UNAUTHORIZED_BODY, (), "ocsp_unauthorized"),
+    ("not-found-no-policy", NotFound("unknown issuer"), False, 200, UNAUTHORIZED_BODY, (), "ocsp_unauthorized"),
+    ("past-serve-until", stored(serve_until=NOW - 1), True, 200, UNAUTHORIZED_BODY, (), "ocsp_unauthorized"),
+    ("serve-until-now", stored(serve_until=NOW), True, 200, UNAUTHORIZED_BODY, (), "ocsp_unauthorized"),
+    (
+        "past-serve-until-and-stale",
+        stored(serve_until=NOW - DAY, next_update=NOW - DAY, refresh_at=NOW - 2 * DAY),
+        True,
+        200,
+        UNAUTHORIZED_BODY,
+        (),
+        "ocsp_unauthorized",
+    ),
+    ("stale-next-update-now", stored(next_update=NOW), True, 503, TRY_LATER_BODY, (RETRY,), "ocsp_stale"),
+    (
+        "stale-next-update-passed",
+        stored(next_update=NOW - HOUR, refresh_at=NOW - DAY),
+        True,
+        503,
+        TRY_LATER_BODY,
+        (RETRY,),
+        "ocsp_stale",
+    ),
+    ("stale-from-source", Stale("past nextUpdate"), False, 503, TRY_LATER_BODY, (RETRY,), "ocsp_stale"),
+    ("unavailable", Unavailable("store not created yet"), True, 503, TRY_LATER_BODY, (RETRY,), "ocsp_unavailable"),
+]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "policy", "status", "body", "extra", "metric"),
+    [c[1:] for c in FAILURE_CASES],
+    ids=[c[0] for c in FAILURE_CASES],
+)
+def test_non_authoritative_answers(
+    outcome: StoredResponse | Exception,
+    policy: bool,
+    status: int,
+    body: bytes,
+    extra: tuple[tuple[bytes, bytes], ...],
+    metric: str,
+) -> None:
+    harness = Harness(outcome, policy=policy)
+
+    answer = harness.answer()
+
+    assert (answer.status, answer.body) == (status, body)
+    assert header_dict(answer) == unsigned_headers(body, *extra)
+    assert harness.source.calls == [EXPECTED_CERT_ID]
+    assert harness.metrics.snapshot() == {metric: 1}
+
+
+def test_stale_is_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="test"):
+        Harness(stored(next_update=NOW)).answer()
+    assert [r.levelno for r in caplog.records if r.name == "test"] == [logging.ERROR]
+
+
+def test_unavailable_is_not_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="test"):
+        Harness(Unavailable("no store")).answer()
+    assert [r for r in caplog.records if r.name == "test"] == []
+
+
+TWO_CERT_IDS = ocsp_request(
+    [
+        single_request(cert_id(name_hash=NAME_HASH, key_hash=KEY_HASH, serial_content=serial_key(SERIAL))),
+        single_request(cert_id(name_hash=NAME_HASH, key_hash=KEY_HASH, serial_content=serial_key(SERIAL + 1))),
+    ]
+)
+SAME_CERT_ID_TWICE = ocsp_request(
+    [single_request(cert_id(name_hash=NAME_HASH, key_hash=KEY_HASH, serial_content=serial_key(SERIAL)))] * 2
+)
+
+# (id, request bytes, metric)
+MALFORMED_CASES = [
+    ("empty", b"", "ocsp_malformed"),
+    ("garbage", b"not an ocsp request", "ocsp_malformed"),
+    ("truncated", REQUEST[:-1], "ocsp_malformed"),
+    ("trailing-byte", REQUEST + b"\x00", "ocsp_malformed"),
+    ("too-large", REQUEST[:2] + b"\x00" * 10_001, "ocsp_malformed"),
+    ("two-cert-ids", TWO_CERT_IDS, "ocsp_multiple_certids"),
+    ("same-cert-id-twice", SAME_CERT_ID_TWICE, "ocsp_multiple_certids"),
+    (
+        "three-cert-ids-mixed-hashes",
+        ocsp_request(
+            [
+                single_request(cert_id()),
+                single_request(cert_id(algorithm=algorithm_identifier(SHA256_OID), name_hash=b"\x01" * 32)),
+                single_request(cert_id(serial_content=b"\x02")),
+            ]
+        ),
+        "ocsp_multiple_certids",
+    ),
+]
+
+
+@pytest.mark.parametrize(("der", "metric"), [c[1:] for c in MALFORMED_CASES], ids=[c[0] for c in MALFORMED_CASES])
+def test_malformed_requests(der: bytes, metric: str) -> None:
+    harness = Harness(stored())
+
+    answer = harness.answer(der, Conditional(if_none_match=b"*"))
+
+    assert (answer.status, answer.body) == (400, MALFORMED_BODY)
+    assert header_dict(answer) == unsigned_headers(MALFORMED_BODY)
+    assert harness.source.calls == []  # nothing is looked up for a request that is refused
+    assert harness.metrics.snapshot() == {metric: 1}
+
+
+def test_one_cert_id_built_the_same_way_is_answered() -> None:
+    """The two-CertID request is refused as such, not because its CertIDs are unreadable."""
+    single = ocsp_request(
+        [single_request(cert_id(name_hash=NAME_HASH, key_hash=KEY_HASH, serial_content=serial_key(SERIAL)))]
+    )
+    harness = Harness(stored())
+    assert harness.answer(single).status == 200
+    assert harness.source.calls == [EXPECTED_CERT_ID]
+
+
+def test_authoritative_headers_are_not_shared_between_answers() -> None:
+    """Mutating one answer's headers must not leak into the next one."""
+    harness = Harness(stored())
+    first = harness.answer()
+    first.headers.append((b"x-test", b"1"))
+    assert b"x-test" not in header_dict(harness.answer())
+
+
+# ------------------------------------------------------------------ conditional requests
+
+RESPONSE = stored()  # this_update = NOW - HOUR
+LAST_MODIFIED = RESPONSE.last_modified
+
+
+def rfc850(timestamp: int) -> bytes:
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime("%A, %d-%b-%y %H:%M:%S GMT").encode()
+
+
+# (id, conditional, expected status)
+CONDITIONAL_CASES = [
+    ("no-validators", Conditional(), 200),
+    ("inm-exact", Conditional(if_none_match=ETAG), 304),
+    ("inm-list", Conditional(if_none_match=b'"other", ' + ETAG + b', "third"'), 304),
+    ("inm-list-no-spaces", Conditional(if_none_match=b'"other",' + ETAG), 304),
+    ("inm-weak", Conditional(if_none_match=b"W/" + ETAG), 304),
+    ("inm-weak-in-list", Conditional(if_none_match=b'W/"x", W/' + ETAG), 304),
+    ("inm-star", Conditional(if_none_match=b"*"), 304),
+    ("inm-other", Conditional(if_none_match=b'"5c1e-9f3b"'), 200),
+    ("inm-other-weak", Conditional(if_none_match=b'W/"5c1e-9f3b"'), 200),
+    ("inm-unquoted", Conditional(if_none_match=ETAG.strip(b'"')), 200),
+    ("inm-prefix-of-etag", Conditional(if_none_match=ETAG[:-2] + b'"'), 200),
+    ("inm-empty", Conditional(if_none_match=b""), 200),
+    ("ims-equal-string", Conditional(if_modified_since=LAST_MODIFIED), 304),
+    ("ims-same-instant-rfc850", Conditional(if_modified_since=rfc850(RESPONSE.this_update)), 304),
+    ("ims-later-date", Conditional(if_modified_since=http_date(RESPONSE.this_update + MINUTE)), 304),
+    ("ims-now", Conditional(if_modified_since=http_date(NOW)), 304),
+    ("ims-earlier-date", Conditional(if_modified_since=http_date(RESPONSE.this_update - 1)), 200),
+    ("ims-much-earlier", Conditional(if_modified_since=http_date(RESPONSE.this_update - 30 * DAY)), 200),
+    ("ims-garbage", Conditional(if_modified_since=b"yesterday-ish"), 200),
+    ("ims-empty", Conditional(if_modified_since=b""), 200),
+    ("ims-non-latin", Conditional(if_modified_since="Montag, 1. Jänner".encode()), 200),
+    (
+        "inm-wins-nonmatching-over-matching-ims",
+        Conditional(if_none_match=b'"other"', if_modified_since=LAST_MODIFIED),
+        200,
+    ),
+    (
+        "inm-wins-matching-over-earlier-ims",
+        Conditional(if_none_match=ETAG, if_modified_since=http_date(RESPONSE.this_update - DAY)),
+        304,
+    ),
+    (
+        "inm-star-wins-over-garbage-ims",
+        Conditional(if_none_match=b"*", if_modified_since=b"garbage"),
+        304,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("conditional", "status"), [c[1:] for c in CONDITIONAL_CASES], ids=[c[0] for c in CONDITIONAL_CASES]
+)
+def test_conditional_requests(conditional: Conditional, status: int) -> None:
+    harness = Harness(RESPONSE)
+    unconditional = harness.answer()
+
+    answer = harness.answer(REQUEST, conditional)
+
+    assert answer.status == status
+    if status == 200:
+        assert answer == unconditional
+        assert harness.metrics.snapshot() == {"ocsp_good": 2}
+    else:
+        # The 304 repeats the cache headers of the 200 it stands for, and has no body.
+        assert answer.body == b""
+        full = header_dict(unconditional)
+        assert header_dict(answer) == {name: full[name] for name in CACHE_HEADER_NAMES}
+        assert harness.metrics.snapshot() == {"ocsp_good": 1, "ocsp_not_modified": 1}
+
+
+def test_not_modified_tracks_the_max_age() -> None:
+    harness = Harness(stored(refresh_at=NOW + HOUR))
+    harness.clock.advance(HOUR // 2)
+    answer = harness.answer(REQUEST, Conditional(if_none_match=ETAG))
+    assert answer.status == 304
+    assert header_dict(answer)[b"cache-control"] == cache_control(HOUR // 2)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [NotFound("x"), Unavailable("x"), stored(next_update=NOW), stored(serve_until=NOW)],
+    ids=["not-found", "unavailable", "stale", "past-serve-until"],
+)
+def test_validators_never_turn_a_failure_into_304(outcome: StoredResponse | Exception) -> None:
+    """'*' matches only a current representation; without one the failure answer stands."""
+    plain = Harness(outcome).answer()
+    conditional = Harness(outcome).answer(REQUEST, Conditional(if_none_match=b"*", if_modified_since=LAST_MODIFIED))
+    assert conditional == plain
+    assert conditional.status != 304
+
+
+# ------------------------------------------------------------------ the nonce is ignored
+
+
+@pytest.mark.parametrize(
+    "conditional",
+    [None, Conditional(if_none_match=ETAG), Conditional(if_modified_since=b"garbage")],
+    ids=["unconditional", "inm", "ims"],
+)
+@pytest.mark.parametrize(
+    "outcome", [RESPONSE, NotFound("x"), stored(next_update=NOW)], ids=["good", "not-found", "stale"]
+)
+def test_nonce_in_the_request_is_ignored(outcome: StoredResponse | Exception, conditional: Conditional | None) -> None:
+    without = Harness(outcome)
+    with_nonce = Harness(outcome)
+    other_nonce = Harness(outcome)
+
+    a = without.answer(REQUEST, conditional)
+    b = with_nonce.answer(crypto_request_by_hash(NAME_HASH, KEY_HASH, SERIAL, nonce=b"\x01" * 16), conditional)
+    c = other_nonce.answer(crypto_request_by_hash(NAME_HASH, KEY_HASH, SERIAL, nonce=b"\xfe" * 32), conditional)
+
+    assert a == b == c
+    assert without.source.calls == with_nonce.source.calls == other_nonce.source.calls == [EXPECTED_CERT_ID]
+
+
+# ------------------------------------------------------------------ etag_matches / not_modified_since
+
+ETAG_CASES = [
+    ("exact", b'"abc"', b'"abc"', True),
+    ("star", b"*", b'"abc"', True),
+    ("star-in-list", b'"x", *', b'"abc"', True),
+    ("weak-candidate", b'W/"abc"', b'"abc"', True),
+    ("list-last", b'"a", "b", "abc"', b'"abc"', True),
+    ("list-first", b'"abc","b"', b'"abc"', True),
+    ("list-tabs-and-spaces", b'"a" ,\t"abc"\t', b'"abc"', True),
+    ("different", b'"abd"', b'"abc"', False),
+    ("case-sensitive", b'"ABC"', b'"abc"', False),
+    ("unquoted", b"abc", b'"abc"', False),
+    ("substring", b'"ab"', b'"abc"', False),
+    ("superstring", b'"abcd"', b'"abc"', False),
+    ("weak-different", b'W/"abd"', b'"abc"', False),
+    ("lowercase-weak-prefix", b'w/"abc"', b'"abc"', False),
+    ("empty", b"", b'"abc"', False),
+    ("only-commas", b",,,", b'"abc"', False),
+]
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "etag", "expected"), [c[1:] for c in ETAG_CASES], ids=[c[0] for c in ETAG_CASES]
+)
+def test_etag_matches(if_none_match: bytes, etag: bytes, expected: bool) -> None:
+    assert etag_matches(if_none_match, etag) is expected
+
+
+def test_etag_matches_weak_stored_etag() -> None:
+    assert etag_matches(b'W/"abc"', b'W/"abc"')
+    assert etag_matches(b'"abc"', b'W/"abc"')
+
+
+def test_etag_matches_etag_containing_a_comma() -> None:
+    assert etag_matches(b'"a,b"', b'"a,b"')
+
+
+THIS_UPDATE = 1_699_999_999  # Tue, 14 Nov 2023 22:13:19 GMT
+LAST_MODIFIED_HEADER = http_date(THIS_UPDATE)
+
+IMS_CASES = [
+    ("equal-string", LAST_MODIFIED_HEADER, True),
+    ("same-instant-rfc850", rfc850(THIS_UPDATE), True),
+    ("same-instant-numeric-zone", b"Tue, 14 Nov 2023 22:13:19 +0000", True),
+    ("same-instant-other-zone", b"Tue, 14 Nov 2023 23:13:19 +0100", True),
+    ("one-second-later", http_date(THIS_UPDATE + 1), True),
+    ("a-year-later", http_date(THIS_UPDATE + 365 * DAY), True),
+    ("one-second-earlier", http_date(THIS_UPDATE - 1), False),
+    ("one-second-earlier-other-zone", b"Tue, 14 Nov 2023 17:13:18 -0500", False),
+    ("a-year-earlier", http_date(THIS_UPDATE - 365 * DAY), False),
+    ("garbage", b"garbage", False),
+    ("empty", b"", False),
+    ("number", b"1699999999", False),
+    ("iso-8601", b"2023-11-14T22:13:19Z", False),
+    ("high-bytes", b"\xff\xfe\x00", False),
+    ("out-of-range-day", b"Tue, 32 Nov 2023 22:13:19 GMT", False),
+    ("out-of-range-year", b"Tue, 14 Nov 99999 22:13:19 GMT", False),
+]
+
+
+@pytest.mark.parametrize(("if_modified_since", "expected"), [c[1:] for c in IMS_CASES], ids=[c[0] for c in IMS_CASES])
+def test_not_modified_since(if_modified_since: bytes, expected: bool) -> None:
+    assert not_modified_since(if_modified_since, THIS_UPDATE, LAST_MODIFIED_HEADER) is expected
+
+
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Let a test set the process time zone; restore it afterwards."""
+    yield monkeypatch
+    monkeypatch.undo()
+    time.tzset()
+
+
+def asctime(timestamp: int) -> bytes:
+    """RFC 9110 asctime-date, e.g. 'Sun Nov  6 08:49:37 1994' (always UTC)."""
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return f"{moment:%a %b} {moment.day:2d} {moment:%H:%M:%S %Y}".encode()
+
+
+@pytest.mark.parametrize("zone", ["XXX-05", "XXX+05"], ids=["utc+5", "utc-5"])
+def test_asctime_if_modified_since_is_utc_whatever_the_local_zone(local_zone: pytest.MonkeyPatch, zone: str) -> None:
+    local_zone.setenv("TZ", zone)
+    time.tzset()
+    same_instant = asctime(THIS_UPDATE)
+    hour_before = asctime(THIS_UPDATE - HOUR)
+    assert same_instant == b"Tue Nov 14 22:13:19 2023"
+
+    assert not_modified_since(same_instant, THIS_UPDATE, LAST_MODIFIED_HEADER) is True
+    assert not_modified_since(hour_before, THIS_UPDATE, LAST_MODIFIED_HEADER) is False
+
+
+def test_asctime_if_modified_since_in_utc() -> None:
+    """In a UTC process the asctime format already works; the bug above is the zone dependence."""
+    if time.timezone != 0 or time.daylight:
+        pytest.skip("process time zone is not UTC")
+    assert not_modified_since(asctime(THIS_UPDATE), THIS_UPDATE, LAST_MODIFIED_HEADER) is True
+    assert not_modified_since(asctime(THIS_UPDATE - HOUR), THIS_UPDATE, LAST_MODIFIED_HEADER) is False
