@@ -86,12 +86,16 @@ def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config
             raw = msgspec.toml.decode(path.read_bytes())
         except msgspec.DecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    for section, values in _env_overrides(dict(os.environ if environ is None else environ)).items():
-        raw.setdefault(section, {}).update(values)
+    overrides = _env_overrides(dict(os.environ if environ is None else environ))
+    for section, values in overrides.items():
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        raw[section].update(values)
     try:
         config = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        where = f"{path} or PKI_EDGE_* environment" if overrides else str(path)
+        raise ConfigError(f"{where}: {exc}") from None
     _validate(config)
     return config
 
@@ -105,6 +109,8 @@ def _validate(config: Config) -> None:
     signer = config.signer
     if not (0 <= signer.jitter_fraction < signer.refresh_fraction < 1):
         raise ConfigError("signer.refresh_fraction and jitter_fraction must leave refresh before nextUpdate")
+    if signer.batch_size < 1 or signer.batch_seconds <= 0 or signer.poll_interval_ms < 1:
+        raise ConfigError("signer.batch_size, batch_seconds and poll_interval_ms must be positive")
     if config.signer.validity_hours <= 0 or config.signer.backdate_seconds < 0:
         raise ConfigError("signer.validity_hours must be positive and backdate_seconds not negative")
     for prefix in config.edge.ocsp_prefixes:

@@ -52,6 +52,9 @@ _CANONICAL_REASON_NAMES = {
 }
 
 
+_OPENSSL_REASONS = {"keyTime": "keyCompromise", "CAkeyTime": "cACompromise", "holdInstruction": "certificateHold"}
+
+
 class ImportReport(msgspec.Struct):
     added: int = 0
     updated: int = 0
@@ -236,10 +239,13 @@ def parse_openssl_index(lines: Iterable[str], report: ImportReport) -> Iterator[
             continue
         revoked_at = reason = None
         if flag == "R":
+            # "date[,reason[,argument]]"; openssl writes keyTime, CAkeyTime and holdInstruction
+            # (followed by a compromise time or hold instruction) for the -crl_* options.
             when, _, why = revocation.partition(",")
+            why = why.partition(",")[0]
             try:
                 revoked_at = _index_time(when)
-                reason = reason_code(why) if why else None
+                reason = reason_code(_OPENSSL_REASONS.get(why, why)) if why else None
             except (ValueError, SignerError):
                 report.reject("malformed revocation field")
                 continue

@@ -66,17 +66,24 @@ class Precomputer:
         self._generation = -1
         self._signers: dict[int, ResponseSigner] = {}
         self._unsignable_logged: set[int] = set()
+        self._load_failed = False
+        self._retry_load_at = 0
 
     def reload_issuers(self) -> None:
+        """Load the signers when the registry changed, and retry a CA whose key failed to load."""
         generation = self._st.registry_generation()
-        if generation == self._generation:
+        now = self._clock.now()
+        if generation == self._generation and (not self._load_failed or now < self._retry_load_at):
             return
         signers = {}
+        self._load_failed = False
         for record in self._st.issuers():
             try:
                 signers[record.number] = self._load_signer(record)
             except Exception as exc:  # one broken CA must not stop the others being refreshed
+                self._load_failed = True
                 self._logger.error("CA %s: cannot load its OCSP signing key: %s", record.name, exc)
+        self._retry_load_at = now + RETRY_UNSIGNABLE_SECONDS
         self._signers = signers
         self._unsignable_logged = set()
         self._generation = generation
@@ -101,9 +108,13 @@ class Precomputer:
                     if refresh_at > now or len(work) >= limit:
                         break
                     work.append((inv_key, None))
+            done: set[bytes] = set()
             for inv_key, pkey in work:
                 if handled and self._clock.monotonic() > deadline:
                     break
+                if inv_key in done:  # pending and due as well: one signing serves both
+                    continue
+                done.add(inv_key)
                 self._process(txn, inv_key, now)
                 if pkey is not None:
                     txn.delete(pkey, db=st.pending)

@@ -139,6 +139,8 @@ def check_responder(responder: x509.Certificate, ca: x509.Certificate, now: dt.d
         raise SignerError("--responder-cert lacks the id-kp-OCSPSigning extended key usage")
     if responder.not_valid_after_utc <= now:
         raise SignerError("--responder-cert has expired")
+    if responder.not_valid_before_utc > now:
+        raise SignerError("--responder-cert is not valid yet")
 
 
 def load_ca_key(data_dir: Path, record: IssuerRecord) -> SigningKey:

@@ -22,7 +22,7 @@ class SignerError(Exception):
 
 
 def check_ca_name(name: str) -> None:
-    if not _NAME.match(name) or name.lower() in _RESERVED:
+    if not _NAME.fullmatch(name) or name.lower() in _RESERVED:
         raise SignerError(
             f"invalid CA name {name!r}: use 1-64 letters, digits, '.', '_' or '-', not an EST operation name"
         )

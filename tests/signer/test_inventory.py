@@ -1,0 +1,615 @@
+"""signer.inventory: parsing helpers, openssl index.txt rows, and imports into a real store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from asn1crypto import core as asn1_core
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from contract import store
+from contract.store import CertRecord
+from signer import inventory
+from signer.inventory import (
+    ImportReport,
+    add_certificates,
+    import_crl,
+    import_openssl_index,
+    parse_openssl_index,
+    parse_serial,
+    parse_time,
+    reason_code,
+    revoke,
+    status,
+)
+from signer.precompute import Precomputer
+from signer.registry import create_ca, load_response_signer
+from signer.state import SignerError, SignerStore, key_path
+from tests.signer.conftest import PrivateKey, build_ca, build_leaf, pool_key
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+NOW_TS = int(NOW.timestamp())
+
+
+def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return int(dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC).timestamp())
+
+
+def inv_key(issuer_number: int, serial: int) -> bytes:
+    """Inventory key computed independently: u32 issuer number + minimal INTEGER content."""
+    return struct.pack(">I", issuer_number) + asn1_core.Integer(serial).contents
+
+
+# ---------------------------------------------------------------------------- parse_serial
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("01", 1),
+        ("1", 1),
+        ("00", 0),
+        ("1A:2B", 0x1A2B),
+        ("1a:2b", 0x1A2B),
+        ("0x1a2b", 0x1A2B),
+        ("0X1A2B", 0x1A2B),
+        ("serial=1A2B", 0x1A2B),
+        ("SERIAL=1A2B", 0x1A2B),
+        ("  ab ", 0xAB),
+        ("AB", 0xAB),
+        ("ab", 0xAB),
+        ("DEADBEEF", 0xDEADBEEF),
+        ("00:ff", 0xFF),
+        ("7F", 127),
+        ("80", 128),
+        ("01" + "00" * 19, 2**152),
+        ("-1", -1),
+        ("f" * 128, 16**128 - 1),
+    ],
+)
+def test_parse_serial(text: str, expected: int) -> None:
+    assert parse_serial(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "   ", "serial=", "0x", "xyz", "12g4", "1 2", "1A-2B", "0x-1", "f" * 129, "+1"])
+def test_parse_serial_invalid(text: str) -> None:
+    with pytest.raises(SignerError, match="invalid serial"):
+        parse_serial(text)
+
+
+# ---------------------------------------------------------------------------- parse_time
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-31T12:00:00Z", ts(2026, 1, 31, 12, 0, 0)),
+        ("2026-01-31T12:00:00+00:00", ts(2026, 1, 31, 12, 0, 0)),
+        ("2026-01-31T14:00:00+02:00", ts(2026, 1, 31, 12, 0, 0)),
+        ("2026-01-31T12:00:00", ts(2026, 1, 31, 12, 0, 0)),  # naive: UTC
+        ("2026-01-31 12:00:00", ts(2026, 1, 31, 12, 0, 0)),
+        ("2026-01-31", ts(2026, 1, 31, 0, 0, 0)),
+        ("  2026-01-31T12:00:00Z ", ts(2026, 1, 31, 12, 0, 0)),
+        ("1700000000", 1700000000),
+        ("0", 0),
+        (" 1700000000\n", 1700000000),
+    ],
+)
+def test_parse_time(text: str, expected: int) -> None:
+    assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01", "2026-01-31T25:00:00Z", "12:00", "-5", "1.5e9"])
+def test_parse_time_invalid(text: str) -> None:
+    with pytest.raises(SignerError, match="invalid time"):
+        parse_time(text)
+
+
+# ---------------------------------------------------------------------------- reason_code
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("unspecified", 0),
+        ("keyCompromise", 1),
+        ("key_compromise", 1),
+        ("KEY-COMPROMISE", 1),
+        ("CACompromise", 2),
+        ("cACompromise", 2),
+        ("ca_compromise", 2),
+        ("affiliationChanged", 3),
+        ("superseded", 4),
+        ("cessationOfOperation", 5),
+        ("cessation_of_operation", 5),
+        ("certificateHold", 6),
+        ("removeFromCRL", 8),
+        ("remove_from_crl", 8),
+        ("privilegeWithdrawn", 9),
+        ("aACompromise", 10),
+        ("aa_compromise", 10),
+    ],
+)
+def test_reason_code(text: str, expected: int) -> None:
+    assert reason_code(text) == expected
+
+
+def test_reason_code_matches_every_cryptography_reason_flag() -> None:
+    """import_crl maps cryptography's ReasonFlags names through reason_code: all must be known."""
+    codes = {
+        x509.ReasonFlags.unspecified: 0,
+        x509.ReasonFlags.key_compromise: 1,
+        x509.ReasonFlags.ca_compromise: 2,
+        x509.ReasonFlags.affiliation_changed: 3,
+        x509.ReasonFlags.superseded: 4,
+        x509.ReasonFlags.cessation_of_operation: 5,
+        x509.ReasonFlags.certificate_hold: 6,
+        x509.ReasonFlags.remove_from_crl: 8,
+        x509.ReasonFlags.privilege_withdrawn: 9,
+        x509.ReasonFlags.aa_compromise: 10,
+    }
+    for flag, code in codes.items():
+        assert reason_code(flag.name) == code
+
+
+@pytest.mark.parametrize("text", ["", "compromised", "7", "keyCompromise2", "hold"])
+def test_reason_code_unknown(text: str) -> None:
+    with pytest.raises(SignerError, match="unknown revocation reason"):
+        reason_code(text)
+
+
+# ---------------------------------------------------------------------------- parse_openssl_index
+
+# Rows exactly as `openssl ca` (3.0) writes index.txt: tab-separated, 6 fields.
+V_ROW = "V\t261229004234Z\t\t1004\tunknown\t/CN=e5"
+R_REASON_ROW = "R\t261229004234Z\t261129004234Z,keyCompromise\t1000\tunknown\t/CN=e1"
+R_PLAIN_ROW = "R\t261229004234Z\t261129004234Z\t1001\tunknown\t/CN=e2"
+E_ROW = "E\t240101000000Z\t\t0A\tunknown\t/CN=old"
+GENERALIZED_ROW = "V\t20510101000000Z\t\t1005\tunknown\t/O=Example/CN=far future"
+
+
+def parse(lines: list[str]) -> tuple[list[inventory.Entry], ImportReport]:
+    report = ImportReport()
+    return list(parse_openssl_index(lines, report)), report
+
+
+def test_parse_index_rows() -> None:
+    entries, report = parse([V_ROW + "\n", R_REASON_ROW + "\n", R_PLAIN_ROW + "\r\n", E_ROW, GENERALIZED_ROW, "", "  "])
+    assert report.rejected == {}
+    assert [(e.serial, e.record) for e in entries] == [
+        (0x1004, CertRecord(ts(2026, 12, 29, 0, 42, 34))),
+        (0x1000, CertRecord(ts(2026, 12, 29, 0, 42, 34), ts(2026, 11, 29, 0, 42, 34), 1)),
+        (0x1001, CertRecord(ts(2026, 12, 29, 0, 42, 34), ts(2026, 11, 29, 0, 42, 34), None)),
+        (0x0A, CertRecord(ts(2024, 1, 1))),
+        (0x1005, CertRecord(ts(2051, 1, 1))),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expiry", "expected"),
+    [
+        ("491231235959Z", ts(2049, 12, 31, 23, 59, 59)),  # RFC 5280: YY < 50 is 20YY
+        ("500101000000Z", ts(1950, 1, 1)),  # YY >= 50 is 19YY
+        ("20500101000000Z", ts(2050, 1, 1)),
+        ("19991231235959Z", ts(1999, 12, 31, 23, 59, 59)),
+    ],
+)
+def test_parse_index_expiry_formats(expiry: str, expected: int) -> None:
+    entries, report = parse([f"V\t{expiry}\t\t01\tunknown\t/CN=x"])
+    assert report.rejected == {}
+    assert entries[0].record.not_after == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("V\t261229004234Z\t\t1004\tunknown", "malformed index line"),  # 5 fields
+        ("V\t261229004234Z\t\t1004\tunknown\t/CN=a\textra", "malformed index line"),  # 7 fields
+        ("V 261229004234Z  1004 unknown /CN=a", "malformed index line"),  # spaces, not tabs
+        ("X\t261229004234Z\t\t1004\tunknown\t/CN=a", "malformed index line"),
+        ("v\t261229004234Z\t\t1004\tunknown\t/CN=a", "malformed index line"),
+        ("V\t2612290042Z\t\t1004\tunknown\t/CN=a", "malformed index line"),
+        ("V\t261229004234\t\t1004\tunknown\t/CN=a", "malformed index line"),
+        ("V\t261329004234Z\t\t1004\tunknown\t/CN=a", "malformed index line"),  # month 13
+        ("V\t261229004234Z\t\tXYZ\tunknown\t/CN=a", "malformed index line"),
+        ("V\t261229004234Z\t\t\tunknown\t/CN=a", "malformed index line"),  # empty serial
+        ("R\t261229004234Z\t\t1004\tunknown\t/CN=a", "malformed revocation field"),  # R without a date
+        ("R\t261229004234Z\tyesterday\t1004\tunknown\t/CN=a", "malformed revocation field"),
+        ("R\t261229004234Z\t261129004234Z,bogusReason\t1004\tunknown\t/CN=a", "malformed revocation field"),
+        ("V\t261229004234Z\t261129004234Z\t1004\tunknown\t/CN=a", "revocation field on a row not marked R"),
+        (
+            "E\t261229004234Z\t261129004234Z,keyCompromise\t1004\tunknown\t/CN=a",
+            "revocation field on a row not marked R",
+        ),
+    ],
+)
+def test_parse_index_rejects(line: str, reason: str) -> None:
+    entries, report = parse([V_ROW, line, R_REASON_ROW])
+    assert [e.serial for e in entries] == [0x1004, 0x1000]
+    assert report.rejected == {reason: 1}
+
+
+def test_parse_index_counts_rejections_by_reason() -> None:
+    lines = [
+        "garbage",
+        "also garbage",
+        "R\t261229004234Z\tnot-a-time\t01\tunknown\t/CN=a",
+        V_ROW,
+    ]
+    entries, report = parse(lines)
+    assert len(entries) == 1
+    assert report.rejected == {"malformed index line": 2, "malformed revocation field": 1}
+    assert "rejected 3" in report.summary()
+
+
+# `openssl ca -revoke -crl_compromise TIME` and `-crl_hold OID` write a third part in the revocation
+# field (openssl apps/ca.c make_revocation_str; read back by unpack_revinfo).
+def test_parse_index_key_compromise_time_row() -> None:
+    entries, report = parse(["R\t261229004234Z\t261129004234Z,keyTime,20240101000000Z\t1002\tunknown\t/CN=e3"])
+    assert report.rejected == {}
+    assert entries == [inventory.Entry(0x1002, CertRecord(ts(2026, 12, 29, 0, 42, 34), ts(2026, 11, 29, 0, 42, 34), 1))]
+
+
+def test_parse_index_hold_instruction_row() -> None:
+    entries, report = parse(
+        ["R\t261229004234Z\t261129004234Z,holdInstruction,holdInstructionReject\t1003\tunknown\t/CN=e4"]
+    )
+    assert report.rejected == {}
+    assert entries == [inventory.Entry(0x1003, CertRecord(ts(2026, 12, 29, 0, 42, 34), ts(2026, 11, 29, 0, 42, 34), 6))]
+
+
+def test_parse_index_ca_compromise_time_row() -> None:
+    entries, report = parse(["R\t261229004234Z\t261129004234Z,CAkeyTime,20240101000000Z\t1006\tunknown\t/CN=e6"])
+    assert report.rejected == {}
+    assert entries == [inventory.Entry(0x1006, CertRecord(ts(2026, 12, 29, 0, 42, 34), ts(2026, 11, 29, 0, 42, 34), 2))]
+
+
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
+def test_parse_index_written_by_openssl_ca(tmp_path: Path) -> None:
+    """A real index.txt from `openssl ca`: issue three, revoke two (with and without a reason)."""
+    assert OPENSSL is not None
+    (tmp_path / "newcerts").mkdir()
+    (tmp_path / "index.txt").write_text("")
+    (tmp_path / "serial").write_text("1000\n")
+    (tmp_path / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = d\n[d]\ndir = .\ndatabase = ./index.txt\nnew_certs_dir = ./newcerts\n"
+        "serial = ./serial\ncertificate = ./ca.pem\nprivate_key = ./ca.key\ndefault_md = sha256\n"
+        "policy = p\ndefault_days = 30\nunique_subject = no\n[p]\ncommonName = supplied\n"
+    )
+
+    def run(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], cwd=tmp_path, check=True, capture_output=True, timeout=30)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=Index CA", "-days", "30")
+    for i in range(3):
+        run("req", *ec, "-keyout", f"e{i}.key", "-out", f"e{i}.csr", "-subj", f"/CN=e{i}")
+        run("ca", "-batch", "-config", "ca.cnf", "-in", f"e{i}.csr", "-out", f"e{i}.pem")
+    before = int(dt.datetime.now(dt.UTC).timestamp())
+    run("ca", "-config", "ca.cnf", "-revoke", "e0.pem", "-crl_reason", "superseded")
+    run("ca", "-config", "ca.cnf", "-revoke", "e1.pem")
+    after = int(dt.datetime.now(dt.UTC).timestamp())
+
+    entries, report = parse((tmp_path / "index.txt").read_text().splitlines(keepends=True))
+    assert report.rejected == {}
+    certs = [x509.load_pem_x509_certificate((tmp_path / f"e{i}.pem").read_bytes()) for i in range(3)]
+    assert [e.serial for e in entries] == [c.serial_number for c in certs] == [0x1000, 0x1001, 0x1002]
+    for entry, cert in zip(entries, certs, strict=True):
+        assert entry.record.not_after == int(cert.not_valid_after_utc.timestamp())
+        assert entry.record.cert_der is None
+    revoked_0, revoked_1, valid = (e.record for e in entries)
+    assert revoked_0.revoked_at is not None and before <= revoked_0.revoked_at <= after
+    assert revoked_0.reason == 4
+    assert revoked_1.revoked_at is not None and before <= revoked_1.revoked_at <= after
+    assert revoked_1.reason is None
+    assert valid.revoked_at is None and valid.reason is None
+
+
+# ---------------------------------------------------------------------------- with a store
+
+
+class Ca:
+    def __init__(self, st: SignerStore, name_: str) -> None:
+        self.record = create_ca(st, name_, "ec-p256", 3650, None, None, NOW)
+        self.cert = x509.load_der_x509_certificate(self.record.cert_der)
+        loaded = serialization.load_pem_private_key(key_path(st.data_dir, name_).read_bytes(), None)
+        self.key: PrivateKey = loaded  # type: ignore[assignment]
+
+    def leaf(self, serial: int, days: int = 90) -> x509.Certificate:
+        return build_leaf(self.cert, self.key, serial, NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=days))
+
+
+@pytest.fixture
+def ca(st: SignerStore) -> Ca:
+    return Ca(st, "ca1")
+
+
+def pending(st: SignerStore) -> list[bytes]:
+    with st.env.begin(db=st.pending) as txn:
+        return [k for k, _ in txn.cursor()]
+
+
+def inventory_db(st: SignerStore) -> dict[bytes, CertRecord]:
+    with st.env.begin(db=st.inventory) as txn:
+        return {k: store.CERT_DECODER.decode(v) for k, v in txn.cursor()}
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_add_certificates(st: SignerStore, ca: Ca) -> None:
+    serials = [1, 127, 128, 0xDEADBEEF, 2**159 - 1]
+    certs = [ca.leaf(s, days=30 + i) for i, s in enumerate(serials)]
+    report = add_certificates(st, ca.record, certs, now=NOW_TS)
+    assert (report.added, report.updated, report.unchanged, report.rejected) == (5, 0, 0, {})
+    inv = inventory_db(st)
+    assert set(inv) == {inv_key(ca.record.number, s) for s in serials}
+    for cert in certs:
+        record = inv[inv_key(ca.record.number, cert.serial_number)]
+        assert record == CertRecord(int(cert.not_valid_after_utc.timestamp()), None, None, der(cert))
+    assert sorted(pending(st)) == sorted(bytes((store.PRIORITY_NEW,)) + inv_key(ca.record.number, s) for s in serials)
+
+
+def test_add_certificates_rejects_other_cas(st: SignerStore, ca: Ca) -> None:
+    other_key = pool_key("ec-p256", 5)
+    start, end = NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=365)
+    other_ca = build_ca(other_key, "Other CA", start, end)
+    # Same subject as ca1 but another key: only the signature check can tell.
+    impostor = x509.CertificateBuilder(
+        issuer_name=ca.cert.subject,
+        subject_name=ca.cert.subject,
+        public_key=other_key.public_key(),
+        serial_number=7,
+        not_valid_before=start,
+        not_valid_after=end,
+    ).sign(other_key, hashes.SHA256())
+    certs = [
+        ca.leaf(10),
+        build_leaf(other_ca, other_key, 11, start, end),
+        build_leaf(impostor, other_key, 12, start, end),
+        ca.leaf(13),
+    ]
+    report = add_certificates(st, ca.record, certs, now=NOW_TS)
+    assert report.added == 2
+    assert report.rejected == {
+        "issuer name differs from the CA's subject": 1,
+        "signature does not verify with the CA's key": 1,
+    }
+    assert set(inventory_db(st)) == {inv_key(ca.record.number, 10), inv_key(ca.record.number, 13)}
+    assert "rejected 2" in report.summary()
+
+
+def test_reimport_is_idempotent(st: SignerStore, ca: Ca) -> None:
+    certs = [ca.leaf(s) for s in range(1, 21)]
+    first = add_certificates(st, ca.record, certs, now=NOW_TS)
+    assert (first.added, first.updated, first.unchanged) == (20, 0, 0)
+    pending_after_first = pending(st)
+    inventory_after_first = inventory_db(st)
+    second = add_certificates(st, ca.record, certs, now=NOW_TS)
+    assert (second.added, second.updated, second.unchanged, second.rejected) == (0, 0, 20, {})
+    assert pending(st) == pending_after_first
+    assert inventory_db(st) == inventory_after_first
+
+
+def test_index_reimport_is_idempotent(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
+    index = tmp_path / "index.txt"
+    index.write_text("\n".join([V_ROW, R_REASON_ROW, R_PLAIN_ROW, E_ROW, "junk"]) + "\n")
+    first = import_openssl_index(st, ca.record, index, None)
+    assert (first.added, first.updated, first.unchanged) == (4, 0, 0)
+    assert first.rejected == {"malformed index line": 1}
+    n = ca.record.number
+    assert sorted(pending(st)) == sorted(
+        [
+            bytes((store.PRIORITY_NEW,)) + inv_key(n, 0x1004),
+            bytes((store.PRIORITY_REVOCATION,)) + inv_key(n, 0x1000),
+            bytes((store.PRIORITY_REVOCATION,)) + inv_key(n, 0x1001),
+            bytes((store.PRIORITY_NEW,)) + inv_key(n, 0x0A),
+        ]
+    )
+    snapshot = pending(st)
+    second = import_openssl_index(st, ca.record, index, None)
+    assert (second.added, second.updated, second.unchanged) == (0, 0, 4)
+    assert pending(st) == snapshot
+
+
+def test_revocation_is_sticky_across_reimport(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
+    index = tmp_path / "index.txt"
+    index.write_text(R_REASON_ROW + "\n")
+    import_openssl_index(st, ca.record, index, None)
+    n = ca.record.number
+    revoked = CertRecord(ts(2026, 12, 29, 0, 42, 34), ts(2026, 11, 29, 0, 42, 34), 1)
+    assert inventory_db(st)[inv_key(n, 0x1000)] == revoked
+    # The same serial as a V row (e.g. an older index.txt): stays revoked, nothing to re-sign.
+    index.write_text(R_REASON_ROW.replace("R\t", "V\t", 1).replace("\t261129004234Z,keyCompromise\t", "\t\t") + "\n")
+    before = pending(st)
+    report = import_openssl_index(st, ca.record, index, None)
+    assert (report.added, report.updated, report.unchanged, report.rejected) == (0, 0, 1, {})
+    assert inventory_db(st)[inv_key(n, 0x1000)] == revoked
+    assert pending(st) == before
+    # A revoked serial whose certificate is added later keeps its revocation (and gains cert_der).
+    cert = ca.leaf(0x1000)
+    report = add_certificates(st, ca.record, [cert], now=NOW_TS)
+    assert report.updated == 1
+    record = inventory_db(st)[inv_key(n, 0x1000)]
+    assert (record.revoked_at, record.reason, record.cert_der) == (revoked.revoked_at, 1, der(cert))
+
+
+def test_index_import_progress_in_batches(
+    st: SignerStore, ca: Ca, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inventory, "BATCH", 3)
+    index = tmp_path / "index.txt"
+    index.write_text("".join(f"V\t301231235959Z\t\t{s:04X}\tunknown\t/CN=s{s}\n" for s in range(1, 8)))
+    seen: list[int] = []
+    report = import_openssl_index(st, ca.record, index, seen.append)
+    assert report.added == 7
+    assert seen == [3, 6, 7]
+    assert len(inventory_db(st)) == 7
+
+
+def test_revoke(st: SignerStore, ca: Ca) -> None:
+    cert = ca.leaf(0x42)
+    add_certificates(st, ca.record, [cert], now=NOW_TS)
+    n = ca.record.number
+    when = NOW_TS - 100
+    record = revoke(st, ca.record, 0x42, 1, when)
+    assert record == CertRecord(int(cert.not_valid_after_utc.timestamp()), when, 1, der(cert))
+    assert inventory_db(st)[inv_key(n, 0x42)] == record
+    assert bytes((store.PRIORITY_REVOCATION,)) + inv_key(n, 0x42) in pending(st)
+    # A revocation sorts ahead of every "new" entry in the pending database.
+    assert pending(st)[0] == bytes((store.PRIORITY_REVOCATION,)) + inv_key(n, 0x42)
+
+
+def test_revoke_unknown_serial(st: SignerStore, ca: Ca) -> None:
+    add_certificates(st, ca.record, [ca.leaf(1)], now=NOW_TS)
+    before = pending(st)
+    with pytest.raises(SignerError, match="not in the inventory"):
+        revoke(st, ca.record, 2, None, NOW_TS)
+    assert pending(st) == before
+    assert set(inventory_db(st)) == {inv_key(ca.record.number, 1)}
+
+
+def test_revoke_is_per_issuer(st: SignerStore, ca: Ca) -> None:
+    other = Ca(st, "ca2")
+    add_certificates(st, ca.record, [ca.leaf(5)], now=NOW_TS)
+    with pytest.raises(SignerError, match="not in the inventory"):
+        revoke(st, other.record, 5, None, NOW_TS)
+
+
+def build_crl(
+    issuer: x509.Certificate, key: PrivateKey, revoked: list[tuple[int, int, x509.ReasonFlags | None]]
+) -> x509.CertificateRevocationList:
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(NOW - dt.timedelta(hours=1))
+        .next_update(NOW + dt.timedelta(days=1))
+    )
+    for serial, when, reason in revoked:
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(dt.datetime.fromtimestamp(when, dt.UTC))
+        )
+        if reason is not None:
+            entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(key, hashes.SHA256())
+
+
+@pytest.mark.parametrize("encoding", [serialization.Encoding.DER, serialization.Encoding.PEM])
+def test_import_crl(st: SignerStore, ca: Ca, tmp_path: Path, encoding: serialization.Encoding) -> None:
+    add_certificates(st, ca.record, [ca.leaf(s) for s in (1, 2, 3, 4)], now=NOW_TS)
+    n = ca.record.number
+    t1, t2, t3 = ts(2026, 1, 2, 3, 4, 5), ts(2026, 2, 3, 4, 5, 6), ts(2026, 3, 1)
+    crl = build_crl(
+        ca.cert,
+        ca.key,
+        [
+            (1, t1, x509.ReasonFlags.key_compromise),
+            (2, t2, None),
+            (3, t3, x509.ReasonFlags.certificate_hold),
+            (99, t1, x509.ReasonFlags.superseded),  # not in the inventory
+        ],
+    )
+    path = tmp_path / "ca.crl"
+    path.write_bytes(crl.public_bytes(encoding))
+    with st.env.begin(write=True) as txn:  # start from an empty queue to see exactly what the import adds
+        for key in pending(st):
+            txn.delete(key, db=st.pending)
+    report = import_crl(st, ca.record, path, None)
+    assert (report.added, report.updated, report.unchanged) == (0, 3, 0)
+    assert report.rejected == {"serial not in the inventory (import its certificate or index first)": 1}
+    inv = inventory_db(st)
+    assert (inv[inv_key(n, 1)].revoked_at, inv[inv_key(n, 1)].reason) == (t1, 1)
+    assert (inv[inv_key(n, 2)].revoked_at, inv[inv_key(n, 2)].reason) == (t2, None)
+    assert (inv[inv_key(n, 3)].revoked_at, inv[inv_key(n, 3)].reason) == (t3, 6)
+    assert (inv[inv_key(n, 4)].revoked_at, inv[inv_key(n, 4)].reason) == (None, None)
+    assert inv[inv_key(n, 1)].cert_der is not None  # the rest of the record is kept
+    assert inv_key(n, 99) not in inv
+    assert sorted(pending(st)) == sorted(bytes((store.PRIORITY_REVOCATION,)) + inv_key(n, s) for s in (1, 2, 3))
+    # Importing the same CRL again changes nothing.
+    again = import_crl(st, ca.record, path, None)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 3)
+
+
+def test_import_crl_signed_by_another_key(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
+    add_certificates(st, ca.record, [ca.leaf(1)], now=NOW_TS)
+    other_key = pool_key("ec-p256", 6)
+    # Same issuer name, wrong key.
+    forged = build_crl(ca.cert, other_key, [(1, NOW_TS, x509.ReasonFlags.key_compromise)])
+    path = tmp_path / "forged.crl"
+    path.write_bytes(forged.public_bytes(serialization.Encoding.DER))
+    with pytest.raises(SignerError, match="not signed by CA 'ca1'"):
+        import_crl(st, ca.record, path, None)
+    # Another CA's CRL (other name, its own key).
+    other = build_ca(other_key, "Other", NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=1))
+    path.write_bytes(build_crl(other, other_key, [(1, NOW_TS, None)]).public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(SignerError, match="not signed by CA 'ca1'"):
+        import_crl(st, ca.record, path, None)
+    assert inventory_db(st)[inv_key(ca.record.number, 1)].revoked_at is None
+
+
+def test_import_crl_not_a_crl(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
+    path = tmp_path / "junk.crl"
+    path.write_bytes(b"\x30\x03\x02\x01\x01")
+    with pytest.raises(SignerError, match="not a CRL"):
+        import_crl(st, ca.record, path, None)
+    path.write_bytes(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+    with pytest.raises(SignerError, match="not a CRL"):
+        import_crl(st, ca.record, path, None)
+
+
+def test_status(st: SignerStore, ca: Ca) -> None:
+    cert = ca.leaf(0x77)
+    add_certificates(st, ca.record, [cert], now=NOW_TS)
+    record, responses, is_pending = status(st, ca.record, 0x77)
+    assert record == CertRecord(int(cert.not_valid_after_utc.timestamp()), None, None, der(cert))
+    assert responses == []
+    assert is_pending is True
+    with pytest.raises(SignerError, match="not in the inventory"):
+        status(st, ca.record, 0x78)
+
+    precomputer = Precomputer(
+        st,
+        st.config.signer,
+        lambda r: load_response_signer(st.data_dir, r),
+        _FixedClock(NOW_TS),  # type: ignore[arg-type]
+        logging.getLogger("test"),
+        random.Random(1),
+    )
+    precomputer.reload_issuers()
+    while precomputer.run_batch():
+        pass
+    record, responses, is_pending = status(st, ca.record, 0x77)
+    assert is_pending is False
+    assert [r.hash_algorithm for r in responses] == ["sha1", "sha256"]
+    assert all(r.this_update == NOW_TS - 3600 and not r.revoked for r in responses)
+
+    revoke(st, ca.record, 0x77, 4, NOW_TS)
+    record, responses, is_pending = status(st, ca.record, 0x77)
+    assert (record.revoked_at, record.reason, is_pending) == (NOW_TS, 4, True)
+    assert not any(r.revoked for r in responses)  # not re-signed yet
+
+
+class _FixedClock:
+    def __init__(self, now: int) -> None:
+        self._now = now
+
+    def now(self) -> int:
+        return self._now
+
+    def monotonic(self) -> float:
+        return 0.0

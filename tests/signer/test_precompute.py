@@ -1,0 +1,648 @@
+"""signer.precompute: what a batch writes, in which order, when it re-signs, purges and how it fails."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+
+from contract import store
+from contract.config import SignerConfig
+from contract.store import CertRecord, StoredResponse
+from signer.inventory import Entry, ImportReport, add_certificates, revoke, write_entries
+from signer.ocsp_der import ResponseSigner
+from signer.precompute import Precomputer
+from signer.registry import add_ca, create_ca, load_response_signer
+from signer.state import SignerStore, key_path
+from tests.signer.conftest import PrivateKey, build_ca, build_delegate, build_leaf, key_pem, pem, pool_key, utc
+
+T0 = 1780000000  # 2026-05-28T20:26:40Z
+DAY = 86400
+CODE = {name: code for name, (code, _) in store.HASH_ALGORITHMS.items()}
+CRYPTO_HASH = {1: hashes.SHA1, 2: hashes.SHA256, 3: hashes.SHA384, 4: hashes.SHA512}
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def imf_fixdate(unix: int) -> bytes:
+    """RFC 9110 IMF-fixdate, built by hand (no locale, no email.utils)."""
+    d = utc(unix)
+    text = f"{_DAYS[d.weekday()]}, {d.day:02d} {_MONTHS[d.month - 1]} {d.year} {d:%H:%M:%S} GMT"
+    return text.encode()
+
+
+def minimal_integer(serial: int) -> bytes:
+    return serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
+
+
+def inv_key(issuer_number: int, serial: int) -> bytes:
+    return struct.pack(">I", issuer_number) + minimal_integer(serial)
+
+
+class FakeClock:
+    """Wall clock you set; monotonic clock that moves ``step`` seconds each time it is read."""
+
+    def __init__(self, now: int) -> None:
+        self.wall = now
+        self.mono = 1000.0
+        self.step = 0.0
+
+    def now(self) -> int:
+        return self.wall
+
+    def monotonic(self) -> float:
+        self.mono += self.step
+        return self.mono
+
+
+@dataclass
+class Setup:
+    st: SignerStore
+    data_dir: Path
+    issuer: store.IssuerRecord
+    ca_cert: x509.Certificate
+    ca_key: PrivateKey
+    clock: FakeClock
+
+    def precomputer(self, config: SignerConfig | None = None, **changes: Any) -> Precomputer:
+        cfg = msgspec.structs.replace(config or self.st.config.signer, **changes)
+        p = Precomputer(
+            self.st,
+            cfg,
+            lambda r: load_response_signer(self.data_dir, r),
+            self.clock,  # type: ignore[arg-type]
+            logging.getLogger("test"),
+            random.Random(1),
+        )
+        p.reload_issuers()
+        return p
+
+    def add(self, serials: list[int], not_after: int | None = None) -> list[x509.Certificate]:
+        end = utc(not_after) if not_after is not None else utc(T0 + 90 * DAY)
+        certs = [build_leaf(self.ca_cert, self.ca_key, s, utc(T0 - DAY), end) for s in serials]
+        add_certificates(self.st, self.issuer, certs, now=T0)
+        return certs
+
+
+@pytest.fixture
+def setup(st: SignerStore, data_dir: Path) -> Setup:
+    issuer = create_ca(st, "ca1", "ec-p256", 3650, None, None, utc(T0 - 10 * DAY))
+    ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
+    ca_key: PrivateKey = serialization.load_pem_private_key(key_path(data_dir, "ca1").read_bytes(), None)  # type: ignore[assignment]
+    return Setup(st, data_dir, issuer, ca_cert, ca_key, FakeClock(T0))
+
+
+def run_all(p: Precomputer, limit: int = 500) -> list[int]:
+    counts: list[int] = []
+    for _ in range(limit):
+        n = p.run_batch()
+        if n == 0:
+            return counts
+        counts.append(n)
+    raise AssertionError("run_batch never reached 0")
+
+
+def responses(st: SignerStore) -> dict[tuple[int, int, int], StoredResponse]:
+    out = {}
+    with st.env.begin(db=st.responses) as txn:
+        for key, value in txn.cursor():
+            issuer, code = struct.unpack(">IB", key[:5])
+            out[(issuer, code, int.from_bytes(key[5:], "big", signed=True))] = store.RESPONSE_DECODER.decode(value)
+    return out
+
+
+def dump_db(st: SignerStore, db: Any) -> dict[bytes, bytes]:
+    with st.env.begin(db=db) as txn:
+        return {bytes(k): bytes(v) for k, v in txn.cursor()}
+
+
+def schedule(st: SignerStore) -> list[tuple[int, bytes]]:
+    with st.env.begin(db=st.schedule) as txn:
+        return [(struct.unpack(">Q", k[:8])[0], bytes(k[8:])) for k, _ in txn.cursor()]
+
+
+def all_dbs(st: SignerStore) -> dict[str, dict[bytes, bytes]]:
+    return {
+        "responses": dump_db(st, st.responses),
+        "pending": dump_db(st, st.pending),
+        "schedule": dump_db(st, st.schedule),
+        "refresh": dump_db(st, st.refresh),
+        "inventory": dump_db(st, st.inventory),
+        "meta": dump_db(st, st.meta),
+    }
+
+
+def check_stored(
+    stored: StoredResponse,
+    *,
+    serial: int,
+    code: int,
+    now: int,
+    config: SignerConfig,
+    not_after: int,
+    responder: x509.Certificate,
+    revoked_at: int | None = None,
+    reason: int | None = None,
+) -> None:
+    validity = int(config.validity_hours * 3600)
+    this_update = now - config.backdate_seconds
+    assert stored.this_update == this_update
+    assert stored.next_update == this_update + validity
+    low = this_update + validity * (config.refresh_fraction - config.jitter_fraction)
+    high = this_update + validity * config.refresh_fraction
+    serve_until = not_after + int(config.expired_grace_hours * 3600)
+    assert stored.serve_until == serve_until
+    if high < serve_until:
+        assert low <= stored.refresh_at <= high
+    else:
+        assert stored.refresh_at == serve_until or low <= stored.refresh_at <= serve_until
+    assert stored.refresh_at > now
+    assert stored.etag == b'"' + hashlib.sha256(stored.der).hexdigest().encode() + b'"'
+    assert stored.last_modified == imf_fixdate(this_update)
+    assert stored.expires == imf_fixdate(this_update + validity)
+    assert stored.revoked is (revoked_at is not None)
+
+    resp = ocsp.load_der_ocsp_response(stored.der)
+    assert resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert resp.serial_number == serial
+    assert isinstance(resp.hash_algorithm, CRYPTO_HASH[code])
+    assert resp.produced_at_utc == utc(now)
+    assert resp.this_update_utc == utc(this_update)
+    assert resp.next_update_utc == utc(this_update + validity)
+    if revoked_at is None:
+        assert resp.certificate_status == ocsp.OCSPCertStatus.GOOD
+    else:
+        assert resp.certificate_status == ocsp.OCSPCertStatus.REVOKED
+        assert resp.revocation_time_utc == utc(revoked_at)
+        if reason is None:
+            assert resp.revocation_reason is None
+        else:
+            assert resp.revocation_reason is not None
+    public = responder.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
+
+
+# ---------------------------------------------------------------------------- first signing
+
+
+def test_signs_every_serial_for_every_algorithm(setup: Setup) -> None:
+    serials = [*range(1, 31), 127, 128, 2**159 - 1]
+    certs = setup.add(serials)
+    # Serial 0 and an index-style revoked entry (no certificate): only via the inventory.
+    write_entries(
+        setup.st,
+        setup.issuer,
+        [Entry(0, CertRecord(T0 + 30 * DAY)), Entry(0xABC, CertRecord(T0 + 30 * DAY, T0 - 5 * DAY, 1))],
+        ImportReport(),
+        None,
+    )
+    revoke(setup.st, setup.issuer, 5, None, T0 - 60)
+    not_after = {c.serial_number: int(c.not_valid_after_utc.timestamp()) for c in certs}
+    not_after |= {0: T0 + 30 * DAY, 0xABC: T0 + 30 * DAY}
+    revoked = {5: (T0 - 60, None), 0xABC: (T0 - 5 * DAY, 1)}
+
+    p = setup.precomputer()
+    counts = run_all(p)
+    # Serial 5 has two pending entries (new, then revoked): signing it twice is allowed, not more.
+    assert sum(counts) in (len(not_after), len(not_after) + 1)
+    config = setup.st.config.signer
+    assert config.hash_algorithms == ["sha1", "sha256"]
+    got = responses(setup.st)
+    n = setup.issuer.number
+    assert set(got) == {(n, CODE[h], s) for s in not_after for h in ("sha1", "sha256")}
+    for (_, code, serial), stored in got.items():
+        revoked_at, reason = revoked.get(serial, (None, None))
+        check_stored(
+            stored,
+            serial=serial,
+            code=code,
+            now=T0,
+            config=config,
+            not_after=not_after[serial],
+            responder=setup.ca_cert,
+            revoked_at=revoked_at,
+            reason=reason,
+        )
+    for serial in not_after:  # one refresh time per serial, shared by its algorithms
+        assert got[(n, 1, serial)].refresh_at == got[(n, 2, serial)].refresh_at
+
+    assert dump_db(setup.st, setup.st.pending) == {}
+    sched = schedule(setup.st)
+    assert len(sched) == len(not_after)
+    assert sorted(sched) == sorted((got[(n, 1, s)].refresh_at, inv_key(n, s)) for s in not_after)
+    refresh = dump_db(setup.st, setup.st.refresh)
+    assert refresh == {inv_key(n, s): struct.pack(">Q", got[(n, 1, s)].refresh_at) for s in not_after}
+    assert dump_db(setup.st, setup.st.meta)[store.META_LAST_SIGNED_AT] == struct.pack(">Q", T0)
+    # Nothing more to do until the first refresh is due.
+    assert p.run_batch() == 0
+
+
+def test_delegated_responder_signs(st: SignerStore, data_dir: Path) -> None:
+    start, end = utc(T0 - 10 * DAY), utc(T0 + 400 * DAY)
+    ca_key, delegate_key = pool_key("ec-p256", 20), pool_key("ec-p256", 21)
+    ca_cert = build_ca(ca_key, "Delegating CA", start, end)
+    delegate = build_delegate(ca_cert, ca_key, delegate_key, start, end)
+    issuer = add_ca(st, "deleg", pem(ca_cert), None, pem(delegate), key_pem(delegate_key), None, utc(T0))
+    leaf = build_leaf(ca_cert, ca_key, 9, start, utc(T0 + 30 * DAY))
+    add_certificates(st, issuer, [leaf], now=T0)
+    setup = Setup(st, data_dir, issuer, ca_cert, ca_key, FakeClock(T0))
+    run_all(setup.precomputer())
+    got = responses(st)
+    assert set(got) == {(issuer.number, 1, 9), (issuer.number, 2, 9)}
+    for (_, code, _), stored in got.items():
+        check_stored(
+            stored,
+            serial=9,
+            code=code,
+            now=T0,
+            config=st.config.signer,
+            not_after=T0 + 30 * DAY,
+            responder=delegate,
+        )
+        certs = ocsp.load_der_ocsp_response(stored.der).certificates
+        assert [c.public_bytes(serialization.Encoding.DER) for c in certs] == [
+            delegate.public_bytes(serialization.Encoding.DER)
+        ]
+
+
+# ---------------------------------------------------------------------------- order of work
+
+
+def test_revocation_goes_ahead_of_due_refreshes(setup: Setup) -> None:
+    serials = list(range(1, 21))
+    setup.add(serials)
+    run_all(setup.precomputer())
+    n = setup.issuer.number
+    first = responses(setup.st)
+    by_refresh = sorted(serials, key=lambda s: first[(n, 1, s)].refresh_at)
+    latest = by_refresh[-1]  # would be refreshed last of all
+
+    t1 = max(r.refresh_at for r in first.values()) + 10
+    setup.clock.wall = t1
+    revoke(setup.st, setup.issuer, latest, 1, t1 - 5)
+    p = setup.precomputer(batch_size=1)
+    assert p.run_batch() == 1
+    now = responses(setup.st)
+    assert now[(n, 1, latest)].revoked and now[(n, 2, latest)].revoked
+    assert now[(n, 1, latest)].this_update == t1 - 3600
+    assert all(now[k] == first[k] for k in first if k[2] != latest)
+    assert dump_db(setup.st, setup.st.pending) == {}
+
+    # Then routine refreshes, oldest first.
+    p5 = setup.precomputer(batch_size=5)
+    assert p5.run_batch() == 5
+    now = responses(setup.st)
+    refreshed = {s for s in serials if now[(n, 1, s)].this_update == t1 - 3600}
+    assert refreshed == {latest, *by_refresh[:5]}
+    assert sum(run_all(p5)) == 14
+    assert all(r.this_update == t1 - 3600 for r in responses(setup.st).values())
+
+
+def test_revocation_goes_ahead_of_new_serials(setup: Setup) -> None:
+    setup.add([1])
+    run_all(setup.precomputer())
+    setup.add(list(range(100, 110)))  # ten new serials pending (PRIORITY_NEW)
+    revoke(setup.st, setup.issuer, 1, 4, T0)
+    p = setup.precomputer(batch_size=1)
+    assert p.run_batch() == 1
+    got = responses(setup.st)
+    n = setup.issuer.number
+    assert got[(n, 1, 1)].revoked
+    assert not any((n, 1, s) in got for s in range(100, 110))
+    assert run_all(p) == [1] * 10
+
+
+def test_batch_size_bounds_a_batch(setup: Setup) -> None:
+    setup.add(list(range(1, 8)))
+    assert run_all(setup.precomputer(batch_size=3)) == [3, 3, 1]
+
+
+def test_batch_time_bound(setup: Setup) -> None:
+    setup.add(list(range(1, 6)))
+    setup.clock.step = 0.5  # every read of the monotonic clock is later than the previous one
+    p = setup.precomputer(batch_seconds=0.0)
+    assert run_all(p) == [1, 1, 1, 1, 1]
+    assert len(responses(setup.st)) == 10
+
+
+def test_batch_time_bound_not_hit_with_a_still_clock(setup: Setup) -> None:
+    setup.add(list(range(1, 6)))
+    setup.clock.step = 0.0
+    assert run_all(setup.precomputer(batch_seconds=0.0)) == [5]
+
+
+def test_batch_time_bound_allows_some(setup: Setup) -> None:
+    setup.add(list(range(1, 11)))
+    setup.clock.step = 1.0
+    # The first read (m) sets the deadline m + 3.5; the reads before items 2, 3, 4 (m+1, m+2, m+3)
+    # are within it, the one before item 5 (m+4) is not.
+    p = setup.precomputer(batch_seconds=3.5)
+    counts = run_all(p)
+    assert sum(counts) == 10
+    assert counts == [4, 4, 2]
+
+
+# ---------------------------------------------------------------------------- time
+
+
+def test_resigns_when_refresh_is_due(setup: Setup) -> None:
+    serials = list(range(1, 41))
+    setup.add(serials)
+    p = setup.precomputer()
+    run_all(p)
+    n = setup.issuer.number
+    first = responses(setup.st)
+    earliest = min(r.refresh_at for r in first.values())
+
+    setup.clock.wall = earliest - 1
+    assert p.run_batch() == 0
+    assert responses(setup.st) == first
+
+    setup.clock.wall = earliest
+    due = {s for s in serials if first[(n, 1, s)].refresh_at <= earliest}
+    assert p.run_batch() == len(due)
+    second = responses(setup.st)
+    for s in serials:
+        changed = second[(n, 1, s)].this_update != first[(n, 1, s)].this_update
+        assert changed is (s in due)
+    for s in due:
+        for code in (1, 2):
+            check_stored(
+                second[(n, code, s)],
+                serial=s,
+                code=code,
+                now=earliest,
+                config=setup.st.config.signer,
+                not_after=T0 + 90 * DAY,
+                responder=setup.ca_cert,
+            )
+
+    t1 = max(r.refresh_at for r in first.values()) + 1
+    setup.clock.wall = t1
+    run_all(p)
+    third = responses(setup.st)
+    assert all(third[(n, 1, s)].this_update == t1 - 3600 for s in serials if s not in due)
+    sched = schedule(setup.st)
+    assert len(sched) == len(serials)
+    assert sorted(sched) == sorted((third[(n, 1, s)].refresh_at, inv_key(n, s)) for s in serials)
+    assert all(at > t1 for at, _ in sched)
+
+
+def test_expired_serials_are_purged_after_grace(setup: Setup) -> None:
+    short_end = T0 + 10 * DAY
+    setup.add([1, 2, 3], not_after=short_end)
+    setup.add([50])  # control: valid for 90 days
+    p = setup.precomputer()
+    run_all(p)
+    n = setup.issuer.number
+    serve_until = short_end + 24 * 3600
+    last_refresh_at = {}
+    for _ in range(50):
+        sched = schedule(setup.st)
+        upcoming = [at for at, key in sched if key != inv_key(n, 50)]
+        if not upcoming:
+            break
+        setup.clock.wall = min(upcoming)
+        run_all(p)
+        got = responses(setup.st)
+        for s in (1, 2, 3):
+            if (n, 1, s) in got:
+                assert setup.clock.wall < serve_until
+                assert got[(n, 1, s)].serve_until == serve_until
+                assert got[(n, 1, s)].refresh_at <= serve_until
+                last_refresh_at[s] = got[(n, 1, s)].refresh_at
+    else:
+        raise AssertionError("never purged")
+    assert setup.clock.wall == serve_until
+    # The last planned refresh is exactly the end of the grace period (clamped), where the purge happens.
+    assert last_refresh_at == {1: serve_until, 2: serve_until, 3: serve_until}
+    got = responses(setup.st)
+    for s in (1, 2, 3):
+        for code in range(1, 5):
+            assert (n, code, s) not in got  # the edge finds nothing for them
+    assert (n, 1, 50) in got and (n, 2, 50) in got
+    assert set(dump_db(setup.st, setup.st.refresh)) == {inv_key(n, 50)}
+    assert [key for _, key in schedule(setup.st)] == [inv_key(n, 50)]
+    # The inventory keeps them.
+    assert {inv_key(n, s) for s in (1, 2, 3, 50)} <= set(dump_db(setup.st, setup.st.inventory))
+
+
+def test_purge_when_jumping_past_grace(setup: Setup) -> None:
+    setup.add([7], not_after=T0 + DAY)
+    p = setup.precomputer()
+    run_all(p)
+    n = setup.issuer.number
+    stored = responses(setup.st)[(n, 1, 7)]
+    # serve_until is before the earliest jittered refresh: the refresh is planned at serve_until.
+    assert stored.serve_until == T0 + 2 * DAY
+    assert stored.refresh_at == T0 + 2 * DAY
+    setup.clock.wall = T0 + 2 * DAY - 1
+    assert p.run_batch() == 0
+    setup.clock.wall = T0 + 30 * DAY
+    assert p.run_batch() == 1
+    assert responses(setup.st) == {}
+    assert schedule(setup.st) == []
+    assert dump_db(setup.st, setup.st.refresh) == {}
+    assert p.run_batch() == 0
+
+
+def test_a_serial_added_after_its_grace_is_never_served(setup: Setup) -> None:
+    write_entries(setup.st, setup.issuer, [Entry(8, CertRecord(T0 - 2 * DAY))], ImportReport(), None)
+    assert run_all(setup.precomputer()) == [1]
+    assert responses(setup.st) == {}
+    assert schedule(setup.st) == []
+    assert dump_db(setup.st, setup.st.pending) == {}
+
+
+def test_refresh_times_are_spread(setup: Setup) -> None:
+    serials = list(range(1, 201))
+    setup.add(serials)
+    run_all(setup.precomputer())
+    n = setup.issuer.number
+    got = responses(setup.st)
+    times = [got[(n, 1, s)].refresh_at for s in serials]
+    config = setup.st.config.signer
+    validity = config.validity_hours * 3600
+    this_update = T0 - config.backdate_seconds
+    window = validity * config.jitter_fraction
+    low = this_update + validity * (config.refresh_fraction - config.jitter_fraction)
+    high = this_update + validity * config.refresh_fraction
+    assert all(low <= t <= high for t in times)
+    assert len(set(times)) > 150
+    assert max(times) - min(times) > 0.8 * window
+    # Roughly uniform: each quarter of the window gets a fair share.
+    quarters = [0, 0, 0, 0]
+    for t in times:
+        quarters[min(3, int((t - low) / window * 4))] += 1
+    assert min(quarters) >= 25, quarters
+
+
+# ---------------------------------------------------------------------------- configuration changes
+
+
+def test_removed_hash_algorithm_is_deleted_at_next_resign(setup: Setup) -> None:
+    setup.add([1, 2, 3])
+    run_all(setup.precomputer())
+    n = setup.issuer.number
+    assert set(responses(setup.st)) == {(n, c, s) for c in (1, 2) for s in (1, 2, 3)}
+    config = msgspec.structs.replace(setup.st.config.signer, hash_algorithms=["sha256", "sha384"])
+    p = setup.precomputer(config)
+    assert p.run_batch() == 0  # nothing due yet: responses stay as they are
+    assert set(responses(setup.st)) == {(n, c, s) for c in (1, 2) for s in (1, 2, 3)}
+    setup.clock.wall = max(r.refresh_at for r in responses(setup.st).values())
+    run_all(p)
+    got = responses(setup.st)
+    assert set(got) == {(n, c, s) for c in (2, 3) for s in (1, 2, 3)}
+    for (_, code, serial), stored in got.items():
+        check_stored(
+            stored,
+            serial=serial,
+            code=code,
+            now=setup.clock.wall,
+            config=config,
+            not_after=T0 + 90 * DAY,
+            responder=setup.ca_cert,
+        )
+
+
+def test_config_changes_apply_to_new_times(setup: Setup) -> None:
+    setup.add([1])
+    p = setup.precomputer(validity_hours=10.0, backdate_seconds=0, refresh_fraction=0.8, jitter_fraction=0.0)
+    run_all(p)
+    stored = responses(setup.st)[(setup.issuer.number, 1, 1)]
+    assert (stored.this_update, stored.next_update, stored.refresh_at) == (T0, T0 + 36000, T0 + 28800)
+    assert stored.expires == imf_fixdate(T0 + 36000)
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize("fail_after", [0, 1, 7])
+def test_failed_batch_writes_nothing(setup: Setup, monkeypatch: pytest.MonkeyPatch, fail_after: int) -> None:
+    setup.add(list(range(1, 11)))
+    p = setup.precomputer()
+    run_all(p)
+    t1 = max(r.refresh_at for r in responses(setup.st).values()) + 1
+    setup.clock.wall = t1
+    for s in (2, 4, 6):
+        revoke(setup.st, setup.issuer, s, 1, t1 - 10)
+    setup.add([100, 101])
+    before = all_dbs(setup.st)
+    assert len(before["pending"]) == 5
+
+    calls = 0
+    original = ResponseSigner.sign_response
+
+    def failing(self: ResponseSigner, *args: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls > fail_after:
+            raise RuntimeError("signing device unplugged")
+        return original(self, *args)
+
+    monkeypatch.setattr(ResponseSigner, "sign_response", failing)
+    with pytest.raises(RuntimeError, match="unplugged"):
+        p.run_batch()
+    assert calls == fail_after + 1
+    assert all_dbs(setup.st) == before
+
+    monkeypatch.undo()
+    counts = run_all(p)
+    assert sum(counts) >= 12  # see test_pending_and_due_serial_is_signed_once for the overlap
+    assert dump_db(setup.st, setup.st.pending) == {}
+    n = setup.issuer.number
+    got = responses(setup.st)
+    assert all(got[(n, 1, s)].revoked is (s in (2, 4, 6)) for s in range(1, 11))
+    assert all(r.this_update == t1 - 3600 for r in got.values())
+
+
+def _broken_then_fixed(setup: Setup) -> tuple[Callable[[store.IssuerRecord], ResponseSigner], list[bool]]:
+    broken = [True]
+
+    def loader(record: store.IssuerRecord) -> ResponseSigner:
+        if broken[0]:
+            raise PermissionError("key file not readable")
+        return load_response_signer(setup.data_dir, record)
+
+    return loader, broken
+
+
+def _precomputer_with(setup: Setup, loader: Callable[[store.IssuerRecord], ResponseSigner]) -> Precomputer:
+    clock: Any = setup.clock
+    p = Precomputer(setup.st, setup.st.config.signer, loader, clock, logging.getLogger("test"), random.Random(1))
+    p.reload_issuers()
+    return p
+
+
+def test_unusable_signer_keeps_responses_and_retries(setup: Setup) -> None:
+    setup.add([1, 2, 3])
+    run_all(setup.precomputer())
+    n = setup.issuer.number
+    signed = responses(setup.st)
+    t1 = max(r.refresh_at for r in signed.values())
+    setup.clock.wall = t1
+    revoke(setup.st, setup.issuer, 2, 1, t1)
+    loader, broken = _broken_then_fixed(setup)
+    run_all(_precomputer_with(setup, loader))
+    # Nothing signed, nothing lost: stored responses stay, every serial waits in the schedule.
+    assert responses(setup.st) == signed
+    assert dump_db(setup.st, setup.st.pending) == {}
+    sched = schedule(setup.st)
+    assert sorted(key for _, key in sched) == sorted(inv_key(n, s) for s in (1, 2, 3))
+    assert all(t1 < at <= t1 + 3600 for at, _ in sched)
+    assert dump_db(setup.st, setup.st.refresh) == {key: struct.pack(">Q", at) for at, key in sched}
+
+    # The key is readable again and the signer restarts: the waiting serials are signed.
+    broken[0] = False
+    setup.clock.wall = max(at for at, _ in sched)
+    run_all(_precomputer_with(setup, loader))
+    got = responses(setup.st)
+    assert set(got) == set(signed)
+    assert all(r.this_update == setup.clock.wall - 3600 for r in got.values())
+    assert [got[(n, 1, s)].revoked for s in (1, 2, 3)] == [False, True, False]
+
+
+def test_running_signer_picks_up_a_repaired_key(setup: Setup) -> None:
+    setup.add([1, 2, 3])
+    loader, broken = _broken_then_fixed(setup)
+    p = _precomputer_with(setup, loader)
+    run_all(p)
+    assert responses(setup.st) == {}
+    broken[0] = False  # e.g. the key file's permissions are fixed
+    for _ in range(5):  # the run loop calls reload_issuers before every batch
+        setup.clock.wall = max(at for at, _ in schedule(setup.st))
+        p.reload_issuers()
+        run_all(p)
+    n = setup.issuer.number
+    assert {(n, c, s) for c in (1, 2) for s in (1, 2, 3)} <= set(responses(setup.st))
+
+
+def test_pending_and_due_serial_is_signed_once(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup.add([1, 2, 3])
+    p = setup.precomputer()
+    run_all(p)
+    setup.clock.wall = max(r.refresh_at for r in responses(setup.st).values())  # all three due
+    revoke(setup.st, setup.issuer, 2, 1, setup.clock.wall)  # and serial 2 pending as well
+    signed: list[bytes] = []
+    original = ResponseSigner.sign_response
+
+    def counting(self: ResponseSigner, hash_code: int, serial: bytes, *args: Any) -> bytes:
+        signed.append(serial)
+        return original(self, hash_code, serial, *args)
+
+    monkeypatch.setattr(ResponseSigner, "sign_response", counting)
+    assert p.run_batch() == 3
+    assert sorted(signed) == sorted([b"\x01", b"\x01", b"\x02", b"\x02", b"\x03", b"\x03"])

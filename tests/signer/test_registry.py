@@ -1,0 +1,395 @@
+"""signer.registry: creating and adding CAs, delegated responders, and what is (not) written on refusal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+from contract.store import IssuerRecord
+from signer.inventory import status
+from signer.registry import add_ca, check_responder, create_ca, load_response_signer
+from signer.state import SignerError, SignerStore
+from tests.signer.conftest import PrivateKey, build_ca, build_delegate, build_leaf, key_pem, name, pem, pool_key
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+START = NOW - dt.timedelta(days=1)
+END = NOW + dt.timedelta(days=365)
+
+
+def keys_dir(data_dir: Path) -> Path:
+    return data_dir / "signer" / "keys"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def public_der(obj: x509.Certificate | PrivateKey) -> bytes:
+    return obj.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_key(path: Path) -> PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    return key
+
+
+# ---------------------------------------------------------------------------- create_ca
+
+
+@pytest.mark.parametrize(
+    ("key_type", "check"),
+    [
+        ("ec-p256", lambda k: isinstance(k, ec.EllipticCurvePrivateKey) and k.curve.name == "secp256r1"),
+        ("ec-p384", lambda k: isinstance(k, ec.EllipticCurvePrivateKey) and k.curve.name == "secp384r1"),
+        ("rsa-2048", lambda k: isinstance(k, rsa.RSAPrivateKey) and k.key_size == 2048),
+    ],
+)
+def test_create_self_signed_ca(st: SignerStore, data_dir: Path, key_type: str, check: object) -> None:
+    generation = st.registry_generation()
+    record = create_ca(st, "Root-1", key_type, 30, None, "http://ocsp.example/root", NOW)
+    assert record.number == 1
+    assert (record.name, record.signing, record.parent, record.ocsp_url) == (
+        "Root-1",
+        "ca",
+        None,
+        "http://ocsp.example/root",
+    )
+    assert record.responder_cert_der is None
+    assert record.created_at == int(NOW.timestamp())
+    assert st.issuer("Root-1") == record
+    assert st.issuers() == [record]
+    assert st.registry_generation() == generation + 1
+
+    cert = x509.load_der_x509_certificate(record.cert_der)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Root-1"
+    assert cert.issuer == cert.subject
+    cert.verify_directly_issued_by(cert)
+    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.key_cert_sign and ku.crl_sign
+    assert cert.not_valid_before_utc <= NOW < cert.not_valid_after_utc
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc) == dt.timedelta(days=30)
+
+    path = keys_dir(data_dir) / "Root-1.ca.key"
+    assert path.is_file()
+    assert mode(path) == 0o600
+    assert mode(keys_dir(data_dir)) & 0o077 == 0
+    assert mode(data_dir / "signer") & 0o077 == 0
+    key = load_key(path)
+    assert check(key)  # type: ignore[operator]
+    assert public_der(key) == public_der(cert)
+    assert list(keys_dir(data_dir).iterdir()) == [path]
+    # What the precomputer loads signs with that key.
+    assert load_response_signer(data_dir, record) is not None
+
+
+def test_create_intermediate(st: SignerStore, data_dir: Path) -> None:
+    root = create_ca(st, "root", "ec-p256", 30, None, "http://ocsp.example/root", NOW)
+    sub = create_ca(st, "sub", "ec-p384", 3650, "root", "http://ocsp.example/sub", NOW)
+    assert (sub.number, sub.parent, sub.signing) == (2, "root", "ca")
+    root_cert = x509.load_der_x509_certificate(root.cert_der)
+    sub_cert = x509.load_der_x509_certificate(sub.cert_der)
+    assert sub_cert.issuer == root_cert.subject
+    assert sub_cert.subject != root_cert.subject
+    sub_cert.verify_directly_issued_by(root_cert)
+    with pytest.raises(Exception):  # noqa: B017 - not self-signed
+        sub_cert.verify_directly_issued_by(sub_cert)
+    assert sub_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    # Never outlives its parent.
+    assert sub_cert.not_valid_after_utc <= root_cert.not_valid_after_utc
+    # Its AIA points at the parent's responder, which answers for it.
+    aia = sub_cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    ocsp_urls = [d.access_location.value for d in aia if d.access_method == AuthorityInformationAccessOID.OCSP]
+    assert ocsp_urls == ["http://ocsp.example/root"]
+    aki = sub_cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == x509.SubjectKeyIdentifier.from_public_key(root_cert.public_key()).digest
+
+    # The parent's inventory holds the intermediate, queued for signing.
+    record, responses, pending = status(st, root, sub_cert.serial_number)
+    assert record.cert_der == sub.cert_der
+    assert record.not_after == int(sub_cert.not_valid_after_utc.timestamp())
+    assert record.revoked_at is None
+    assert responses == []
+    assert pending is True
+    with pytest.raises(SignerError):
+        status(st, sub, sub_cert.serial_number)  # not in its own inventory
+
+    sub_key_path = keys_dir(data_dir) / "sub.ca.key"
+    assert mode(sub_key_path) == 0o600
+    assert public_der(load_key(sub_key_path)) == public_der(sub_cert)
+    assert isinstance(load_key(sub_key_path), ec.EllipticCurvePrivateKey)
+
+
+def test_create_ca_under_an_unknown_parent(st: SignerStore, data_dir: Path) -> None:
+    with pytest.raises(SignerError, match="unknown CA 'nope'"):
+        create_ca(st, "sub", "ec-p256", 30, "nope", None, NOW)
+    assert st.issuers() == []
+    assert not (keys_dir(data_dir) / "sub.ca.key").exists()
+
+
+def test_create_ca_unknown_key_type(st: SignerStore, data_dir: Path) -> None:
+    with pytest.raises(SignerError, match="unknown key type"):
+        create_ca(st, "x", "dsa-1024", 30, None, None, NOW)
+    assert st.issuers() == []
+
+
+def test_create_ca_duplicate_name(st: SignerStore, data_dir: Path) -> None:
+    first = create_ca(st, "dup", "ec-p256", 30, None, None, NOW)
+    key_bytes = (keys_dir(data_dir) / "dup.ca.key").read_bytes()
+    with pytest.raises(SignerError, match="already exists"):
+        create_ca(st, "dup", "ec-p256", 30, None, None, NOW)
+    assert st.issuers() == [first]
+    assert (keys_dir(data_dir) / "dup.ca.key").read_bytes() == key_bytes  # the key is never overwritten
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "cacerts", "CACerts", "simpleenroll", "fullcmc", "a/b", "../x", ".hidden", "-x", "a b", "x" * 65, "é"],
+)
+def test_create_ca_invalid_names(st: SignerStore, data_dir: Path, bad: str) -> None:
+    with pytest.raises(SignerError, match="invalid CA name"):
+        create_ca(st, bad, "ec-p256", 30, None, None, NOW)
+    assert st.issuers() == []
+    assert not keys_dir(data_dir).exists() or list(keys_dir(data_dir).iterdir()) == []
+
+
+@pytest.mark.parametrize("good", ["a", "x" * 64, "A.b_c-1", "9lives"])
+def test_create_ca_valid_names(st: SignerStore, good: str) -> None:
+    assert create_ca(st, good, "ec-p256", 1, None, None, NOW).name == good
+
+
+def test_create_ca_invalid_days(st: SignerStore) -> None:
+    with pytest.raises(SignerError, match="--days"):
+        create_ca(st, "zero", "ec-p256", 0, None, None, NOW)
+
+
+# ---------------------------------------------------------------------------- add_ca
+
+
+@pytest.fixture(scope="module")
+def external_ca() -> tuple[x509.Certificate, PrivateKey]:
+    key = pool_key("ec-p256", 30)
+    return build_ca(key, "External CA", START, END), key
+
+
+@pytest.fixture(scope="module")
+def other_ca() -> tuple[x509.Certificate, PrivateKey]:
+    key = pool_key("ec-p256", 31)
+    return build_ca(key, "Other CA", START, END), key
+
+
+def test_add_ca_with_its_key(st: SignerStore, data_dir: Path, external_ca: tuple[x509.Certificate, PrivateKey]) -> None:
+    cert, key = external_ca
+    record = add_ca(st, "ext", pem(cert), key_pem(key), None, None, "http://ocsp.example/ext", NOW)
+    assert (record.number, record.signing, record.responder_cert_der, record.ocsp_url) == (
+        1,
+        "ca",
+        None,
+        "http://ocsp.example/ext",
+    )
+    assert record.cert_der == cert.public_bytes(serialization.Encoding.DER)
+    path = keys_dir(data_dir) / "ext.ca.key"
+    assert mode(path) == 0o600
+    assert public_der(load_key(path)) == public_der(key)
+    # DER input is accepted too.
+    der_key = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    record2 = add_ca(st, "ext-der", cert.public_bytes(serialization.Encoding.DER), der_key, None, None, None, NOW)
+    assert record2.number == 2
+
+
+def test_add_ca_key_does_not_match(
+    st: SignerStore, data_dir: Path, external_ca: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    cert, _ = external_ca
+    with pytest.raises(SignerError, match="--key does not match"):
+        add_ca(st, "ext", pem(cert), key_pem(pool_key("ec-p256", 32)), None, None, None, NOW)
+    assert st.issuers() == []
+    assert not (keys_dir(data_dir) / "ext.ca.key").exists()
+
+
+def test_add_ca_garbage_inputs(st: SignerStore, external_ca: tuple[x509.Certificate, PrivateKey]) -> None:
+    cert, key = external_ca
+    with pytest.raises(SignerError, match=r"not an X\.509 certificate"):
+        add_ca(st, "ext", b"not a cert", key_pem(key), None, None, None, NOW)
+    with pytest.raises(SignerError, match="--key"):
+        add_ca(
+            st,
+            "ext",
+            pem(cert),
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            None,
+            None,
+            None,
+            NOW,
+        )
+    with pytest.raises(SignerError, match="give --key"):
+        add_ca(st, "ext", pem(cert), None, None, None, None, NOW)
+    with pytest.raises(SignerError, match="give --key"):
+        add_ca(st, "ext", pem(cert), None, pem(cert), None, None, NOW)
+    assert st.issuers() == []
+
+
+def test_add_ca_duplicate_and_invalid_name(st: SignerStore, external_ca: tuple[x509.Certificate, PrivateKey]) -> None:
+    cert, key = external_ca
+    add_ca(st, "ext", pem(cert), key_pem(key), None, None, None, NOW)
+    with pytest.raises(SignerError, match="already exists"):
+        add_ca(st, "ext", pem(cert), key_pem(key), None, None, None, NOW)
+    with pytest.raises(SignerError, match="invalid CA name"):
+        add_ca(st, "cacerts", pem(cert), key_pem(key), None, None, None, NOW)
+
+
+@pytest.mark.parametrize("basic_constraints", [True, False], ids=["ca-false", "no-basic-constraints"])
+def test_add_ca_refuses_a_non_ca_certificate(st: SignerStore, data_dir: Path, basic_constraints: bool) -> None:
+    key = pool_key("ec-p256", 33)
+    cert = build_ca(key, "Not a CA", START, END, ca=False, basic_constraints=basic_constraints)
+    with pytest.raises(SignerError, match="not a CA certificate"):
+        add_ca(st, "leafy", pem(cert), key_pem(key), None, None, None, NOW)
+    assert st.issuers() == []
+    assert not (keys_dir(data_dir) / "leafy.ca.key").exists()
+
+
+def test_add_ca_with_delegated_responder(
+    st: SignerStore, data_dir: Path, external_ca: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    cert, ca_key = external_ca
+    responder_key = pool_key("ec-p256", 34)
+    delegate = build_delegate(cert, ca_key, responder_key, START, END)
+    record = add_ca(st, "ext", pem(cert), None, pem(delegate), key_pem(responder_key), None, NOW)
+    assert record.signing == "delegate"
+    assert record.responder_cert_der == delegate.public_bytes(serialization.Encoding.DER)
+    assert record.cert_der == cert.public_bytes(serialization.Encoding.DER)
+    path = keys_dir(data_dir) / "ext.responder.key"
+    assert mode(path) == 0o600
+    assert public_der(load_key(path)) == public_der(responder_key)
+    assert not (keys_dir(data_dir) / "ext.ca.key").exists()  # the CA's key never comes here
+    # Such a CA cannot issue or parent: the registry has no key for it.
+    with pytest.raises(SignerError, match="without its key"):
+        create_ca(st, "child", "ec-p256", 30, "ext", None, NOW)
+
+
+def test_add_ca_delegate_without_nocheck_is_accepted(
+    st: SignerStore, external_ca: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    cert, ca_key = external_ca
+    responder_key = pool_key("ec-p256", 35)
+    delegate = build_delegate(cert, ca_key, responder_key, START, END, nocheck=False)
+    eku_many = build_delegate(
+        cert,
+        ca_key,
+        responder_key,
+        START,
+        END,
+        eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.OCSP_SIGNING],
+    )
+    assert add_ca(st, "a", pem(cert), None, pem(delegate), key_pem(responder_key), None, NOW).signing == "delegate"
+    assert add_ca(st, "b", pem(cert), None, pem(eku_many), key_pem(responder_key), None, NOW).signing == "delegate"
+
+
+def _impostor_ca(cert: x509.Certificate, key: PrivateKey) -> x509.Certificate:
+    """A CA certificate with the same subject as ``cert`` but another key."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(START)
+        .not_valid_after(END)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no-eku", "lacks the id-kp-OCSPSigning"),
+        ("wrong-eku", "lacks the id-kp-OCSPSigning"),
+        ("other-ca", "not issued by this CA: issuer name differs"),
+        ("same-name-other-key", "not issued by this CA: signature does not verify"),
+        ("expired", "has expired"),
+        ("key-mismatch", "--responder-key does not match"),
+    ],
+)
+def test_add_ca_refuses_bad_delegates(
+    st: SignerStore,
+    data_dir: Path,
+    external_ca: tuple[x509.Certificate, PrivateKey],
+    other_ca: tuple[x509.Certificate, PrivateKey],
+    case: str,
+    message: str,
+) -> None:
+    cert, ca_key = external_ca
+    responder_key = pool_key("ec-p256", 36)
+    given_key = responder_key
+    if case == "no-eku":
+        delegate = build_delegate(cert, ca_key, responder_key, START, END, eku=[])
+    elif case == "wrong-eku":
+        delegate = build_delegate(cert, ca_key, responder_key, START, END, eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    elif case == "other-ca":
+        delegate = build_delegate(other_ca[0], other_ca[1], responder_key, START, END)
+    elif case == "same-name-other-key":
+        impostor_key = pool_key("ec-p256", 37)
+        delegate = build_delegate(_impostor_ca(cert, impostor_key), impostor_key, responder_key, START, END)
+    elif case == "expired":
+        delegate = build_delegate(cert, ca_key, responder_key, NOW - dt.timedelta(days=30), NOW - dt.timedelta(days=1))
+    else:
+        delegate = build_delegate(cert, ca_key, responder_key, START, END)
+        given_key = pool_key("ec-p256", 38)
+    with pytest.raises(SignerError, match=message):
+        add_ca(st, "ext", pem(cert), None, pem(delegate), key_pem(given_key), None, NOW)
+    assert st.issuers() == []
+    assert not keys_dir(data_dir).exists() or list(keys_dir(data_dir).iterdir()) == []
+
+
+def test_check_responder_expiry_boundary(external_ca: tuple[x509.Certificate, PrivateKey]) -> None:
+    cert, ca_key = external_ca
+    end = NOW + dt.timedelta(hours=1)
+    delegate = build_delegate(cert, ca_key, pool_key("ec-p256", 39), START, end)
+    check_responder(delegate, cert, end - dt.timedelta(seconds=1))
+    with pytest.raises(SignerError, match="expired"):
+        check_responder(delegate, cert, end)
+
+
+def test_responder_cert_signed_by_ca_must_be_direct(
+    st: SignerStore, external_ca: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    """A responder issued by an intermediate of the CA is not a delegate of the CA itself."""
+    cert, ca_key = external_ca
+    inter_key = pool_key("ec-p256", 40)
+    intermediate = build_ca(inter_key, "Intermediate", START, END, issuer=(cert, ca_key))
+    responder_key = pool_key("ec-p256", 41)
+    delegate = build_delegate(intermediate, inter_key, responder_key, START, END)
+    with pytest.raises(SignerError, match="not issued by this CA"):
+        add_ca(st, "ext", pem(cert), None, pem(delegate), key_pem(responder_key), None, NOW)
+
+
+def test_issuer_records_round_trip(st: SignerStore, external_ca: tuple[x509.Certificate, PrivateKey]) -> None:
+    cert, key = external_ca
+    a = create_ca(st, "a", "ec-p256", 30, None, None, NOW)
+    b = add_ca(st, "b", pem(cert), key_pem(key), None, None, None, NOW)
+    assert [r.number for r in (a, b)] == [1, 2]
+    assert sorted(st.issuers(), key=lambda r: r.number) == [a, b]
+    assert isinstance(st.issuer("b"), IssuerRecord)
+    with pytest.raises(SignerError, match="unknown CA 'c'"):
+        st.issuer("c")
+    leaf = build_leaf(cert, key, 5, START, END)
+    assert leaf.issuer == name("External CA")
+
+
+@pytest.mark.parametrize("bad", ["root\n", "cacerts\n"])
+def test_create_ca_refuses_a_trailing_newline(st: SignerStore, data_dir: Path, bad: str) -> None:
+    with pytest.raises(SignerError, match="invalid CA name"):
+        create_ca(st, bad, "ec-p256", 30, None, None, NOW)
+    assert st.issuers() == []
