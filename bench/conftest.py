@@ -1,0 +1,54 @@
+"""Fixtures for the micro benchmarks: a small real store, signed by the signer code."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from contract.config import Config
+from edge.source import issuer_hashes
+from signer.certs import make_end_entity_certificate
+from signer.inventory import add_certificates
+from signer.keys import generate_key
+from signer.precompute import Clock, Precomputer
+from signer.registry import create_ca, load_ca_key, load_response_signer
+from signer.state import SignerStore
+
+SERIALS = range(1, 201)
+
+
+@pytest.fixture(scope="session")
+def micro_store(tmp_path_factory):
+    """A signer store with 200 signed serials; yields (store, CA certificate)."""
+    data = tmp_path_factory.mktemp("micro")
+    config = Config()
+    st = SignerStore(data, config)
+    now = dt.datetime.now(dt.UTC)
+    issuer = create_ca(st, "bench", "ec-p256", 30, None, None, now)
+    ca = x509.load_der_x509_certificate(issuer.cert_der)
+    key = generate_key("ec-p256")
+    ca_key = load_ca_key(data, issuer)
+    certs = [
+        make_end_entity_certificate(ca, ca_key, key.public_key(), "d", [], 5, now, None, serial=s) for s in SERIALS
+    ]
+    add_certificates(st, issuer, certs, now=int(now.timestamp()))
+    pre = Precomputer(
+        st, config.signer, lambda r: load_response_signer(data, r), Clock(), logging.getLogger("b"), random.Random(0)
+    )
+    pre.reload_issuers()
+    while pre.run_batch():
+        pass
+    yield st, ca
+    st.close()
+
+
+def ocsp_request(ca: x509.Certificate, serial: int) -> bytes:
+    name_hash, key_hash = issuer_hashes(ca.public_bytes(serialization.Encoding.DER), "sha1")
+    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, serial, hashes.SHA1())
+    return builder.build().public_bytes(serialization.Encoding.DER)

@@ -1,0 +1,81 @@
+"""Micro benchmarks of the OCSP hot path pieces. `make test` runs them once (--benchmark-disable)
+so they never rot; `make bench` times them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+
+import httpx
+
+from bench.conftest import ocsp_request
+from contract.config import Config
+from edge.app import build_app
+from edge.clock import SystemClock
+from edge.get_path import decode_get_request
+from edge.metrics import CounterMetrics
+from edge.ocsp_request import parse_ocsp_request
+from edge.source import FreshnessPolicy, LmdbSource
+
+
+def _app(micro_store):
+    st, _ = micro_store
+    source = LmdbSource(lambda: st.env, logging.getLogger("b"))
+    source.open()
+    return source, build_app(source, Config(), SystemClock(), CounterMetrics(), logging.getLogger("b"))
+
+
+def _encoded(der: bytes) -> bytes:
+    return base64.b64encode(der).replace(b"/", b"%2F").replace(b"+", b"%2B").replace(b"=", b"%3D")
+
+
+def test_get_path_decode(benchmark, micro_store):
+    der = ocsp_request(micro_store[1], 7)
+    assert benchmark(decode_get_request, _encoded(der), 10000) == der
+
+
+def test_cert_id_parse(benchmark, micro_store):
+    der = ocsp_request(micro_store[1], 7)
+    assert benchmark(parse_ocsp_request, der).cert_ids[0].serial_number == b"\x07"
+
+
+def test_store_lookup(benchmark, micro_store):
+    source, _ = _app(micro_store)
+    cert_id = parse_ocsp_request(ocsp_request(micro_store[1], 7)).cert_ids[0]
+    assert benchmark(source.response, cert_id).der
+
+
+def test_header_computation(benchmark, micro_store):
+    source, app = _app(micro_store)
+    stored = FreshnessPolicy(source, SystemClock()).response(parse_ocsp_request(ocsp_request(micro_store[1], 7))[0][0])
+    answerer = app.ocsp._answerer
+    assert len(benchmark(answerer.cache_headers, stored)) == 4
+
+
+def test_whole_answer_get(benchmark, micro_store):
+    _, app = _app(micro_store)
+    path = b"/ocsp/" + _encoded(ocsp_request(micro_store[1], 7))
+    assert benchmark(app.ocsp.answer_get, "GET", path, [(b"host", b"x")]).status == 200
+
+
+def test_whole_answer_post(benchmark, micro_store):
+    _, app = _app(micro_store)
+    der = ocsp_request(micro_store[1], 7)
+    assert benchmark(app.ocsp.answer_post, der).status == 200
+
+
+def test_asgi_path_in_process(benchmark, micro_store):
+    _, app = _app(micro_store)
+    der = ocsp_request(micro_store[1], 7)
+    loop = asyncio.new_event_loop()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge")
+
+    def one() -> int:
+        return loop.run_until_complete(client.post("/ocsp", content=der)).status_code
+
+    try:
+        assert benchmark(one) == 200
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()
