@@ -113,6 +113,12 @@ def _validate(config: Config) -> None:
         raise ConfigError("signer.batch_size, batch_seconds and poll_interval_ms must be positive")
     if config.signer.validity_hours <= 0 or config.signer.backdate_seconds < 0:
         raise ConfigError("signer.validity_hours must be positive and backdate_seconds not negative")
+    earliest_refresh = (signer.refresh_fraction - signer.jitter_fraction) * signer.validity_hours * 3600
+    if earliest_refresh <= signer.backdate_seconds:
+        raise ConfigError(
+            "signer: (refresh_fraction - jitter_fraction) * validity_hours must exceed backdate_seconds, "
+            "or responses would be due for refresh (or expired) as soon as they are signed"
+        )
     for prefix in config.edge.ocsp_prefixes:
         if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
             raise ConfigError(f"edge.ocsp_prefixes: {prefix!r} must start with '/' and not end with '/'")

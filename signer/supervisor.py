@@ -7,6 +7,8 @@ either child dies on its own, the other is stopped and `up` exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as dt
 import logging
 import signal
@@ -21,10 +23,28 @@ from contract.config import Config
 from signer.state import SignerStore
 
 GRACE_SECONDS = 15
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the supervisor dies (Linux), since it no longer shares our group."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _child(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "signer.cli", "--data", str(data_dir), *args])
+    # Each child gets its own process group: a terminal's Ctrl-C reaches only the supervisor,
+    # which then asks each child once to drain (a second signal would make it exit at once).
+    return subprocess.Popen(
+        [sys.executable, "-m", "signer.cli", "--data", str(data_dir), *args],
+        process_group=0,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+
+
+def _clean_exit(code: int | None) -> bool:
+    # uvicorn re-raises the signal it drained on, so the edge ends "killed by SIGTERM".
+    return code in (0, -signal.SIGTERM, -signal.SIGINT)
 
 
 def _wait_ready(url: str, deadline: float) -> bool:
@@ -89,6 +109,11 @@ def run_up(
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            logger.error("child %d did not stop within %d s: killing it", child.pid, GRACE_SECONDS)
             child.kill()
             child.wait()
+            failed = True
+    if not all(_clean_exit(child.returncode) for child in children):
+        logger.error("exit codes: signer %s, edge %s", children[0].returncode, children[1].returncode)
+        failed = True
     return 1 if failed else 0

@@ -1,0 +1,112 @@
+"""(i) Operator mistakes end with exit code 2 and one clean "pki-edge: error:" message, never a traceback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import make_ca, openssl, pki_edge, write_pem
+
+
+@dataclass
+class Cli:
+    data: Path
+    dir: Path
+    serial: str
+
+    def run(self, *args: str | Path):  # type: ignore[no-untyped-def]
+        return pki_edge(self.data, *args, check=False)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    d = tmp_path_factory.mktemp("cli")
+    data = d / "data"
+    pki_edge(data, "ca", "create", "root")
+    pki_edge(data, "issue", "root", "--cn", "leaf.example", "--out", d / "out")
+    (d / "ca.pem").write_text(pki_edge(data, "ca", "show", "root").stdout)
+    serial = openssl("x509", "-in", d / "out" / "leaf.example.pem", "-noout", "-serial").strip()
+    other_ca, other_key = make_ca("Other CA")
+    _, unrelated_key = make_ca("Unrelated")
+    write_pem(d / "other.pem", other_ca)
+    write_pem(d / "other.key", other_key)
+    write_pem(d / "unrelated.key", unrelated_key)
+    (d / "garbage.pem").write_text("this is not a certificate\n")
+    return Cli(data, d, serial)
+
+
+CASES: dict[str, tuple[list[str], str]] = {
+    # label: (arguments, with {d} for the work directory and {serial} for a known serial; expected text)
+    "status unknown CA": (["status", "nosuch", "01"], "unknown CA 'nosuch'"),
+    "revoke unknown CA": (["revoke", "nosuch", "01"], "unknown CA 'nosuch'"),
+    "issue unknown CA": (["issue", "nosuch", "--cn", "x", "--out", "{d}/x"], "unknown CA 'nosuch'"),
+    "import unknown CA": (["import", "nosuch", "--cert", "{d}/ca.pem"], "unknown CA 'nosuch'"),
+    "show unknown CA": (["ca", "show", "nosuch"], "unknown CA 'nosuch'"),
+    "create under unknown parent": (["ca", "create", "child", "--parent", "nosuch"], "unknown CA 'nosuch'"),
+    "revoke bad serial": (["revoke", "root", "not-hex"], "invalid serial"),
+    "status bad serial": (["status", "root", "12G4"], "invalid serial"),
+    "revoke empty serial": (["revoke", "root", "serial="], "invalid serial"),
+    "revoke serial not in inventory": (["revoke", "root", "0DEAD"], "not in the inventory"),
+    "status serial not in inventory": (["status", "root", "0DEAD"], "not in the inventory"),
+    "revoke bad reason": (["revoke", "root", "{serial}", "--reason", "boredom"], "unknown revocation reason"),
+    "revoke bad time": (["revoke", "root", "{serial}", "--time", "yesterday"], "invalid time"),
+    "ca add mismatched key": (
+        ["ca", "add", "mism", "--cert", "{d}/other.pem", "--key", "{d}/unrelated.key"],
+        "does not match",
+    ),
+    "ca add not a CA": (
+        ["ca", "add", "notca", "--cert", "{d}/out/leaf.example.pem", "--key", "{d}/out/leaf.example.key"],
+        "not a CA certificate",
+    ),
+    "ca add garbage cert": (["ca", "add", "junk", "--cert", "{d}/garbage.pem", "--key", "{d}/other.key"], "--cert"),
+    "ca add garbage key": (["ca", "add", "junk", "--cert", "{d}/other.pem", "--key", "{d}/garbage.pem"], "--key"),
+    "ca add missing file": (
+        ["ca", "add", "gone", "--cert", "{d}/missing.pem", "--key", "{d}/other.key"],
+        "missing.pem",
+    ),
+    "ca add key and responder": (
+        ["ca", "add", "both", "--cert", "{d}/other.pem", "--key", "{d}/other.key", "--responder-cert", "{d}/ca.pem"],
+        "either --key",
+    ),
+    "ca add no key": (["ca", "add", "nokey", "--cert", "{d}/other.pem"], "--key"),
+    "ca create duplicate": (["ca", "create", "root"], "already exists"),
+    "ca create bad name": (["ca", "create", "bad name!"], "invalid CA name"),
+    "ca create reserved name": (["ca", "create", "cacerts"], "invalid CA name"),
+    "issue into existing files": (["issue", "root", "--cn", "leaf.example", "--out", "{d}/out"], "already exists"),
+    "issue bad SAN": (["issue", "root", "--cn", "y", "--san", "EMAIL:x@y", "--out", "{d}/y"], "--san"),
+    "import garbage CRL": (["import", "root", "--crl", "{d}/garbage.pem"], "not a CRL"),
+    "import missing index": (["import", "root", "--openssl-index", "{d}/missing.txt"], "missing.txt"),
+}
+
+
+@pytest.mark.parametrize("label", list(CASES))
+def test_clean_error(cli: Cli, label: str) -> None:
+    args, expected = CASES[label]
+    proc = cli.run(*(a.format(d=cli.dir, serial=cli.serial) for a in args))
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("pki-edge: error:"), proc.stderr
+    assert expected in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_failed_commands_changed_nothing(cli: Cli) -> None:
+    listed = cli.run("ca", "list")
+    assert listed.returncode == 0
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["root"]
+    status = cli.run("status", "root", cli.serial)
+    assert "status      good" in status.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["revoke"], ["ca", "create", "x", "--key", "dsa-1024"], ["frobnicate"], ["import", "root"]],
+    ids=["missing-args", "bad-choice", "unknown-command", "no-source"],
+)
+def test_usage_errors_exit_2_without_traceback(cli: Cli, args: list[str]) -> None:
+    proc = cli.run(*args)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -1,0 +1,68 @@
+"""Configuration from DATA/pki-edge.toml and PKI_EDGE_* variables, as the CLI sees it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Run
+from tests.integration.helpers import Server, clean_env, openssl, pki_edge, wait_for
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "expected"),
+    [
+        ("[signer]\nvalidity_hour = 1\n", {}, "validity_hour"),
+        ("[signer\n", {}, "pki-edge.toml"),
+        ("", {"PKI_EDGE_SIGNER_VALIDITY_HOURS": "soon"}, "validity_hours"),
+        ("", {"PKI_EDGE_SIGNER_HASH_ALGORITHMS": "md5"}, "hash_algorithms"),
+        ('[edge]\nocsp_prefixes = ["/ocsp/"]\n', {}, "ocsp_prefixes"),
+        ("", {"PKI_EDGE_SIGNER_REFRESH_FRACTION": "1.5"}, "refresh_fraction"),
+    ],
+    ids=["unknown-key", "toml-syntax", "env-not-a-number", "env-unknown-hash", "prefix-slash", "refresh-fraction"],
+)
+def test_bad_configuration_is_a_clean_error(data_dir: Path, toml: str, env: dict[str, str], expected: str) -> None:
+    data_dir.mkdir()
+    if toml:
+        (data_dir / "pki-edge.toml").write_text(toml)
+    proc = pki_edge(data_dir, "ca", "list", check=False, env=clean_env(**env))
+    assert proc.returncode == 2, proc
+    assert proc.stderr.startswith("pki-edge: error:"), proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _next_updates(status: str) -> list[dt.datetime]:
+    found = re.findall(r"nextUpdate (\S+Z)", status)
+    return [dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in found]
+
+
+def test_validity_shorter_than_backdate_is_refused_or_harmless(
+    run: Run, data_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    """Either the configuration is refused, or the responses signed with it are servable (nextUpdate ahead)."""
+    env = {"PKI_EDGE_SIGNER_VALIDITY_HOURS": "0.5"}
+    run("ca", "create", "short")
+    run("issue", "short", "--cn", "short.example", "--out", tmp_path / "out")
+    serial = openssl("x509", "-in", tmp_path / "out" / "short.example.pem", "-noout", "-serial").strip()
+    checked = pki_edge(data_dir, "ca", "list", check=False, env=clean_env(**env))
+    if checked.returncode != 0:
+        assert checked.returncode == 2
+        assert checked.stderr.startswith("pki-edge: error:")
+        return
+    signer = Server("signer", data_dir, ["signer"], tmp_path / "signer.log", env=env)
+    servers.append(signer)
+
+    def signed() -> str | None:
+        out = run("status", "short", serial).stdout
+        return out if "pending     no" in out and "none cached" not in out else None
+
+    status = wait_for("a signed response", signed, timeout=30, interval=0.2)
+    signer.stop_clean()
+    now = dt.datetime.now(dt.UTC)
+    next_updates = _next_updates(status)
+    assert next_updates
+    assert all(n > now for n in next_updates), f"signed already stale at {now:%H:%M:%S}Z:\n{status}"

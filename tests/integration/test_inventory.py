@@ -1,0 +1,85 @@
+"""Inventory semantics seen from outside: expiry grace, sticky revocation, intermediates, AIA URLs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from tests.integration.conftest import Shared
+from tests.integration.helpers import (
+    UNAUTHORIZED,
+    load_cert,
+    ocsp_request_by_serial,
+    openssl,
+    post_ocsp,
+    wait_drained,
+    wait_ocsp_status,
+)
+
+
+def _utctime(when: dt.datetime) -> str:
+    return when.strftime("%y%m%d%H%M%SZ")
+
+
+def test_expiry_grace_and_sticky_revocation(shared: Shared) -> None:
+    shared.run("ca", "create", "exp")
+    ca_pem = shared.work / "exp.pem"
+    ca_pem.write_text(shared.run("ca", "show", "exp").stdout)
+    ca = load_cert(ca_pem)
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        ("V", now + dt.timedelta(hours=2), "", "0A"),
+        ("V", now - dt.timedelta(hours=2), "", "0B"),  # expired, inside the 24 h grace
+        ("E", now - dt.timedelta(days=3), "", "0C"),  # expired past the grace
+        ("R", now + dt.timedelta(days=30), f"{_utctime(now - dt.timedelta(days=1))},superseded", "0D"),
+    ]
+    index = shared.work / "exp-index.txt"
+    index.write_text("".join(f"{f}\t{_utctime(t)}\t{r}\t{s}\tunknown\t/CN={s}\n" for f, t, r, s in rows))
+    assert "exp: added 4, updated 0, unchanged 0" in shared.run("import", "exp", "--openssl-index", index).stdout
+
+    wait_ocsp_status(shared.base_url, ocsp_request_by_serial(ca, 0x0D), "revoked")
+    wait_drained(shared.data_dir)
+    wait_ocsp_status(shared.base_url, ocsp_request_by_serial(ca, 0x0A), "good")
+    wait_ocsp_status(shared.base_url, ocsp_request_by_serial(ca, 0x0B), "good", timeout=5)
+    r = post_ocsp(shared.base_url, ocsp_request_by_serial(ca, 0x0C))
+    assert (r.status_code, r.content) == (200, UNAUTHORIZED)
+    revoked = ocsp.load_der_ocsp_response(post_ocsp(shared.base_url, ocsp_request_by_serial(ca, 0x0D)).content)
+    assert revoked.revocation_reason == x509.ReasonFlags.superseded
+
+    # Revocation is sticky: re-importing the index (which says V) does not make 0A good again.
+    shared.run("revoke", "exp", "serial=0a", "--reason", "keyCompromise")
+    wait_ocsp_status(shared.base_url, ocsp_request_by_serial(ca, 0x0A), "revoked")
+    assert "exp: added 0, updated 0, unchanged 4" in shared.run("import", "exp", "--openssl-index", index).stdout
+    wait_drained(shared.data_dir)
+    wait_ocsp_status(shared.base_url, ocsp_request_by_serial(ca, 0x0A), "revoked", timeout=5)
+    assert "revoked at" in shared.run("status", "exp", "0A").stdout
+
+
+def test_intermediate_and_aia(shared: Shared) -> None:
+    url = shared.base_url + "/api/ocsp"
+    shared.run("ca", "create", "inter", "--parent", "root", "--ocsp-url", url)
+    inter_pem = shared.work / "inter.pem"
+    inter_pem.write_text(shared.run("ca", "show", "inter").stdout)
+    # The parent answers for its intermediate.
+    wait_ocsp_status(shared.base_url, ocsp_request_by_serial(shared.ca, load_cert(inter_pem).serial_number), "good")
+    out = openssl(
+        "ocsp", "-issuer", shared.ca_pem, "-cert", inter_pem, "-url", shared.base_url, "-CAfile", shared.ca_pem
+    )
+    assert "Response verify OK" in out
+    assert f"{inter_pem}: good" in out
+
+    shared.run("issue", "inter", "--cn", "leaf.inter.example", "--out", shared.work / "inter-out")
+    leaf_pem = shared.work / "inter-out" / "leaf.inter.example.pem"
+    aia = openssl("x509", "-in", leaf_pem, "-noout", "-ocsp_uri").strip()
+    assert aia == url
+    wait_ocsp_status(
+        shared.base_url, ocsp_request_by_serial(load_cert(inter_pem), load_cert(leaf_pem).serial_number), "good"
+    )
+    out = openssl(
+        "ocsp", "-issuer", inter_pem, "-cert", leaf_pem, "-url", aia, "-CAfile", shared.ca_pem,
+        "-verify_other", inter_pem,
+    )  # fmt: skip
+    assert "Response verify OK" in out
+    assert f"{leaf_pem}: good" in out
