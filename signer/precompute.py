@@ -182,7 +182,13 @@ class Precomputer:
     def run(self, stop: threading.Event) -> None:
         """Sign until ``stop`` is set; the batch under way is always finished and committed."""
         poll = self._config.poll_interval_ms / 1000
+        next_reader_check = 0.0
         while not stop.is_set():
+            if self._clock.monotonic() >= next_reader_check:
+                # Free reader slots of edge workers that died without closing them (kill -9),
+                # or LMDB could never reuse the pages they pin and the file would grow.
+                self._st.env.reader_check()
+                next_reader_check = self._clock.monotonic() + 60
             self.reload_issuers()
             if self.run_batch() == 0:
                 stop.wait(poll)
