@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import random
 
 import pytest
 from cryptography import x509
@@ -13,12 +11,9 @@ from cryptography.x509 import ocsp
 
 from contract.config import Config
 from edge.source import issuer_hashes
-from signer.certs import make_end_entity_certificate
-from signer.inventory import add_certificates
-from signer.keys import generate_key
-from signer.precompute import Clock, Precomputer
-from signer.registry import create_ca, load_ca_key, load_response_signer
+from signer.registry import create_ca
 from signer.state import SignerStore
+from tests.signed_store import add_devices, drain
 
 SERIALS = range(1, 201)
 
@@ -31,19 +26,9 @@ def micro_store(tmp_path_factory):
     st = SignerStore(data, config)
     now = dt.datetime.now(dt.UTC)
     issuer = create_ca(st, "bench", "ec-p256", 30, None, None, now)
+    add_devices(st, issuer, SERIALS, now)
+    drain(st)
     ca = x509.load_der_x509_certificate(issuer.cert_der)
-    key = generate_key("ec-p256")
-    ca_key = load_ca_key(data, issuer)
-    certs = [
-        make_end_entity_certificate(ca, ca_key, key.public_key(), "d", [], 5, now, None, serial=s) for s in SERIALS
-    ]
-    add_certificates(st, issuer, certs, now=int(now.timestamp()))
-    pre = Precomputer(
-        st, config.signer, lambda r: load_response_signer(data, r), Clock(), logging.getLogger("b"), random.Random(0)
-    )
-    pre.reload_issuers()
-    while pre.run_batch():
-        pass
     yield st, ca
     st.close()
 

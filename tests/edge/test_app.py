@@ -6,7 +6,6 @@ import asyncio
 import base64
 import datetime as dt
 import logging
-import random
 
 import httpx
 import pytest
@@ -19,12 +18,11 @@ from edge.app import build_app
 from edge.clock import FakeClock
 from edge.metrics import CounterMetrics
 from edge.source import LmdbSource, read_only_store
-from signer.certs import make_end_entity_certificate
-from signer.inventory import add_certificates, revoke
-from signer.keys import generate_key
-from signer.precompute import Clock, Precomputer
-from signer.registry import create_ca, load_ca_key, load_response_signer
+from signer.inventory import revoke
+from signer.precompute import Clock
+from signer.registry import create_ca
 from signer.state import SignerStore
+from tests.signed_store import add_devices, drain
 
 NOW = 1_800_000_000
 
@@ -32,20 +30,6 @@ NOW = 1_800_000_000
 class FixedClock(Clock):
     def now(self) -> int:
         return NOW
-
-
-def drain(st: SignerStore, config: Config) -> None:
-    pre = Precomputer(
-        st,
-        config.signer,
-        lambda r: load_response_signer(st.data_dir, r),
-        FixedClock(),
-        logging.getLogger("t"),
-        random.Random(0),
-    )
-    pre.reload_issuers()
-    while pre.run_batch():
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +40,11 @@ def world(tmp_path_factory):
     when = dt.datetime.fromtimestamp(NOW - 60, dt.UTC)
     issuer = create_ca(st, "ca1", "ec-p256", 365, None, None, when)
     ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
-    key = generate_key("ec-p256")
     # A serial whose GET encoding has "//" inside the base64 (must not be collapsed).
     slash_serial = next(s for s in range(1, 1 << 20) if "//" in base64.b64encode(request_der(ca_cert, s)).decode())
-    leaves = [
-        make_end_entity_certificate(
-            ca_cert, load_ca_key(data, issuer), key.public_key(), f"d{i}", [], 30, when, None, serial=s
-        )
-        for i, s in enumerate((0x10, 0x80, slash_serial))
-    ]
-    add_certificates(st, issuer, leaves, now=NOW)
+    add_devices(st, issuer, (0x10, 0x80, slash_serial), when)
     revoke(st, issuer, 0x80, 1, NOW - 30)
-    drain(st, config)
+    drain(st, FixedClock())
     yield data, config, st, ca_cert, slash_serial
     st.close()
 
@@ -191,7 +168,7 @@ def test_health_and_readiness_do_not_shadow_ocsp(world):
 
 
 def test_ca_added_after_start_is_found(world):
-    data, config, st, *_ = world
+    _, _, st, *_ = world
 
     async def go():
         app = make_app(world, FakeClock(NOW))
@@ -201,12 +178,8 @@ def test_ca_added_after_start_is_found(world):
             ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
             der = request_der(ca_cert, 0x99)
             before = await c.post("/", content=der)
-            key = generate_key("ec-p256")
-            leaf = make_end_entity_certificate(
-                ca_cert, load_ca_key(data, issuer), key.public_key(), "x", [], 30, when, None, serial=0x99
-            )
-            add_certificates(st, issuer, [leaf], now=NOW)
-            drain(st, config)
+            add_devices(st, issuer, [0x99], when)
+            drain(st, FixedClock())
             after = await c.post("/", content=der)
             return before, after
 

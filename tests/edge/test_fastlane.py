@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import logging
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -19,12 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from contract.config import Config
-from signer.certs import make_end_entity_certificate
-from signer.inventory import add_certificates, revoke
-from signer.keys import generate_key
-from signer.precompute import Clock, Precomputer
-from signer.registry import create_ca, load_ca_key, load_response_signer
+from signer.inventory import revoke
+from signer.registry import create_ca
 from signer.state import SignerStore
+from tests.signed_store import add_devices, drain
 
 
 def free_port() -> int:
@@ -36,26 +32,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     data = tmp_path_factory.mktemp("fastlane")
-    config = Config()
-    st = SignerStore(data, config)
+    st = SignerStore(data, Config())
     now = dt.datetime.now(dt.UTC)
     issuer = create_ca(st, "ca", "ec-p256", 30, None, None, now)
-    ca = x509.load_der_x509_certificate(issuer.cert_der)
-    key = generate_key("ec-p256")
-    certs = [
-        make_end_entity_certificate(ca, load_ca_key(data, issuer), key.public_key(), "d", [], 5, now, None, serial=s)
-        for s in (1, 2)
-    ]
-    add_certificates(st, issuer, certs, now=int(now.timestamp()))
+    add_devices(st, issuer, (1, 2), now)
     revoke(st, issuer, 2, 1, int(now.timestamp()))
-    pre = Precomputer(
-        st, config.signer, lambda r: load_response_signer(data, r), Clock(), logging.getLogger("t"), random.Random(0)
-    )
-    pre.reload_issuers()
-    while pre.run_batch():
-        pass
+    drain(st)
     st.close()
-    return data, ca
+    return data, x509.load_der_x509_certificate(issuer.cert_der)
 
 
 @pytest.fixture(scope="module")
