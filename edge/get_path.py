@@ -14,6 +14,9 @@ from urllib.parse import unquote_to_bytes
 from edge.ocsp_request import MalformedRequest
 
 _URLSAFE_TO_STD = bytes.maketrans(b"-_ ", b"+/+")
+_COMMON_ESCAPES = tuple(
+    (b"%" + hexa, bytes.fromhex(hexa.decode())) for hexa in (b"2F", b"2f", b"2B", b"2b", b"3D", b"3d")
+)
 
 
 def strip_prefix(raw_path: bytes, prefixes: tuple[bytes, ...]) -> bytes | None:
@@ -34,7 +37,11 @@ def decode_get_request(encoded: bytes, max_der_bytes: int) -> bytes:
     if len(encoded) > 3 * max_der_bytes:  # percent-encoding triples a byte at most
         raise MalformedRequest("request path too long")
     if b"%" in encoded:
-        encoded = unquote_to_bytes(encoded)
+        # The three escapes base64 needs, directly; anything else through the general decoder.
+        for escaped, plain in _COMMON_ESCAPES:
+            encoded = encoded.replace(escaped, plain)
+        if b"%" in encoded:
+            encoded = unquote_to_bytes(encoded)
     encoded = encoded.translate(_URLSAFE_TO_STD).rstrip(b"=")
     if not encoded:
         raise MalformedRequest("empty request")

@@ -23,7 +23,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from contract.store import HASH_ALGORITHMS, serial_key
-from edge.ocsp_request import MAX_REQUEST_BYTES, CertID, MalformedRequest, OCSPRequestInfo, parse_ocsp_request
+from edge.ocsp_request import (
+    MAX_REQUEST_BYTES,
+    CertID,
+    MalformedRequest,
+    OCSPRequestInfo,
+    _parse_single,
+    parse_ocsp_request,
+    parse_ocsp_request_general,
+)
 from tests.edge.conftest import (
     DER_NULL,
     DER_TRUE,
@@ -823,3 +831,40 @@ def test_the_oracles_see_a_difference() -> None:
     assert asn1crypto_full(der) != asn1crypto_full(changed)
     assert asn1crypto_opaque(der) != asn1crypto_opaque(changed)
     assert ours(parse_ocsp_request(der)) != asn1crypto_full(changed)
+
+
+# The single-request fast path must never decide differently from the general walk.
+
+SINGLE_SEEDS = [
+    simple_request(),
+    simple_request(serial_content=b"\x00\x00\x80", algorithm=algorithm_identifier(SHA1_OID, b"")),
+    crypto_request_by_hash(*fake_hashes("sha256"), 2**159 + 1, "sha256", None),
+    crypto_request_by_hash(*fake_hashes("sha1"), 0, "sha1", None),
+]
+LONG_FORM = crypto_request_by_hash(*fake_hashes("sha512"), 255, "sha512", None)  # over 129 bytes
+
+
+@pytest.mark.parametrize("der", SINGLE_SEEDS)
+def test_common_requests_take_the_fast_path(der: bytes) -> None:
+    fast = _parse_single(der)
+    assert fast is not None
+    assert fast == parse_ocsp_request_general(der)
+
+
+def test_requests_with_a_nonce_or_several_cert_ids_take_the_general_path() -> None:
+    assert _parse_single(BASE_WITH_NONCE) is None
+    assert _parse_single(ocsp_request([REQUEST, REQUEST])) is None
+    assert _parse_single(LONG_FORM) is None
+    assert parse_ocsp_request(LONG_FORM) == parse_ocsp_request_general(LONG_FORM)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(range(len(SINGLE_SEEDS) + 1)), st.lists(MUTATIONS, min_size=1, max_size=3))
+def test_fast_path_agrees_with_the_general_parser(seed_index: int, mutations: list[tuple[str, int, int]]) -> None:
+    mutant = mutate([*SINGLE_SEEDS, LONG_FORM][seed_index], mutations)
+    fast = _parse_single(mutant)
+    if fast is None:
+        event("fast path declined")
+        return
+    event("fast path accepted")
+    assert fast == parse_ocsp_request_general(mutant)
