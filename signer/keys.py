@@ -5,7 +5,9 @@ Only signer-side code imports this module; the edge never sees a key.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,9 +39,14 @@ def signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
 
 
 def sign(key: SigningKey, data: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
+    return signer_for(key, algorithm)(data)
+
+
+def signer_for(key: SigningKey, algorithm: hashes.HashAlgorithm) -> Callable[[bytes], bytes]:
+    """A one-argument signing function, its algorithm objects made once rather than per signature."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(algorithm))
-    return key.sign(data, padding.PKCS1v15(), algorithm)
+        return functools.partial(key.sign, signature_algorithm=ec.ECDSA(algorithm))
+    return functools.partial(key.sign, padding=padding.PKCS1v15(), algorithm=algorithm)
 
 
 def write_private_key(path: Path, key: SigningKey) -> None:

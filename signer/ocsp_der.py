@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from contract.store import HASH_ALGORITHMS
-from signer.keys import SigningKey, sign, signature_hash
+from signer.keys import SigningKey, signature_hash, signer_for
 
 
 def der_length(n: int) -> bytes:
@@ -35,7 +35,12 @@ def der_length(n: int) -> bytes:
 
 
 def tlv(tag: int, content: bytes) -> bytes:
-    return bytes((tag,)) + der_length(len(content)) + content
+    n = len(content)
+    if n < 0x80:  # the common cases first: this runs a dozen times per response
+        return bytes((tag, n)) + content
+    if n < 0x100:
+        return bytes((tag, 0x81, n)) + content
+    return bytes((tag,)) + der_length(n) + content
 
 
 @functools.lru_cache(maxsize=4096)  # a batch signs many responses with the same few times
@@ -83,6 +88,7 @@ class ResponseSigner:
             raise ValueError("the signing key does not match the responder certificate")
         self._key = key
         self._hash = signature_hash(key)
+        self._sign = signer_for(key, self._hash)
         family = "ec" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa"
         self._sig_alg = _SIG_ALGORITHMS[(family, self._hash.name)]
         # ResponderID byKey: SHA-1 of the responder's subjectPublicKey BIT STRING contents.
@@ -111,14 +117,16 @@ class ResponseSigner:
     ) -> bytes:
         """One DER OCSPResponse; ``serial`` is the minimal INTEGER content (contract.store.serial_key)."""
         cert_id = tlv(0x30, self.cert_id_prefixes[hash_code] + tlv(0x02, serial))
-        single = tlv(
-            0x30,
-            cert_id + status.encode() + generalized_time(this_update) + tlv(0xA0, generalized_time(next_update)),
-        )
+        single = tlv(0x30, cert_id + _status_and_times(status, this_update, next_update))
         tbs = tlv(0x30, self._responder_id + generalized_time(produced_at) + tlv(0x30, single))
-        signature = sign(self._key, tbs, self._hash)
+        signature = self._sign(tbs)
         basic = tlv(0x30, tbs + self._sig_alg + tlv(0x03, b"\x00" + signature) + self._certs)
         return tlv(0x30, _SUCCESSFUL + tlv(0xA0, tlv(0x30, _OID_BASIC + tlv(0x04, basic))))
+
+
+@functools.lru_cache(maxsize=1024)  # the same few per batch: good, or revoked at one time
+def _status_and_times(status: CertStatus, this_update: int, next_update: int) -> bytes:
+    return status.encode() + generalized_time(this_update) + tlv(0xA0, generalized_time(next_update))
 
 
 def _public_key_bits(cert: x509.Certificate) -> bytes:

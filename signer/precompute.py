@@ -10,6 +10,7 @@ A batch is bounded in size and time so that a revocation never waits long.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -39,6 +40,7 @@ class Clock:
         return time.monotonic()
 
 
+@functools.lru_cache(maxsize=1024)  # a batch shares its few thisUpdate/nextUpdate values
 def http_date(unix: int) -> bytes:
     return formatdate(unix, usegmt=True).encode()
 
