@@ -55,10 +55,63 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fast_lane: bool = True
 
 
+class CAProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a CA issues over EST (``[profiles.NAME]`` in the config file, NAME a CA of the registry)."""
+
+    validity_days: int = 365
+    # Keys a CSR (or serverkeygen) may carry: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096.
+    key_types: list[str] = msgspec.field(default_factory=lambda: ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"])
+    serverkeygen_key_type: str = "ec-p256"
+    key_usage: list[str] = msgspec.field(default_factory=lambda: ["digital_signature"])
+    extended_key_usage: list[str] = msgspec.field(default_factory=lambda: ["client_auth"])
+    # The subject CN must fully match this regular expression; SAN entries their type's pattern.
+    subject_cn_pattern: str = ".+"
+    san_dns_pattern: str = ".+"
+    san_uri_pattern: str = ".+"
+    allow_san_ip: bool = True
+    require_san: bool = False
+    # Written into issued certificates (AIA); the OCSP URL defaults to the CA's registry URL.
+    ocsp_url: str | None = None
+    ca_issuers_url: str | None = None
+    # On simplereenroll, revoke the superseded certificate (reason superseded).
+    revoke_superseded: bool = False
+    # CSR attributes announced by /csrattrs: OIDs in dotted form or names (see README); empty gives 204.
+    csrattrs: list[str] = msgspec.field(default_factory=list)
+
+
+class EstConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # EST is served under each prefix, with and without a CA label.
+    prefixes: list[str] = msgspec.field(default_factory=lambda: ["/.well-known/est", "/api/devmanager/.well-known/est"])
+    default_label: str | None = None  # the CA for requests without a label (default: the only CA, if one)
+    tls_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None  # PEM bundle trusted for client certificates (default: the registry's CAs)
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)  # addresses or CIDRs
+    max_body_bytes: int = 65536
+    job_timeout_seconds: float = 10.0
+    max_inflight: int = 64  # signing jobs awaited at once by one edge worker
+    rate_per_minute: int = 60  # per client (certificate, user or address)
+    rate_burst: int = 20
+    retry_after_seconds: int = 5
+
+
+class WorkersConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    count: int = 2  # signer worker processes
+    max_queue: int = 256  # jobs accepted and not yet finished, over all workers
+    live_ocsp_max_inflight: int = 16
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     signer: SignerConfig = msgspec.field(default_factory=SignerConfig)
     edge: EdgeConfig = msgspec.field(default_factory=EdgeConfig)
+    est: EstConfig = msgspec.field(default_factory=EstConfig)
+    workers: WorkersConfig = msgspec.field(default_factory=WorkersConfig)
+    profiles: dict[str, CAProfile] = msgspec.field(default_factory=dict)
+
+    def profile(self, ca_name: str) -> CAProfile:
+        return self.profiles.get(ca_name) or CAProfile()
 
 
 def data_dir_from(flag: str | None) -> Path:
@@ -67,7 +120,14 @@ def data_dir_from(flag: str | None) -> Path:
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
-    for section, struct_type in (("store", StoreConfig), ("signer", SignerConfig), ("edge", EdgeConfig)):
+    sections = (
+        ("store", StoreConfig),
+        ("signer", SignerConfig),
+        ("edge", EdgeConfig),
+        ("est", EstConfig),
+        ("workers", WorkersConfig),
+    )
+    for section, struct_type in sections:
         for field in struct_type.__struct_fields__:
             value = environ.get(f"PKI_EDGE_{section.upper()}_{field.upper()}")
             if value is None:

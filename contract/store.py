@@ -9,6 +9,8 @@ One environment lives in ``DATA/store``. Its named databases:
 ``schedule``   refresh time + issuer + serial  -> b"" (routine refresh order, oldest first)
 ``refresh``    issuer number + serial key      -> refresh time (to find the schedule entry again)
 ``pending``    priority + issuer + serial      -> b"" (revocations and new serials, ahead of refreshes)
+``ras``        RA name (UTF-8)                 -> RaRecord (EST registration authorities)
+``est_users``  label + NUL + user name         -> EstUserRecord (EST HTTP Basic credentials)
 
 Keys are fixed-width big-endian so that LMDB's byte order is the logical order.
 A serial key is the minimal two's-complement encoding of the serial's integer
@@ -32,7 +34,9 @@ DB_RESPONSES = b"responses"
 DB_SCHEDULE = b"schedule"
 DB_REFRESH = b"refresh"
 DB_PENDING = b"pending"
-ALL_DBS = (DB_ISSUERS, DB_META, DB_INVENTORY, DB_RESPONSES, DB_SCHEDULE, DB_REFRESH, DB_PENDING)
+DB_RAS = b"ras"
+DB_EST_USERS = b"est_users"
+ALL_DBS = (DB_ISSUERS, DB_META, DB_INVENTORY, DB_RESPONSES, DB_SCHEDULE, DB_REFRESH, DB_PENDING, DB_RAS, DB_EST_USERS)
 
 META_REGISTRY_GENERATION = b"registry_generation"
 META_LAST_SIGNED_AT = b"last_signed_at"
@@ -92,6 +96,33 @@ class StoredResponse(msgspec.Struct, frozen=True, array_like=True):
     expires: bytes
     revoked: bool
 
+
+class RaRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A registration authority: its certificate authenticates it; it may enroll for ``cas`` only."""
+
+    name: str
+    cert_der: bytes
+    cas: list[str]
+    added_at: int = 0
+
+
+class EstUserRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """HTTP Basic credentials for one EST label; ``password_hash`` is an argon2id PHC string."""
+
+    label: str
+    name: str
+    password_hash: str
+    added_at: int = 0
+
+
+def est_user_key(label: str, name: str) -> bytes:
+    return label.encode() + b"\x00" + name.encode()
+
+
+RA_ENCODER = msgspec.msgpack.Encoder()
+RA_DECODER = msgspec.msgpack.Decoder(RaRecord)
+EST_USER_ENCODER = msgspec.msgpack.Encoder()
+EST_USER_DECODER = msgspec.msgpack.Decoder(EstUserRecord)
 
 ISSUER_ENCODER = msgspec.msgpack.Encoder()
 ISSUER_DECODER = msgspec.msgpack.Decoder(IssuerRecord)
