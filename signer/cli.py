@@ -158,6 +158,15 @@ def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     return 0
 
 
+def cmd_export_requests(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer.export import export_requests
+
+    st = _open_store(data_dir, config)
+    report = export_requests(st, args.name, args.count, args.out, args.hash, args.seed, int(_now().timestamp()))
+    print(report.summary())
+    return 0
+
+
 def _logger(name: str) -> logging.Logger:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return logging.getLogger(name)
@@ -257,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("serial")
     p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser(
+        "export-requests",
+        help="write sample OCSP requests of a CA as JSON Lines (bench/locustfile.py)",
+        parents=[common],
+    )
+    p.add_argument("name", help="the CA whose serials are sampled")
+    p.add_argument("--count", type=int, required=True, help="serials to sample (all of them when there are fewer)")
+    p.add_argument("--out", type=Path, required=True, help="the JSON Lines file to write")
+    p.add_argument(
+        "--hash",
+        action="append",
+        metavar="ALG",
+        help="CertID hash algorithm: sha1, sha256, sha384 or sha512 (repeatable; default: those the signer signs)",
+    )
+    p.add_argument("--seed", type=int, help="random seed, for the same sample again")
+    p.set_defaults(handler=cmd_export_requests)
 
     p = sub.add_parser("signer", help="run the background signer", parents=[common])
     p.set_defaults(handler=cmd_signer)

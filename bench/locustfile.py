@@ -1,0 +1,160 @@
+"""Load-test a pki-edge deployment with Locust: OCSP over GET and POST (see bench/LOCUST.md).
+
+    pki-edge --data DATA export-requests CA --count 10000 --out requests.jsonl
+    PKI_EDGE_REQUESTS=requests.jsonl .venv/bin/locust -f bench/locustfile.py --headless \\
+        -u 50 -r 10 -t 60s --host http://HOST:PORT --csv results
+
+Environment:
+    PKI_EDGE_REQUESTS      the file written by `pki-edge export-requests` (default requests.jsonl)
+    PKI_EDGE_OCSP_PREFIX   the OCSP path (default /ocsp; "/" for the root)
+    PKI_EDGE_ZIPF          popularity skew: request k of the file is drawn with weight 1/k**s
+                           (default 0: uniform; 1.1 mimics the long tail a CDN passes to its origin)
+
+Every response must be HTTP 200 with an OCSP responseStatus of successful; anything else is a
+failure named by its reason, so the failures table groups them. Requests are named "GET ocsp" and
+"POST ocsp" so the statistics aggregate over all URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import random
+from pathlib import Path
+from typing import NamedTuple
+
+from locust import HttpUser, constant, task
+
+OCSP_STATUS = {
+    0: "successful",
+    1: "malformedRequest",
+    2: "internalError",
+    3: "tryLater",
+    5: "sigRequired",
+    6: "unauthorized",
+}
+
+
+class OcspRequest(NamedTuple):
+    path: str  # the GET path, prefix included
+    der: bytes  # the POST body
+
+
+def _prefix(raw: str) -> str:
+    """``/ocsp`` from ``/ocsp``, ``ocsp`` or ``/ocsp/``; the root is the empty prefix."""
+    raw = raw.strip().strip("/")
+    return f"/{raw}" if raw else ""
+
+
+def load_requests(path: Path, prefix: str) -> list[OcspRequest]:
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(
+            f"locustfile: cannot read PKI_EDGE_REQUESTS={path}: {exc}\n"
+            "write it with: pki-edge --data DATA export-requests CA --count 10000 --out requests.jsonl"
+        ) from None
+    requests = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            requests.append(OcspRequest(f"{prefix}/{item['get_path']}", base64.b64decode(item["der_b64"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"locustfile: {path}:{number}: not a line of `pki-edge export-requests`: {exc}") from None
+    if not requests:
+        raise SystemExit(f"locustfile: {path} holds no requests")
+    return requests
+
+
+def zipf_cum_weights(n: int, exponent: float) -> list[float] | None:
+    """Cumulative weights 1/k**s for ranks 1..n (for random.choices), or None for uniform."""
+    if exponent == 0:
+        return None
+    return list(itertools.accumulate(1.0 / k**exponent for k in range(1, n + 1)))
+
+
+def _zipf_exponent(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 100:
+        raise SystemExit(f"locustfile: PKI_EDGE_ZIPF must be a number >= 0 (0 is uniform), got {raw!r}")
+    return value
+
+
+def ocsp_failure(status_code: int, body: bytes) -> str | None:
+    """Why a response is not a successful OCSP answer, or None when it is.
+
+    OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED, ... }: after the outer SEQUENCE
+    header (30 LL, 30 81 LL or 30 82 LL LL) a successful response continues 0a 01 00.
+    """
+    if status_code == 0:
+        return "no response (connection error)"
+    if status_code != 200:
+        return f"HTTP {status_code}"
+    if len(body) < 2 or body[0] != 0x30:
+        return "body is not a DER SEQUENCE"
+    first = body[1]
+    start = 2 if first < 0x80 else 2 + (first & 0x7F)
+    head = body[start : start + 3]
+    if len(head) < 3 or head[:2] != b"\x0a\x01":
+        return "no OCSP responseStatus"
+    if head[2] != 0:
+        return f"OCSP {OCSP_STATUS.get(head[2], 'status')} ({head[2]})"
+    return None
+
+
+PREFIX = _prefix(os.environ.get("PKI_EDGE_OCSP_PREFIX", "/ocsp"))
+REQUESTS = load_requests(Path(os.environ.get("PKI_EDGE_REQUESTS", "requests.jsonl")), PREFIX)
+ZIPF = _zipf_exponent(os.environ.get("PKI_EDGE_ZIPF", "0") or "0")
+CUM_WEIGHTS = zipf_cum_weights(len(REQUESTS), ZIPF)  # computed once; each draw is a bisect
+
+
+def pick() -> OcspRequest:
+    if CUM_WEIGHTS is None:
+        return random.choice(REQUESTS)
+    return random.choices(REQUESTS, cum_weights=CUM_WEIGHTS)[0]
+
+
+class _OcspUser(HttpUser):
+    abstract = True
+    wait_time = constant(0)  # closed loop: each user sends its next request when the last one is answered
+
+    def _check(self, response) -> None:
+        reason = ocsp_failure(response.status_code, response.content or b"")
+        if reason is None:
+            response.success()
+        else:
+            response.failure(reason)
+
+
+class OcspGetUser(_OcspUser):
+    """OCSP over GET: the cacheable kind, what a CDN in front sees."""
+
+    @task
+    def get(self) -> None:
+        request = pick()
+        with self.client.get(request.path, name="GET ocsp", catch_response=True, allow_redirects=False) as response:
+            self._check(response)
+
+
+class OcspPostUser(_OcspUser):
+    """OCSP over POST (Content-Type application/ocsp-request): never cached, always reaches the edge."""
+
+    @task
+    def post(self) -> None:
+        request = pick()
+        with self.client.post(
+            PREFIX or "/",
+            data=request.der,
+            headers={"Content-Type": "application/ocsp-request"},
+            name="POST ocsp",
+            catch_response=True,
+            allow_redirects=False,
+        ) as response:
+            self._check(response)
