@@ -8,6 +8,8 @@ CA key: it submits a job and awaits its result with a timeout.
 
 from __future__ import annotations
 
+import asyncio
+import struct
 from pathlib import Path
 
 import msgspec
@@ -110,3 +112,18 @@ REPLY_DECODER = msgspec.msgpack.Decoder(JobReply)
 
 def socket_path(data_dir: Path) -> Path:
     return data_dir / JOBS_SOCKET
+
+
+# The embedded backend's framing: a 4-byte big-endian length, then one msgpack message.
+_FRAME = struct.Struct(">I")
+
+
+def frame(payload: bytes) -> bytes:
+    return _FRAME.pack(len(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    size = _FRAME.unpack(await reader.readexactly(_FRAME.size))[0]
+    if size > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {size} bytes is over the limit")
+    return await reader.readexactly(size)

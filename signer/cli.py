@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import msgspec
+
 from contract.config import Config, ConfigError, data_dir_from, load_config
 from signer.keys import KEY_TYPES
 
@@ -179,18 +181,29 @@ def cmd_signer(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     return 0
 
 
-def _apply_edge_flags(args: argparse.Namespace, config: Config) -> tuple[str, int, int]:
+_TLS_FLAGS = ("tls_port", "tls_cert", "tls_key", "client_ca")
+
+
+def _apply_edge_flags(args: argparse.Namespace, config: Config) -> tuple[Config, str, int, int, list[str]]:
+    """Flags over config: (config with the TLS flags applied, host, port, workers, TLS flags to pass on)."""
+    tls = {name: getattr(args, name) for name in _TLS_FLAGS if getattr(args, name) is not None}
+    for name in ("tls_cert", "tls_key", "client_ca"):
+        if name in tls:
+            tls[name] = str(Path(tls[name]).resolve())
+    passed_on = [f"--{name.replace('_', '-')}={value}" for name, value in tls.items()]
     return (
+        msgspec.structs.replace(config, est=msgspec.structs.replace(config.est, **tls)),
         args.host or config.edge.host,
         args.port if args.port is not None else config.edge.port,
         args.workers if args.workers is not None else config.edge.workers,
+        passed_on,
     )
 
 
 def cmd_edge(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from edge.main import run_edge
 
-    host, port, workers = _apply_edge_flags(args, config)
+    config, host, port, workers, _ = _apply_edge_flags(args, config)
     run_edge(data_dir, config, host, port, workers)
     return 0
 
@@ -198,14 +211,18 @@ def cmd_edge(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 def cmd_up(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.supervisor import run_up
 
-    host, port, workers = _apply_edge_flags(args, config)
-    return run_up(data_dir, config, host, port, workers, demo=args.demo, logger=_logger("pki_edge.up"))
+    config, host, port, workers, tls_flags = _apply_edge_flags(args, config)
+    return run_up(data_dir, config, host, port, workers, tls_flags, demo=args.demo, logger=_logger("pki_edge.up"))
 
 
 def _edge_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP port (default from config: 8080)")
     parser.add_argument("--workers", type=int, help="edge worker processes (default 1)")
+    parser.add_argument("--tls-port", type=int, help="HTTPS port for EST (and OCSP), beside --port")
+    parser.add_argument("--tls-cert", help="the HTTPS server certificate (PEM, chain after it)")
+    parser.add_argument("--tls-key", help="the HTTPS server key (PEM)")
+    parser.add_argument("--client-ca", help="extra CAs trusted for TLS client certificates (PEM bundle)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed, for the same sample again")
     p.set_defaults(handler=cmd_export_requests)
 
-    p = sub.add_parser("signer", help="run the background signer", parents=[common])
+    from signer.cli_est import register as register_est_commands
+
+    register_est_commands(sub, common)
+
+    p = sub.add_parser("signer", help="run the background signer and the signing workers", parents=[common])
     p.set_defaults(handler=cmd_signer)
     p = sub.add_parser("edge", help="run the HTTP edge", parents=[common])
     _edge_options(p)

@@ -59,7 +59,15 @@ def _wait_ready(url: str, deadline: float) -> bool:
 
 
 def run_up(
-    data_dir: Path, config: Config, host: str, port: int, workers: int, *, demo: bool, logger: logging.Logger
+    data_dir: Path,
+    config: Config,
+    host: str,
+    port: int,
+    workers: int,
+    edge_flags: list[str],
+    *,
+    demo: bool,
+    logger: logging.Logger,
 ) -> int:
     st = SignerStore(data_dir, config)  # creates the store, so the edge opens it at once
     public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -75,7 +83,7 @@ def run_up(
 
     children = [
         _child(data_dir, "signer"),
-        _child(data_dir, "edge", "--host", host, "--port", str(port), "--workers", str(workers)),
+        _child(data_dir, "edge", "--host", host, "--port", str(port), "--workers", str(workers), *edge_flags),
     ]
     stopping = False
 

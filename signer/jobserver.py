@@ -1,0 +1,115 @@
+"""The signer's job server: the embedded backend of the edge's job queue.
+
+It listens on a Unix socket in the signer's side of the data directory and
+runs each job in a pool of worker processes that hold the CA keys. Bounded:
+at most ``max_queue`` jobs are accepted and unfinished at once; past that a
+job is answered ``Busy`` at once, so the edge fails fast with 503. A worker
+that dies takes only its own jobs with it (answered ``Busy``); the pool is
+rebuilt for the next ones. A job's certificate is in the inventory before
+its result is sent, so nothing acknowledged is ever lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from contract import jobs
+
+ExecutorFactory = Callable[[], Executor]
+JobFunction = Callable[[jobs.Job], jobs.Result]
+
+
+class JobServer:
+    def __init__(
+        self,
+        socket: Path,
+        make_executor: ExecutorFactory,
+        run_job: JobFunction,
+        max_queue: int,
+        retry_after: int,
+        logger: logging.Logger,
+    ) -> None:
+        self._socket = socket
+        self._make_executor = make_executor
+        self._run_job = run_job
+        self._max_queue = max_queue
+        self._retry_after = retry_after
+        self._logger = logger
+        self._executor: Executor | None = None
+        self._accepted = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then finish the jobs already accepted."""
+        with contextlib.suppress(FileNotFoundError):
+            self._socket.unlink()  # a stale socket left by a killed signer
+        self._executor = self._make_executor()
+        server = await asyncio.start_unix_server(self._connection, path=str(self._socket))
+        os.chmod(self._socket, 0o660)
+        self._logger.info("job server listening on %s", self._socket)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            await server.wait_closed()
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=30)
+            for writer in list(self._writers):  # clients reconnect to the next server
+                writer.close()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            with contextlib.suppress(FileNotFoundError):
+                self._socket.unlink()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lock = asyncio.Lock()  # replies of concurrent jobs must not interleave on the stream
+        self._writers.add(writer)
+        try:
+            while True:
+                request = jobs.REQUEST_DECODER.decode(await jobs.read_frame(reader))
+                task = asyncio.create_task(self._answer(request, writer, lock))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the edge worker went away; its jobs still finish
+        except Exception as exc:  # a malformed frame: drop this connection only
+            self._logger.warning("job connection dropped: %s", exc)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _answer(self, request: jobs.JobRequest, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+        result = await self.run(request.job)
+        async with lock:
+            if not writer.is_closing():
+                writer.write(jobs.frame(jobs.REPLY_ENCODER.encode(jobs.JobReply(request.id, result))))
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+
+    async def run(self, job: jobs.Job) -> jobs.Result:
+        if self._accepted >= self._max_queue:
+            return jobs.Busy(self._retry_after)
+        self._accepted += 1
+        executor = self._executor
+        assert executor is not None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, self._run_job, job)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): its jobs were not acknowledged.
+            self._logger.error("a signer worker died; restarting the pool")
+            if self._executor is executor:
+                executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = self._make_executor()
+            return jobs.Busy(self._retry_after)
+        except Exception:
+            self._logger.exception("job %s failed", type(job).__name__)
+            return jobs.Busy(self._retry_after)
+        finally:
+            self._accepted -= 1

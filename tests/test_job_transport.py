@@ -1,0 +1,167 @@
+"""The embedded job backend end to end: edge.jobqueue.UnixSocketQueue <-> signer.jobserver.JobServer
+over a real Unix socket, with a thread pool and fake job functions (worker processes are exercised
+by the integration tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from contract import jobs
+from edge.jobqueue import QueueFull, QueueTimeout, QueueUnavailable, UnixSocketQueue
+from signer.jobserver import JobServer
+
+LOG = logging.getLogger("test")
+JOB = jobs.EnrollJob(ca="ca", csr_der=b"csr", requester="ra")
+
+
+def echo(job: jobs.Job) -> jobs.Result:
+    assert isinstance(job, jobs.EnrollJob)
+    return jobs.Issued(cert_der=job.csr_der + b"!")
+
+
+async def with_server(sock: Path, run_job, body, max_queue: int = 8, workers: int = 4):
+    stop = asyncio.Event()
+    server = JobServer(sock, lambda: ThreadPoolExecutor(workers), run_job, max_queue, 7, LOG)
+    serving = asyncio.create_task(server.serve(stop))
+    for _ in range(100):
+        if sock.exists():
+            break
+        await asyncio.sleep(0.01)
+    try:
+        return await body()
+    finally:
+        stop.set()
+        await serving
+
+
+def test_round_trip_and_concurrency(tmp_path):
+    sock = tmp_path / "jobs.sock"
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=32, logger=LOG)
+        results = await asyncio.gather(
+            *(queue.submit(jobs.EnrollJob("ca", b"%d" % i, "ra"), timeout=5) for i in range(20))
+        )
+        await queue.close()
+        return results
+
+    results = asyncio.run(with_server(sock, echo, body, max_queue=32))
+    assert results == [jobs.Issued(b"%d!" % i) for i in range(20)]
+    assert not sock.exists()  # removed on shutdown
+
+
+def test_server_answers_busy_past_its_queue_bound(tmp_path):
+    sock = tmp_path / "jobs.sock"
+    release = threading.Event()
+
+    def slow(job: jobs.Job) -> jobs.Result:
+        release.wait(5)
+        return jobs.Issued(b"x")
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=32, logger=LOG)
+        pending = [asyncio.create_task(queue.submit(JOB, timeout=5)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        extra = await queue.submit(JOB, timeout=5)  # the server holds 2: the third and this are refused
+        release.set()
+        done = await asyncio.gather(*pending)
+        await queue.close()
+        return extra, done
+
+    extra, done = asyncio.run(with_server(sock, slow, body, max_queue=2))
+    assert extra == jobs.Busy(7)
+    assert sorted(type(r).__name__ for r in done) == ["Busy", "Issued", "Issued"]
+
+
+def test_client_fails_fast_when_its_slots_are_full(tmp_path):
+    sock = tmp_path / "jobs.sock"
+    release = threading.Event()
+
+    def slow(job: jobs.Job) -> jobs.Result:
+        release.wait(5)
+        return jobs.Issued(b"x")
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=1, logger=LOG)
+        first = asyncio.create_task(queue.submit(JOB, timeout=5))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(QueueFull):
+            await queue.submit(JOB, timeout=5)
+        waited = time.monotonic() - started
+        release.set()
+        await first
+        await queue.close()
+        return waited
+
+    assert asyncio.run(with_server(sock, slow, body)) < 0.5
+
+
+def test_timeout_and_no_server(tmp_path):
+    sock = tmp_path / "jobs.sock"
+    release = threading.Event()
+
+    def slow(job: jobs.Job) -> jobs.Result:
+        release.wait(5)
+        return jobs.Issued(b"x")
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
+        with pytest.raises(QueueTimeout):
+            await queue.submit(JOB, timeout=0.3)
+        release.set()
+        await queue.close()
+
+    asyncio.run(with_server(sock, slow, body))
+
+    async def nobody():
+        queue = UnixSocketQueue(tmp_path / "absent.sock", max_inflight=4, logger=LOG)
+        with pytest.raises(QueueUnavailable):
+            await queue.submit(JOB, timeout=1)
+
+    asyncio.run(nobody())
+
+
+def test_a_failing_job_is_answered_busy_and_the_server_keeps_serving(tmp_path):
+    sock = tmp_path / "jobs.sock"
+    calls = []
+
+    def flaky(job: jobs.Job) -> jobs.Result:
+        calls.append(job)
+        if len(calls) == 1:
+            raise RuntimeError("worker bug")
+        return echo(job)
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
+        first = await queue.submit(JOB, timeout=5)
+        second = await queue.submit(JOB, timeout=5)
+        await queue.close()
+        return first, second
+
+    assert asyncio.run(with_server(sock, flaky, body)) == (jobs.Busy(7), jobs.Issued(b"csr!"))
+
+
+def test_server_restart_is_picked_up_by_the_client(tmp_path):
+    sock = tmp_path / "jobs.sock"
+
+    async def scenario():
+        queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
+
+        async def one():
+            return await queue.submit(JOB, timeout=5)
+
+        first = await with_server(sock, echo, one)
+        await asyncio.sleep(0.1)
+        second = await with_server(sock, echo, one)
+        await queue.close()
+        return first, second
+
+    assert asyncio.run(scenario()) == (jobs.Issued(b"csr!"), jobs.Issued(b"csr!"))
