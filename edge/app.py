@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,12 +20,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from contract.config import Config, data_dir_from, load_config
+from contract.jobs import socket_path
 from edge.answer import NO_CONDITIONS, Answer, OCSPAnswerer
 from edge.clock import Clock, SystemClock
+from edge.est import EstService, RateLimiter
 from edge.get_path import decode_get_request, strip_prefix
+from edge.jobqueue import JobQueue, UnixSocketQueue
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest
 from edge.source import FreshnessPolicy, LmdbSource, read_only_store
+from edge.tls_trust import ClientTrust
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,8 +44,11 @@ STARLETTE_RAW_PATHS = frozenset(p.encode() for p in STARLETTE_PATHS)
 class OCSPApp:
     """Raw ASGI OCSP endpoint for GET, HEAD and POST under every configured prefix."""
 
-    def __init__(self, answerer: OCSPAnswerer, prefixes: list[str], max_request_bytes: int) -> None:
+    def __init__(
+        self, answerer: OCSPAnswerer, prefixes: list[str], max_request_bytes: int, not_ocsp: tuple[str, ...] = ()
+    ) -> None:
         self._answerer = answerer
+        self._not_ocsp = tuple(p.encode() for p in not_ocsp)
         # Longest first, root last, so "/api/ocsp" wins over "/".
         self._prefixes = (*sorted((p.encode() for p in prefixes), key=len, reverse=True), b"")
         self._max = max_request_bytes
@@ -104,8 +112,8 @@ class OCSPApp:
         return self._answerer.too_large
 
     def serves(self, path: bytes) -> bool:
-        """True for every path OCSP answers (all but the Starlette routes)."""
-        return path not in STARLETTE_RAW_PATHS
+        """True for every path OCSP answers: all but health, readiness and EST."""
+        return path not in STARLETTE_RAW_PATHS and not path.startswith(self._not_ocsp)
 
     async def _post(self, receive: Receive) -> Answer:
         chunks = []
@@ -127,18 +135,27 @@ class OCSPApp:
 class EdgeApp:
     """Sends OCSP straight to ``OCSPApp``; health, readiness and lifespan to Starlette."""
 
-    def __init__(self, ocsp: OCSPApp, starlette: Starlette) -> None:
+    def __init__(self, ocsp: OCSPApp, starlette: Starlette, client_trust: ClientTrust) -> None:
         self.ocsp = ocsp  # also reached by the fast lane (edge.fastlane)
         self._starlette = starlette
+        self.client_trust = client_trust  # the HTTPS port's ssl_context_factory (edge.main)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in STARLETTE_PATHS:
+        if scope["type"] == "http" and self.ocsp.serves(scope.get("raw_path") or scope["path"].encode()):
             await self.ocsp(scope, receive, send)
         else:
             await self._starlette(scope, receive, send)
 
 
-def build_app(source: LmdbSource, config: Config, clock: Clock, metrics: Metrics, logger: logging.Logger) -> EdgeApp:
+def build_app(
+    source: LmdbSource,
+    config: Config,
+    clock: Clock,
+    metrics: Metrics,
+    logger: logging.Logger,
+    queue: JobQueue | None = None,
+) -> EdgeApp:
+    """The edge application. Without a ``queue`` (tests of OCSP alone), EST answers 503."""
     answerer = OCSPAnswerer(
         FreshnessPolicy(source, clock),
         clock,
@@ -166,12 +183,25 @@ def build_app(source: LmdbSource, config: Config, clock: Clock, metrics: Metrics
             logger.warning("store not created yet: answering tryLater until it is")
         yield
 
+    est = EstService(
+        source,
+        config,
+        queue or UnixSocketQueue(Path("/nonexistent"), 0, logger),
+        logger,
+        RateLimiter(config.est.rate_per_minute, config.est.rate_burst),
+    )
     starlette = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), *est.routes()],
         lifespan=lifespan,
     )
     starlette.router.redirect_slashes = False
-    return EdgeApp(OCSPApp(answerer, config.edge.ocsp_prefixes, config.edge.max_request_bytes), starlette)
+    ocsp = OCSPApp(
+        answerer,
+        config.edge.ocsp_prefixes,
+        config.edge.max_request_bytes,
+        not_ocsp=tuple(prefix + "/" for prefix in config.est.prefixes),
+    )
+    return EdgeApp(ocsp, starlette, ClientTrust(source, config.est.client_ca, logger))
 
 
 def create_app() -> EdgeApp:
@@ -180,4 +210,5 @@ def create_app() -> EdgeApp:
     logger = logging.getLogger("pki_edge.edge")
     config = load_config(data_dir)
     source = LmdbSource(read_only_store(data_dir, config.store.map_size_mb << 20), logger)
-    return build_app(source, config, SystemClock(), CounterMetrics(), logger)
+    queue = UnixSocketQueue(socket_path(data_dir), config.est.max_inflight, logger)
+    return build_app(source, config, SystemClock(), CounterMetrics(), logger, queue)

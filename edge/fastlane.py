@@ -14,6 +14,8 @@ behind a running ASGI cycle, ``Expect: 100-continue``) goes the ASGI way.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -24,7 +26,37 @@ from edge.app import OCSPApp
 _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
 
 
-class OCSPHttpToolsProtocol(HttpToolsProtocol):
+class TlsScopeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the ASGI ``tls`` scope extension on TLS connections.
+
+    uvicorn verifies the client certificate (``ssl_cert_reqs``) but does not pass it to the
+    application; this adds ``scope["extensions"]["tls"]`` as the ASGI TLS extension defines it
+    (``client_cert_chain`` as PEM strings, the leaf first; ``tls_version``; ``cipher_suite``).
+    """
+
+    _tls_extension: dict[str, Any] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            peer = ssl_object.getpeercert(binary_form=True)
+            self._tls_extension = {
+                "server_cert": None,
+                "client_cert_chain": [ssl.DER_cert_to_PEM_cert(peer)] if peer else [],
+                "client_cert_name": None,
+                "client_cert_error": None,
+                "tls_version": None,
+                "cipher_suite": None,
+            }
+
+    def on_headers_complete(self) -> None:
+        if self._tls_extension is not None:
+            self.scope["extensions"] = {"tls": self._tls_extension}  # type: ignore[dict-item]
+        super().on_headers_complete()
+
+
+class OCSPHttpToolsProtocol(TlsScopeProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         ocsp = getattr(self.app, "ocsp", None)

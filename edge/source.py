@@ -95,6 +95,11 @@ class LmdbSource:
         self._meta: Any = None
         self._generation = -1
         self._table: dict[tuple[bytes, bytes, bytes], bytes] = {}
+        self.issuers: dict[str, store.IssuerRecord] = {}
+        self._registry_listeners: list[Callable[[list[store.IssuerRecord]], None]] = []
+        self._inventory: Any = None
+        self._ras: Any = None
+        self._est_users: Any = None
 
     def open(self) -> bool:
         """Open the store if it exists; True when open. Called at worker start and retried."""
@@ -112,6 +117,9 @@ class LmdbSource:
         self._responses = dbs[store.DB_RESPONSES]
         self._issuers_db = dbs[store.DB_ISSUERS]
         self._meta = dbs[store.DB_META]
+        self._inventory = dbs[store.DB_INVENTORY]
+        self._ras = dbs[store.DB_RAS]
+        self._est_users = dbs[store.DB_EST_USERS]
         self.refresh_issuers()
         return True
 
@@ -131,9 +139,50 @@ class LmdbSource:
                 return False
             records = [store.ISSUER_DECODER.decode(v) for _, v in txn.cursor(db=self._issuers_db)]
         self._table = build_issuer_table(records)
+        self.issuers = {record.name: record for record in records}
         self._generation = generation
         self._logger.info("issuer registry generation %d: %d issuers", generation, len(records))
+        for listener in self._registry_listeners:
+            listener(records)
         return True
+
+    def on_registry_change(self, listener: Callable[[list[store.IssuerRecord]], None]) -> None:
+        """Call ``listener`` with every CA record now (if open) and whenever the registry changes."""
+        self._registry_listeners.append(listener)
+        if self.issuers:
+            listener(list(self.issuers.values()))
+
+    # Reads for EST (authentication and status of certificates), through the same seam.
+
+    def _get(self, db: Any, key: bytes) -> bytes | None:
+        if self._env is None and not self.open():
+            raise Unavailable("store not created yet")
+        assert self._env is not None
+        with self._env.begin(db=db) as txn:
+            return txn.get(key)
+
+    def registration_authorities(self) -> list[store.RaRecord]:
+        if self._env is None and not self.open():
+            raise Unavailable("store not created yet")
+        assert self._env is not None
+        with self._env.begin(db=self._ras) as txn:
+            return [store.RA_DECODER.decode(value) for _, value in txn.cursor()]
+
+    def est_user(self, label: str, name: str) -> store.EstUserRecord | None:
+        raw = self._get(self._est_users, store.est_user_key(label, name))
+        return store.EST_USER_DECODER.decode(raw) if raw is not None else None
+
+    def certificate(self, issuer_number: int, serial: int) -> store.CertRecord | None:
+        raw = self._get(self._inventory, store.inventory_key(issuer_number, store.serial_key(serial)))
+        return store.CERT_DECODER.decode(raw) if raw is not None else None
+
+    def cert_ref(self, cert_id: CertID) -> tuple[int, int] | None:
+        """(issuer number, hash code) for a CertID's issuer and algorithm, if known."""
+        prefix = self._table.get((cert_id.hash_algorithm, cert_id.issuer_name_hash, cert_id.issuer_key_hash))
+        if prefix is None:
+            return None
+        number, _ = store.split_inventory_key(prefix[:4])
+        return number, prefix[4]
 
     def response(self, cert_id: CertID) -> StoredResponse:
         env = self._env

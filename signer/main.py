@@ -6,19 +6,25 @@ The first SIGTERM or SIGINT finishes the batch under way and exits; a second one
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
+import multiprocessing
 import os
 import random
 import signal
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import FrameType
 
 from contract.config import Config
+from contract.jobs import socket_path
+from signer.jobserver import JobServer
 from signer.precompute import Clock, Precomputer
 from signer.registry import load_response_signer
 from signer.state import SignerError, SignerStore, signer_dir
+from signer.worker import init_worker, run_job
 
 
 def _hold_lock(data_dir: Path) -> int:
@@ -47,10 +53,48 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
     precomputer = Precomputer(
         st, config.signer, lambda record: load_response_signer(data_dir, record), Clock(), logger, random.Random()
     )
+    jobs_thread = JobServerThread(data_dir, config, logger)
+    jobs_thread.start()
     logger.info("signer running on %s", data_dir)
     try:
         precomputer.run(stop)
     finally:
+        jobs_thread.stop()
         st.close()
         os.close(lock)
     logger.info("signer stopped")
+
+
+class JobServerThread:
+    """The job server's event loop, beside the precompute loop, with its pool of worker processes."""
+
+    def __init__(self, data_dir: Path, config: Config, logger: logging.Logger) -> None:
+        def make_executor() -> ProcessPoolExecutor:
+            return ProcessPoolExecutor(
+                max_workers=config.workers.count,
+                mp_context=multiprocessing.get_context("spawn"),  # workers open the store themselves
+                initializer=init_worker,
+                initargs=(str(data_dir),),
+            )
+
+        self._server = JobServer(
+            socket_path(data_dir),
+            make_executor,
+            run_job,
+            config.workers.max_queue,
+            config.est.retry_after_seconds,
+            logger,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="job-server", daemon=True)
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self._server.serve(self._stop))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)

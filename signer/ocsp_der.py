@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from asn1crypto import keys as asn1_keys
@@ -118,7 +119,29 @@ class ResponseSigner:
         """One DER OCSPResponse; ``serial`` is the minimal INTEGER content (contract.store.serial_key)."""
         cert_id = tlv(0x30, self.cert_id_prefixes[hash_code] + tlv(0x02, serial))
         single = tlv(0x30, cert_id + _status_and_times(status, this_update, next_update))
-        tbs = tlv(0x30, self._responder_id + generalized_time(produced_at) + tlv(0x30, single))
+        return self._signed(tlv(0x30, self._responder_id + generalized_time(produced_at) + tlv(0x30, single)))
+
+    def sign_multi_response(
+        self,
+        singles: Sequence[tuple[int, bytes, CertStatus]],
+        produced_at: int,
+        this_update: int,
+        next_update: int,
+    ) -> bytes:
+        """One response with a SingleResponse per (hash code, serial, status), in request order
+        (RFC 6960 §4.2.2.3), for live-signed requests carrying several CertIDs of this issuer."""
+        body = b"".join(
+            tlv(
+                0x30,
+                tlv(0x30, self.cert_id_prefixes[code] + tlv(0x02, serial))
+                + _status_and_times(status, this_update, next_update),
+            )
+            for code, serial, status in singles
+        )
+        return self._signed(tlv(0x30, self._responder_id + generalized_time(produced_at) + tlv(0x30, body)))
+
+    def _signed(self, tbs: bytes) -> bytes:
+        """The OCSPResponse around a signed ResponseData."""
         signature = self._sign(tbs)
         basic = tlv(0x30, tbs + self._sig_alg + tlv(0x03, b"\x00" + signature) + self._certs)
         return tlv(0x30, _SUCCESSFUL + tlv(0xA0, tlv(0x30, _OID_BASIC + tlv(0x04, basic))))

@@ -1,0 +1,308 @@
+"""EST (RFC 7030 with RFC 8951): the HTTP endpoints of the edge.
+
+The edge authenticates and authorises, decodes and checks the request, and
+hands every signing job to the signer workers through the ``JobQueue``; it
+never holds a CA key. Errors are one line of plain text with the status the
+issue and RFC 7030 give; a client's mistake is never a 5xx.
+
+Served under each configured prefix (``/.well-known/est`` and Lamassu's
+``/api/devmanager/.well-known/est``), with and without a CA label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from contract import jobs
+from contract.config import Config
+from contract.store import IssuerRecord
+from edge import est_auth
+from edge.est_codec import (
+    EST_PKCS7_CONTENT_TYPE,
+    EstBodyError,
+    base64_body,
+    certs_only,
+    csrattrs_der,
+    decode_csr,
+    est_response_headers,
+    serverkeygen_multipart,
+)
+from edge.jobqueue import JobQueue, QueueError
+from edge.source import LmdbSource, Unavailable
+
+_DER = Encoding.DER
+_SHA256 = hashes.SHA256()
+OPERATIONS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "serverkeygen", "csrattrs", "fullcmc"})
+POST__DER = Encoding.DER
+_SHA256 = hashes.SHA256()
+POST_OPERATIONS = frozenset({"simpleenroll", "simplereenroll", "serverkeygen", "fullcmc"})
+
+
+class EstError(Exception):
+    """Ends a request with ``status`` and a one-line plain-text ``message``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class RateLimiter:
+    """Token buckets per client (certificate, user or address); bounded in memory."""
+
+    def __init__(self, per_minute: int, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = per_minute / 60.0
+        self._burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, client: str) -> bool:
+        now = self._clock()
+        tokens, last = self._buckets.get(client, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if len(self._buckets) > 100_000:  # forget idle clients rather than grow without bound
+            self._buckets.clear()
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            return False
+        self._buckets[client] = (tokens - 1, now)
+        return True
+
+
+class EstService:
+    def __init__(
+        self,
+        source: LmdbSource,
+        config: Config,
+        queue: JobQueue,
+        logger: logging.Logger,
+        limiter: RateLimiter,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._source = source
+        self._config = config
+        self._est = config.est
+        self._queue = queue
+        self._logger = logger
+        self._limiter = limiter
+        self._now = now
+        self._trusted = est_auth.TrustedProxies.parse(config.est.trusted_proxies)
+        self._kdf_slots = asyncio.Semaphore(2)
+        # Checked once at startup: a bad csrattrs entry is a configuration error, not a request error.
+        self._csrattrs = {name: csrattrs_der(profile.csrattrs) for name, profile in config.profiles.items()}
+
+    def routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = []
+        for prefix in self._est.prefixes:
+            routes.append(Route(prefix + "/{op}", self.endpoint, methods=["GET", "POST"]))
+            routes.append(Route(prefix + "/{label}/{op}", self.endpoint, methods=["GET", "POST"]))
+        return routes
+
+    async def endpoint(self, request: Request) -> Response:
+        try:
+            return await self._dispatch(request)
+        except EstError as exc:
+            return self._error(exc)
+        except EstBodyError as exc:
+            return self._error(EstError(exc.status, str(exc)))
+        except Unavailable:
+            return self._error(self._busy("the certificate store is not ready"))
+
+    def _error(self, exc: EstError) -> Response:
+        if exc.status == 401:  # some clients fail on a body with the challenge
+            return Response(b"", 401, headers=exc.headers)
+        return PlainTextResponse(str(exc) + "\n", exc.status, headers=exc.headers)
+
+    def _busy(self, why: str) -> EstError:
+        return EstError(503, why, {"Retry-After": str(self._est.retry_after_seconds)})
+
+    async def _dispatch(self, request: Request) -> Response:
+        op = request.path_params["op"]
+        label = request.path_params.get("label")
+        if op not in OPERATIONS:
+            raise EstError(404, f"unknown EST operation {op!r}")
+        if (request.method == "POST") != (op in POST_OPERATIONS):
+            raise EstError(405, f"{op} takes {'POST' if op in POST_OPERATIONS else 'GET'}")
+        if not self._secure(request):
+            raise EstError(403, "EST requires HTTPS (or a trusted TLS-terminating proxy)")
+        if op == "fullcmc":
+            raise EstError(501, "Full CMC is not supported by this server; use simpleenroll")
+        client_cert = self._client_cert(request)
+        if op == "simplereenroll":
+            return await self._reenroll(request, label, client_cert)
+        ca = self._ca(label)
+        if op == "cacerts":
+            return self._cacerts(ca)
+        if op == "csrattrs":
+            der = self._csrattrs.get(ca.name)
+            if der is None:
+                return Response(b"", 204)
+            body = base64_body(der)
+            return Response(body, 200, headers=dict(_str_headers(est_response_headers(body, "application/csrattrs"))))
+        requester = await self._authorise_enrollment(request, ca, client_cert)
+        self._rate_limit(requester)
+        csr_body = await self._body(request)
+        content_type = request.headers.get("content-type")
+        if op == "simpleenroll":
+            csr = decode_csr(csr_body, content_type, self._est.max_body_bytes)
+            result = await self._submit(jobs.EnrollJob(ca.name, _der(csr), requester))
+            return self._certificate(result)
+        csr = decode_csr(csr_body, content_type, self._est.max_body_bytes, verify_signature=False)
+        result = await self._submit(jobs.ServerKeygenJob(ca.name, _der(csr), requester))
+        if not isinstance(result, jobs.IssuedWithKey):
+            raise EstError(500, "unexpected answer from the signer")
+        body, content_type = serverkeygen_multipart(
+            result.key_pkcs8_der, x509.load_der_x509_certificate(result.cert_der)
+        )
+        return Response(body, 200, headers=dict(_str_headers(est_response_headers(body, content_type))))
+
+    # --- pieces -------------------------------------------------------------------------------
+
+    def _secure(self, request: Request) -> bool:
+        if request.scope.get("scheme") == "https":
+            return True
+        client = request.client
+        return client is not None and self._trusted.trusts(client.host)
+
+    def _client_cert(self, request: Request) -> x509.Certificate | None:
+        tls = request.scope.get("extensions", {}).get("tls") or {}
+        chain = tls.get("client_cert_chain") or []
+        tls_der = x509.load_pem_x509_certificate(chain[0].encode()).public_bytes(_DER) if chain else None
+        client = request.client
+        try:
+            forwarded = est_auth.client_cert_from_forwarded(
+                request.scope["headers"], client.host if client else None, self._trusted
+            )
+        except est_auth.ForwardedCertError as exc:
+            self._logger.warning("ignoring a forwarded client certificate: %s", exc)
+            forwarded = None
+        return est_auth.choose_client_cert(tls_der, forwarded)
+
+    def _ca(self, label: str | None) -> IssuerRecord:
+        self._source.refresh_issuers()
+        issuers = self._source.issuers
+        if label is None:
+            label = self._est.default_label
+            if label is None:
+                if not issuers:
+                    raise EstError(404, "no CA is configured")
+                return min(issuers.values(), key=lambda record: record.number)
+        if label.lower() in OPERATIONS or label not in issuers:
+            raise EstError(404, f"unknown CA label {label!r}")
+        return issuers[label]
+
+    def _cacerts(self, ca: IssuerRecord) -> Response:
+        chain = [x509.load_der_x509_certificate(ca.cert_der)]
+        parent = ca.parent
+        while parent is not None and parent in self._source.issuers and len(chain) < 16:
+            record = self._source.issuers[parent]
+            chain.append(x509.load_der_x509_certificate(record.cert_der))
+            parent = record.parent
+        body = base64_body(certs_only(chain))
+        return Response(body, 200, headers=dict(_str_headers(est_response_headers(body, "application/pkcs7-mime"))))
+
+    async def _authorise_enrollment(self, request: Request, ca: IssuerRecord, cert: x509.Certificate | None) -> str:
+        """An RA authorised for this CA (by its certificate), or an EST user of this label (Basic)."""
+        if cert is not None:
+            directory = est_auth.RaDirectory(self._source.registration_authorities())
+            decision = directory.authorise(cert, ca.name, self._now(), self._is_revoked)
+            if decision.authorised:
+                return f"ra:{decision.ra}"
+            if decision.ra is not None:  # a known RA, but not for this CA, or revoked/expired
+                raise EstError(403, decision.reason or "not authorised")
+        authorization = request.headers.get("authorization")
+        if authorization is not None and request.scope.get("scheme") == "https":
+            self._rate_limit("basic:" + (request.client.host if request.client else "?"))
+            async with self._kdf_slots:  # memory-hard: a few at a time, off the event loop
+                user = await asyncio.to_thread(
+                    est_auth.verify_basic, authorization.encode("latin-1"), ca.name, self._source.est_user
+                )
+            if user is not None:
+                return f"user:{ca.name}:{user}"
+            raise EstError(401, "", {"WWW-Authenticate": f'Basic realm="{ca.name}", charset="UTF-8"'})
+        if cert is not None:
+            raise EstError(403, "this client certificate is not a registration authority for this CA")
+        raise EstError(401, "", {"WWW-Authenticate": f'Basic realm="{ca.name}", charset="UTF-8"'})
+
+    def _is_revoked(self, cert: x509.Certificate) -> bool:
+        for record in self._source.issuers.values():
+            if x509.load_der_x509_certificate(record.cert_der).subject == cert.issuer:
+                entry = self._source.certificate(record.number, cert.serial_number)
+                if entry is not None and entry.revoked_at is not None:
+                    return True
+        return False
+
+    async def _reenroll(self, request: Request, label: str | None, cert: x509.Certificate | None) -> Response:
+        if cert is None:
+            raise EstError(401, "", {"WWW-Authenticate": 'Basic realm="simplereenroll", charset="UTF-8"'})
+        self._source.refresh_issuers()
+        if label is not None:
+            ca = self._ca(label)
+        else:
+            # Lamassu posts re-enrollment without a label: the CA is the one that issued the certificate.
+            ca_or_none = next(
+                (
+                    r
+                    for r in self._source.issuers.values()
+                    if x509.load_der_x509_certificate(r.cert_der).subject == cert.issuer
+                ),
+                None,
+            )
+            if ca_or_none is None:
+                raise EstError(403, "the client certificate was not issued by a CA of this server")
+            ca = ca_or_none
+        self._rate_limit("cert:" + cert.fingerprint(_SHA256).hex())
+        csr = decode_csr(await self._body(request), request.headers.get("content-type"), self._est.max_body_bytes)
+        result = await self._submit(jobs.ReenrollJob(ca.name, _der(csr), cert.public_bytes(_DER)))
+        return self._certificate(result)
+
+    def _rate_limit(self, client: str) -> None:
+        if not self._limiter.allow(client):
+            raise EstError(429, "too many requests from this client", {"Retry-After": "60"})
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._est.max_body_bytes:
+            raise EstError(413, f"request body over {self._est.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self._est.max_body_bytes:
+                raise EstError(413, f"request body over {self._est.max_body_bytes} bytes")
+        return bytes(body)
+
+    async def _submit(self, job: jobs.Job) -> jobs.Result:
+        try:
+            result = await self._queue.submit(job, self._est.job_timeout_seconds)
+        except QueueError as exc:
+            raise self._busy(f"the signer is not available: {exc}") from None
+        if isinstance(result, jobs.Busy):
+            raise EstError(503, "the signer is busy", {"Retry-After": str(result.retry_after)})
+        if isinstance(result, jobs.Refused):
+            raise EstError(result.status, result.reason)
+        return result
+
+    def _certificate(self, result: jobs.Result) -> Response:
+        if not isinstance(result, jobs.Issued):
+            raise EstError(500, "unexpected answer from the signer")
+        body = base64_body(certs_only([x509.load_der_x509_certificate(result.cert_der)]))
+        return Response(body, 200, headers=dict(_str_headers(est_response_headers(body, EST_PKCS7_CONTENT_TYPE))))
+
+
+def _str_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+
+def _der(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(_DER)

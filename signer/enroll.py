@@ -1,0 +1,519 @@
+"""EST issuance on the signer side: profile checks, certificate building, and durable issuance.
+
+Signer worker processes (which hold the CA keys) run the three EST jobs here. A job's
+result is always a ``contract.jobs`` result: a client's mistake becomes ``Refused`` with
+the HTTP status the edge answers, never an exception. Exceptions that do escape are
+server-side faults (a bad profile in the configuration, a key that cannot be read, the
+store failing) for the job server to log.
+
+Issuance is one LMDB write transaction: the inventory entry and the certificate's signed
+OCSP responses (every configured hash algorithm) with their schedule and refresh entries,
+plus, on re-enroll with ``revoke_superseded``, the revocation of the old serial. When a
+handler returns ``Issued`` the certificate is durable and its first OCSP check is a hit
+that says good; when anything fails nothing at all is written.
+
+The per-serial signing is the background signer's own code (``Precomputer._process``),
+called inside this module's transaction rather than duplicated; see ``_sign_responses``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import ipaddress
+import logging
+import random
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgspec
+from asn1crypto import csr as asn1_csr
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+from contract import store
+from contract.config import CAProfile, Config
+from contract.jobs import EnrollJob, Issued, IssuedWithKey, ReenrollJob, Refused, ServerKeygenJob
+from contract.store import CertRecord, IssuerRecord
+from signer.certs import check_directly_issued
+from signer.keys import KeyError_, SigningKey, generate_key, signature_hash
+from signer.ocsp_der import ResponseSigner
+from signer.precompute import Clock, Precomputer
+from signer.state import SignerError, SignerStore
+
+LoadCA = Callable[[IssuerRecord], tuple[x509.Certificate, SigningKey, ResponseSigner]]
+
+REASON_SUPERSEDED = 4  # RFC 5280 §5.3.1 CRLReason superseded
+BACKDATE = dt.timedelta(minutes=5)  # tolerate clients' clock skew, as signer.certs does
+
+KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
+EXTENDED_KEY_USAGES: dict[str, x509.ObjectIdentifier] = {
+    "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "code_signing": ExtendedKeyUsageOID.CODE_SIGNING,
+    "email_protection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "time_stamping": ExtendedKeyUsageOID.TIME_STAMPING,
+    "ocsp_signing": ExtendedKeyUsageOID.OCSP_SIGNING,
+}
+_SAN_OID = "2.5.29.17"
+_EXTENSION_REQUEST_OID = "1.2.840.113549.1.9.14"
+_CURVES = {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}
+_RSA_SIZES = {2048: "rsa-2048", 3072: "rsa-3072", 4096: "rsa-4096"}
+
+_logger = logging.getLogger("pki_edge.enroll")
+_rng = random.Random()  # OCSP refresh jitter only
+
+
+class EnrollRefused(Exception):
+    """The request cannot be granted; ``status`` is the HTTP status (4xx), the message one line for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RequestedNames(NamedTuple):
+    """The subject and subjectAltName to issue for, with the DER they must be copied to exactly."""
+
+    subject: x509.Name
+    san: x509.SubjectAlternativeName | None
+    subject_der: bytes
+    san_der: bytes | None  # the extnValue contents (GeneralNames), None without a SAN
+
+    @classmethod
+    def of(cls, subject: x509.Name, san: x509.SubjectAlternativeName | None) -> RequestedNames:
+        return cls(subject, san, subject.public_bytes(), san.public_bytes() if san is not None else None)
+
+
+# ---------------------------------------------------------------------------- reading requests
+
+
+def load_csr(der: bytes) -> x509.CertificateSigningRequest:
+    try:
+        return x509.load_der_x509_csr(der)
+    except ValueError:
+        raise EnrollRefused(400, "not a DER PKCS#10 certificate request") from None
+
+
+def requested_names(csr: x509.CertificateSigningRequest) -> RequestedNames:
+    """The CSR's subject and SAN (from its extensionRequest), as parsed objects and as their signed DER."""
+    try:
+        subject = csr.subject
+        try:
+            san: x509.SubjectAlternativeName | None = csr.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value
+        except x509.ExtensionNotFound:
+            san = None
+        info = asn1_csr.CertificationRequestInfo.load(csr.tbs_certrequest_bytes)
+        subject_der = info["subject"].dump()
+        san_der = None
+        for attribute in info["attributes"]:
+            if attribute["type"].dotted == _EXTENSION_REQUEST_OID:
+                for extensions in attribute["values"]:
+                    san_der = _san_der(extensions) or san_der
+    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise EnrollRefused(400, f"the CSR's subject or extensions cannot be read: {_one_line(exc)}") from None
+    if san is not None and len(san) == 0:
+        raise EnrollRefused(400, "the CSR's subjectAltName is empty")
+    return RequestedNames(subject, san, subject_der, san_der if san is not None else None)
+
+
+def certificate_names(cert: x509.Certificate) -> tuple[bytes, bytes | None]:
+    """DER of a certificate's subject Name and of its SAN extnValue contents (None without one), as signed."""
+    tbs = asn1_x509.TbsCertificate.load(cert.tbs_certificate_bytes)
+    return tbs["subject"].dump(), _san_der(tbs["extensions"])
+
+
+def _san_der(extensions: Any) -> bytes | None:
+    for extension in extensions:
+        if extension["extn_id"].dotted == _SAN_OID:
+            return bytes(extension["extn_value"].contents)
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _shown(value: str) -> str:
+    """A client's value quoted for a one-line refusal (repr escapes line breaks), cut to a sane length."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+# ---------------------------------------------------------------------------- profile checks
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """Each profile pattern compiled once per process (profiles are fixed for the worker's life)."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise SignerError(f"profile pattern {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def key_type_name(public_key: object) -> str | None:
+    """The profile name of a public key (ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096), None for others."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return _CURVES.get(public_key.curve.name)
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return _RSA_SIZES.get(public_key.key_size)
+    return None
+
+
+def check_key(public_key: object, profile: CAProfile) -> None:
+    name = key_type_name(public_key)
+    if name is None or name not in profile.key_types:
+        allowed = ", ".join(profile.key_types) or "none"
+        raise EnrollRefused(400, f"key type {name or _describe_key(public_key)} is not allowed (allowed: {allowed})")
+
+
+def _describe_key(public_key: object) -> str:
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return f"EC {public_key.curve.name}"
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"RSA {public_key.key_size}"
+    return type(public_key).__name__.removeprefix("_")
+
+
+def check_names(names: RequestedNames, profile: CAProfile) -> None:
+    """Subject: exactly one CN matching the profile; SAN: DNS, URI and (if allowed) IP entries matching theirs."""
+    cns = names.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1:
+        raise EnrollRefused(400, f"the subject must have exactly one commonName (it has {len(cns)})")
+    cn = cns[0].value
+    if not isinstance(cn, str):
+        raise EnrollRefused(400, "the commonName is not a string")
+    if not _pattern(profile.subject_cn_pattern).fullmatch(cn):
+        raise EnrollRefused(400, f"commonName {_shown(cn)} is not allowed by this CA's profile")
+    if names.san is None:
+        if profile.require_san:
+            raise EnrollRefused(400, "this CA requires a subjectAltName")
+        return
+    for general_name in names.san:
+        if isinstance(general_name, x509.DNSName):
+            if not _pattern(profile.san_dns_pattern).fullmatch(general_name.value):
+                raise EnrollRefused(400, f"DNS name {_shown(general_name.value)} is not allowed by this CA's profile")
+        elif isinstance(general_name, x509.UniformResourceIdentifier):
+            if not _pattern(profile.san_uri_pattern).fullmatch(general_name.value):
+                raise EnrollRefused(400, f"URI {_shown(general_name.value)} is not allowed by this CA's profile")
+        elif isinstance(general_name, x509.IPAddress):
+            if not profile.allow_san_ip:
+                raise EnrollRefused(400, "IP addresses in the subjectAltName are not allowed by this CA's profile")
+            if not isinstance(general_name.value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                raise EnrollRefused(400, "an IP address in the subjectAltName must be an address, not a network")
+        else:
+            kind = type(general_name).__name__
+            raise EnrollRefused(400, f"subjectAltName entries of type {kind} are not allowed (DNS, URI or IP only)")
+
+
+def check_csr(csr: x509.CertificateSigningRequest, profile: CAProfile) -> None:
+    """Everything the profile asks of a CSR; raises EnrollRefused (400) with the first rule it breaks."""
+    try:
+        valid = csr.is_signature_valid
+        public_key = csr.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise EnrollRefused(400, f"the CSR's key or signature cannot be read: {_one_line(exc)}") from None
+    if not valid:
+        raise EnrollRefused(400, "the CSR's signature does not verify with its public key")
+    check_key(public_key, profile)
+    check_names(requested_names(csr), profile)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _key_usage(names: list[str]) -> x509.KeyUsage | None:
+    unknown = [n for n in names if n not in KEY_USAGES]
+    if unknown:
+        raise SignerError(f"profile key_usage: unknown {unknown}, choose from {', '.join(KEY_USAGES)}")
+    if not names:
+        return None
+    flags = {n: n in names for n in KEY_USAGES}
+    return x509.KeyUsage(**flags, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False)
+
+
+def _extended_key_usage(names: list[str]) -> x509.ExtendedKeyUsage | None:
+    unknown = [n for n in names if n not in EXTENDED_KEY_USAGES]
+    if unknown:
+        raise SignerError(
+            f"profile extended_key_usage: unknown {unknown}, choose from {', '.join(EXTENDED_KEY_USAGES)}"
+        )
+    return x509.ExtendedKeyUsage([EXTENDED_KEY_USAGES[n] for n in names]) if names else None
+
+
+def _authority_key_identifier(ca_cert: x509.Certificate, ca_key: SigningKey) -> x509.AuthorityKeyIdentifier:
+    """The CA's own subjectKeyIdentifier when it has one (whatever method made it), else one from its key."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _aia(profile: CAProfile, ca_ocsp_url: str | None) -> x509.AuthorityInformationAccess | None:
+    access = []
+    if ocsp_url := profile.ocsp_url or ca_ocsp_url:
+        access.append(
+            x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))
+        )
+    if profile.ca_issuers_url:
+        access.append(
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(profile.ca_issuers_url)
+            )
+        )
+    return x509.AuthorityInformationAccess(access) if access else None
+
+
+def build_certificate(
+    csr_or_subject: x509.CertificateSigningRequest | RequestedNames,
+    public_key: CertificatePublicKeyTypes,
+    ca_cert: x509.Certificate,
+    ca_key: SigningKey,
+    profile: CAProfile,
+    ca_ocsp_url: str | None,
+    now: int,
+) -> x509.Certificate:
+    """An end-entity certificate for ``public_key`` with the request's subject and SAN copied byte for byte.
+
+    Validity: ``profile.validity_days`` from five minutes before ``now``, capped at the CA's notAfter.
+    Raises EnrollRefused (400) if the subject or SAN would not come out byte-identical, and
+    SignerError for a profile naming unknown key usages.
+    """
+    names = csr_or_subject if isinstance(csr_or_subject, RequestedNames) else requested_names(csr_or_subject)
+    if profile.validity_days <= 0:
+        raise SignerError("profile validity_days must be positive")
+    not_before = dt.datetime.fromtimestamp(now, dt.UTC) - BACKDATE
+    not_after = min(not_before + dt.timedelta(days=profile.validity_days), ca_cert.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(names.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if key_usage := _key_usage(profile.key_usage):
+        builder = builder.add_extension(key_usage, critical=True)
+    if extended_key_usage := _extended_key_usage(profile.extended_key_usage):
+        builder = builder.add_extension(extended_key_usage, critical=False)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    builder = builder.add_extension(_authority_key_identifier(ca_cert, ca_key), critical=False)
+    if names.san is not None:
+        builder = builder.add_extension(names.san, critical=False)
+    if aia := _aia(profile, ca_ocsp_url):
+        builder = builder.add_extension(aia, critical=False)
+    cert = builder.sign(ca_key, signature_hash(ca_key))
+    # The builder re-encodes parsed names; make sure that gave back exactly what was asked for.
+    if certificate_names(cert) != (names.subject_der, names.san_der):
+        raise EnrollRefused(400, "the CSR's subject or subjectAltName is not in canonical DER and cannot be copied")
+    return cert
+
+
+# ---------------------------------------------------------------------------- storing
+
+
+def issue_and_store(
+    st: SignerStore,
+    issuer: IssuerRecord,
+    cert: x509.Certificate,
+    response_signer: ResponseSigner,
+    config: Config,
+    now: int,
+) -> None:
+    """Put ``cert`` in the inventory with its signed OCSP responses, in one transaction (durable on return)."""
+    with st.env.begin(write=True) as txn:
+        _store_issued(txn, st, issuer, cert, response_signer, config, now)
+
+
+def _store_issued(
+    txn: Any,
+    st: SignerStore,
+    issuer: IssuerRecord,
+    cert: x509.Certificate,
+    response_signer: ResponseSigner,
+    config: Config,
+    now: int,
+) -> bytes:
+    """Inside ``txn``: the inventory entry, responses, schedule and refresh entries; returns the inventory key."""
+    ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
+    if reason := check_directly_issued(cert, ca_cert):
+        raise SignerError(f"refusing to store a certificate CA {issuer.name!r} did not issue: {reason}")
+    serial_k = store.serial_key(cert.serial_number)
+    inv_key = store.inventory_key(issuer.number, serial_k)
+    if txn.get(inv_key, db=st.inventory) is not None:
+        raise SignerError(f"serial {cert.serial_number:X} is already in the inventory of CA {issuer.name!r}")
+    record = CertRecord(
+        not_after=int(cert.not_valid_after_utc.timestamp()), cert_der=cert.public_bytes(serialization.Encoding.DER)
+    )
+    txn.put(inv_key, store.CERT_ENCODER.encode(record), db=st.inventory)
+    _sign_responses(txn, st, issuer, inv_key, response_signer, config, now)
+    for name in config.signer.hash_algorithms:
+        code = store.HASH_ALGORITHMS[name][0]
+        if txn.get(store.response_key(issuer.number, code, serial_k), db=st.responses) is None:
+            raise SignerError(f"serial {cert.serial_number:X}: no {name} OCSP response was signed")
+    return inv_key
+
+
+def _sign_responses(
+    txn: Any,
+    st: SignerStore,
+    issuer: IssuerRecord,
+    inv_key: bytes,
+    response_signer: ResponseSigner,
+    config: Config,
+    now: int,
+) -> None:
+    """Sign and store one serial's responses exactly as the background signer does.
+
+    ``Precomputer._process`` is the signer's per-serial step (responses for every configured
+    hash algorithm, schedule and refresh entries) and takes the caller's transaction. It is
+    private and reads the signer from ``_signers``, which ``reload_issuers`` would fill for
+    every CA of the registry; here only the one issuer's already-loaded signer is needed.
+    Both private uses go once ``Precomputer`` has a public per-serial method taking a signer.
+    """
+    precomputer = Precomputer(st, config.signer, lambda record: response_signer, Clock(), _logger, _rng)
+    precomputer._signers = {issuer.number: response_signer}
+    precomputer._process(txn, inv_key, now)
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def _issuing_ca(
+    st: SignerStore, name: str, load_ca: LoadCA, now: int
+) -> tuple[IssuerRecord, x509.Certificate, SigningKey, ResponseSigner]:
+    try:
+        issuer = st.issuer(name)
+    except SignerError:
+        raise EnrollRefused(404, f"unknown CA {_shown(name)}") from None
+    if issuer.signing != "ca":
+        raise EnrollRefused(403, f"CA {name!r} was added without its key: it cannot issue certificates")
+    ca_cert, ca_key, response_signer = load_ca(issuer)
+    if ca_cert.not_valid_after_utc.timestamp() <= now:
+        raise EnrollRefused(403, f"CA {name!r} has expired: it cannot issue certificates")
+    return issuer, ca_cert, ca_key, response_signer
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def enroll(st: SignerStore, config: Config, job: EnrollJob, load_ca: LoadCA, now: int) -> Issued | Refused:
+    """simpleenroll (RFC 7030 §4.2.1): the CSR's key, subject and SAN, from CA ``job.ca``."""
+    try:
+        issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
+        profile = config.profile(issuer.name)
+        csr = load_csr(job.csr_der)
+        check_csr(csr, profile)
+        names = requested_names(csr)
+        cert = build_certificate(names, csr.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
+        issue_and_store(st, issuer, cert, response_signer, config, now)
+    except EnrollRefused as exc:
+        _logger.info("enroll refused (CA %s, %s): %d %s", job.ca, job.requester, exc.status, exc.message)
+        return Refused(exc.status, exc.message)
+    _logger.info("CA %s issued serial %X to %s (enroll)", issuer.name, cert.serial_number, job.requester)
+    return Issued(_der(cert))
+
+
+def _check_current(current: x509.Certificate, ca_cert: x509.Certificate, ca_name: str, now: int) -> None:
+    if reason := check_directly_issued(current, ca_cert):
+        raise EnrollRefused(403, f"the current certificate was not issued by CA {ca_name!r} ({reason})")
+    if current.not_valid_after_utc.timestamp() <= now:
+        raise EnrollRefused(403, "the current certificate has expired: enroll again instead")
+    if current.not_valid_before_utc.timestamp() > now:
+        raise EnrollRefused(403, "the current certificate is not valid yet")
+
+
+def _check_not_revoked(txn: Any, st: SignerStore, inv_key: bytes, ca_name: str) -> CertRecord:
+    raw = txn.get(inv_key, db=st.inventory)
+    if raw is None:
+        raise EnrollRefused(403, f"the current certificate is not in the inventory of CA {ca_name!r}")
+    record = store.CERT_DECODER.decode(raw)
+    if record.revoked_at is not None:
+        raise EnrollRefused(403, "the current certificate is revoked")
+    return record
+
+
+def reenroll(st: SignerStore, config: Config, job: ReenrollJob, load_ca: LoadCA, now: int) -> Issued | Refused:
+    """simplereenroll (RFC 7030 §4.2.2): renew (same key) or re-key ``job.current_cert_der``.
+
+    The current certificate must come from CA ``job.ca``, be valid now and not revoked;
+    the CSR's subject and SAN must be byte-identical to it. With ``revoke_superseded`` the
+    old serial is revoked (superseded) in the transaction that stores the new certificate.
+    """
+    try:
+        issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
+        profile = config.profile(issuer.name)
+        csr = load_csr(job.csr_der)
+        try:
+            current = x509.load_der_x509_certificate(job.current_cert_der)
+        except ValueError:
+            raise EnrollRefused(403, "the current certificate cannot be parsed") from None
+        _check_current(current, ca_cert, issuer.name, now)
+        check_csr(csr, profile)
+        names = requested_names(csr)
+        try:
+            current_names = certificate_names(current)
+        except ValueError:
+            raise EnrollRefused(403, "the current certificate's subject or extensions cannot be read") from None
+        if (names.subject_der, names.san_der) != current_names:
+            raise EnrollRefused(403, "re-enroll must keep the subject and subjectAltName")
+        cert = build_certificate(names, csr.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
+        old_key = store.inventory_key(issuer.number, store.serial_key(current.serial_number))
+        with st.env.begin(write=True) as txn:
+            # Checked inside the write transaction: a revocation cannot slip in between.
+            old = _check_not_revoked(txn, st, old_key, issuer.name)
+            _store_issued(txn, st, issuer, cert, response_signer, config, now)
+            if profile.revoke_superseded:
+                revoked = msgspec.structs.replace(old, revoked_at=now, reason=REASON_SUPERSEDED)
+                txn.put(old_key, store.CERT_ENCODER.encode(revoked), db=st.inventory)
+                txn.put(store.pending_key(store.PRIORITY_REVOCATION, old_key), b"", db=st.pending)
+    except EnrollRefused as exc:
+        _logger.info("re-enroll refused (CA %s): %d %s", job.ca, exc.status, exc.message)
+        return Refused(exc.status, exc.message)
+    kind = "renewal" if current.public_key() == cert.public_key() else "re-key"
+    _logger.info(
+        "CA %s issued serial %X replacing %X (%s)", issuer.name, cert.serial_number, current.serial_number, kind
+    )
+    return Issued(_der(cert))
+
+
+def serverkeygen(
+    st: SignerStore, config: Config, job: ServerKeygenJob, load_ca: LoadCA, now: int
+) -> IssuedWithKey | Refused:
+    """serverkeygen (RFC 7030 §4.4): a key of ``profile.serverkeygen_key_type``, returned as unencrypted PKCS#8 DER.
+
+    The CSR gives subject and SAN only: its key and signature are ignored (§4.4.1), but it must parse.
+    """
+    try:
+        issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
+        profile = config.profile(issuer.name)
+        names = requested_names(load_csr(job.csr_der))
+        check_names(names, profile)
+        try:
+            key = generate_key(profile.serverkeygen_key_type)
+        except KeyError_ as exc:
+            raise SignerError(f"profile serverkeygen_key_type: {exc}") from None
+        cert = build_certificate(names, key.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
+        issue_and_store(st, issuer, cert, response_signer, config, now)
+    except EnrollRefused as exc:
+        _logger.info("serverkeygen refused (CA %s, %s): %d %s", job.ca, job.requester, exc.status, exc.message)
+        return Refused(exc.status, exc.message)
+    _logger.info("CA %s issued serial %X to %s (serverkeygen)", issuer.name, cert.serial_number, job.requester)
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return IssuedWithKey(_der(cert), pkcs8)

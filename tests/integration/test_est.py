@@ -1,0 +1,203 @@
+"""EST over real mutual TLS against a running `pki-edge up`, with the commands of Lamassu's protocol docs.
+
+Each answer goes through `openssl base64 -d | openssl pkcs7 -print_certs` exactly as the docs do, and
+each issued certificate is checked with openssl: it chains to the CA, carries the CSR's key, the
+profile's extensions and the OCSP URL, and `openssl ocsp` says good for it at once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration import helpers
+from tests.integration.helpers import Server, free_port, pki_edge
+
+CURL = shutil.which("curl")
+pytestmark = pytest.mark.skipif(CURL is None, reason="curl is needed for the EST commands")
+
+
+@dataclass
+class Est:
+    data: Path
+    work: Path
+    server: Server
+    tls_port: int
+
+    @property
+    def https(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    def curl(self, *args: str | Path, expect_status: int | None = 200) -> tuple[int, bytes]:
+        out = self.work / "curl.out"
+        command = [CURL, "-s", "--cacert", self.work / "tlsca.pem", "-o", out, "-w", "%{http_code}", *args]
+        done = subprocess.run(command, capture_output=True, timeout=60, check=False)
+        status = int(done.stdout.decode() or 0)
+        body = out.read_bytes() if out.exists() else b""
+        if expect_status is not None:
+            assert status == expect_status, (status, body, self.server.log())
+        return status, body
+
+    def bash(self, script: str) -> str:
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=self.work, capture_output=True, text=True)
+        assert done.returncode == 0, (script, done.stdout, done.stderr, self.server.log())
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def est(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Est]:
+    helpers.require_openssl()
+    work = tmp_path_factory.mktemp("est")
+    data = work / "data"
+    http_port, tls_port = free_port(), free_port()
+    ocsp_url = f"http://127.0.0.1:{http_port}/ocsp"
+    pki_edge(data, "ca", "create", "root", "--ocsp-url", ocsp_url)
+    pki_edge(data, "ca", "create", "other")
+    pki_edge(data, "ca", "create", "tlsca")
+    (work / "root.pem").write_text(pki_edge(data, "ca", "show", "root").stdout)
+    (work / "tlsca.pem").write_text(pki_edge(data, "ca", "show", "tlsca").stdout)
+    pki_edge(
+        data, "issue", "tlsca", "--cn", "localhost", "--san", "DNS:localhost", "--san", "IP:127.0.0.1", "--out", work
+    )
+    pki_edge(data, "issue", "root", "--cn", "dms1", "--out", work)
+    pki_edge(data, "ra", "add", "dms1", "--cert", work / "dms1.pem", "--cas", "root")
+    server = Server(
+        "up",
+        data,
+        [
+            "up",
+            "--port",
+            str(http_port),
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert",
+            str(work / "localhost.pem"),
+            "--tls-key",
+            str(work / "localhost.key"),
+        ],
+        work / "up.log",
+        port=http_port,
+    )
+    try:
+        server.wait_ready()
+        helpers.wait_drained(data)
+        yield Est(data, work, server, tls_port)
+    finally:
+        server.stop_clean()
+
+
+def csr(est: Est, name: str, cn: str) -> Path:
+    """A key and a CSR made with openssl, and the CSR with its BEGIN/END lines stripped (as in the docs)."""
+    est.bash(
+        f"openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}.key "
+        f"-out {name}.csr -subj /CN={cn} 2>/dev/null && sed '/CERTIFICATE/d' {name}.csr > {name}.b64"
+    )
+    return est.work / f"{name}.b64"
+
+
+def print_certs(est: Est, p7: str) -> str:
+    return est.bash(f"openssl base64 -d -in {p7} | openssl pkcs7 -inform DER -outform PEM -print_certs")
+
+
+def check_issued(est: Est, pem: str, key: str | None) -> None:
+    """Chains to root, carries the CSR's key, clientAuth and the OCSP URL, and OCSP says good at once."""
+    assert "OK" in est.bash(f"openssl verify -CAfile root.pem {pem}")
+    text = est.bash(f"openssl x509 -in {pem} -noout -text")
+    assert "TLS Web Client Authentication" in text
+    assert f"OCSP - URI:http://127.0.0.1:{est.server.port}/ocsp" in text
+    if key is not None:
+        assert est.bash(f"openssl x509 -in {pem} -noout -pubkey") == est.bash(f"openssl pkey -in {key} -pubout")
+    status = est.bash(
+        f"openssl ocsp -issuer root.pem -cert {pem} -url http://127.0.0.1:{est.server.port}/ocsp -CAfile root.pem 2>&1"
+    )
+    assert "Response verify OK" in status and f"{pem}: good" in status, status
+
+
+def test_lamassu_cacerts(est: Est) -> None:
+    est.curl(f"{est.https}/api/devmanager/.well-known/est/root/cacerts", "-o", est.work / "cacerts.p7")
+    shutil.copy(est.work / "curl.out", est.work / "cacerts.p7")
+    certs = print_certs(est, "cacerts.p7")
+    assert certs.count("-----BEGIN CERTIFICATE-----") == 1
+    (est.work / "cacerts.pem").write_text(certs)
+    assert est.bash("openssl x509 -in cacerts.pem -noout -fingerprint") == est.bash(
+        "openssl x509 -in root.pem -noout -fingerprint"
+    )
+
+
+def test_lamassu_simpleenroll_reenroll_and_serverkeygen(est: Est) -> None:
+    body = csr(est, "device", "device-1")
+    base = f"{est.https}/api/devmanager/.well-known/est"
+    _, p7 = est.curl(
+        f"{base}/root/simpleenroll",
+        "--cert", est.work / "dms1.pem", "--key", est.work / "dms1.key",
+        "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
+    )  # fmt: skip
+    (est.work / "cert.p7").write_bytes(p7)
+    (est.work / "cert.pem").write_text(print_certs(est, "cert.p7"))
+    check_issued(est, "cert.pem", "device.key")
+
+    # Re-enroll with the device's own certificate, no label (as Lamassu's docs post it): renewal, same key.
+    _, p7 = est.curl(
+        f"{base}/simplereenroll",
+        "--cert", est.work / "cert.pem", "--key", est.work / "device.key",
+        "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
+    )  # fmt: skip
+    (est.work / "renewed.p7").write_bytes(p7)
+    (est.work / "renewed.pem").write_text(print_certs(est, "renewed.p7"))
+    check_issued(est, "renewed.pem", "device.key")
+    subjects = {est.bash(f"openssl x509 -in {p} -noout -subject") for p in ("cert.pem", "renewed.pem")}
+    assert len(subjects) == 1
+
+    # serverkeygen through the docs' sed pipeline.
+    keygen_csr = csr(est, "factory", "device-2")
+    est.bash(
+        f"curl -s --cacert tlsca.pem {base}/root/serverkeygen --cert dms1.pem --key dms1.key "
+        f"-H 'Content-Type: application/pkcs10' --data-binary @{keygen_csr.name} "
+        "| sed -ne '/application\\/pkcs7-mime/,/-estServerKeyGenBoundary/p' | sed '/-/d' > crt.p7"
+    )
+    (est.work / "generated.pem").write_text(print_certs(est, "crt.p7"))
+    check_issued(est, "generated.pem", None)
+
+
+def test_csrattrs_fullcmc_and_plain_http(est: Est) -> None:
+    status, _ = est.curl(f"{est.https}/.well-known/est/root/csrattrs", expect_status=None)
+    assert status == 204
+    status, body = est.curl(
+        f"{est.https}/.well-known/est/root/fullcmc",
+        "--data-binary",
+        "x",
+        "-H",
+        "Content-Type: application/pkcs7-mime",
+        expect_status=None,
+    )
+    assert status == 501 and b"not supported" in body
+    plain = httpx.get(f"{est.server.base_url}/.well-known/est/root/cacerts", timeout=5, trust_env=False)
+    assert plain.status_code == 403 and "HTTPS" in plain.text
+
+
+def test_enroll_without_credentials_gets_a_bare_challenge(est: Est) -> None:
+    body = csr(est, "nocreds", "device-3")
+    status, answer = est.curl(
+        f"{est.https}/.well-known/est/root/simpleenroll",
+        "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}", "-D", est.work / "headers.txt",
+        expect_status=None,
+    )  # fmt: skip
+    assert status == 401 and answer == b""
+    assert "www-authenticate: basic" in (est.work / "headers.txt").read_text().lower()
+
+
+def test_ra_not_authorised_for_a_label_is_refused(est: Est) -> None:
+    body = csr(est, "wrongca", "device-4")
+    status, answer = est.curl(
+        f"{est.https}/.well-known/est/other/simpleenroll",
+        "--cert", est.work / "dms1.pem", "--key", est.work / "dms1.key",
+        "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
+        expect_status=None,
+    )  # fmt: skip
+    assert status == 403 and b"may not enroll" in answer
