@@ -9,13 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable
 from email.utils import parsedate_tz
 from typing import NamedTuple
 
+from contract.jobs import CertRef
 from contract.store import StoredResponse
 from edge.clock import Clock
 from edge.metrics import Metrics
-from edge.ocsp_request import MalformedRequest, parse_ocsp_request
+from edge.ocsp_request import CertID, MalformedRequest, parse_ocsp_request
 from edge.source import NotFound, Source, Stale, Unavailable
 
 Headers = list[tuple[bytes, bytes]]
@@ -34,6 +36,16 @@ class Answer(NamedTuple):
     status: int
     headers: Headers
     body: bytes
+
+
+class LiveSigning(NamedTuple):
+    """A multi-CertID request the signer workers must sign (edge.app awaits the job queue)."""
+
+    certs: tuple[CertRef, ...]
+
+
+MAX_LIVE_CERT_IDS = 16
+Locate = Callable[[CertID], tuple[int, int] | None]
 
 
 class Conditional(NamedTuple):
@@ -84,7 +96,10 @@ class OCSPAnswerer:
         *,
         retry_after_seconds: int,
         overdue_max_age_seconds: int,
+        locate: Locate | None = None,
     ) -> None:
+        """``locate`` gives (issuer number, hash code) of a CertID; without it, several CertIDs are malformed."""
+        self._locate = locate
         self._source = source
         self._clock = clock
         self._metrics = metrics
@@ -109,17 +124,16 @@ class OCSPAnswerer:
             (b"etag", stored.etag),
         ]
 
-    def answer_der(self, der: bytes, conditional: Conditional = NO_CONDITIONS) -> Answer:
+    def answer_der(self, der: bytes, conditional: Conditional = NO_CONDITIONS) -> Answer | LiveSigning:
         try:
             request = parse_ocsp_request(der)
         except MalformedRequest:
             self._metrics.inc("ocsp_malformed")
             return self.malformed
         if len(request.cert_ids) != 1:
-            # Answering only the first CertID would break RFC 6960 §4.2.2.3; live signing
-            # of multi-certificate requests is not available, so refuse explicitly.
+            # RFC 6960 §4.2.2.3: a SingleResponse for each CertID, so never the first one alone.
             self._metrics.inc("ocsp_multiple_certids")
-            return self.malformed
+            return self._live_signing(request.cert_ids)
         try:
             stored = self._source.response(request.cert_ids[0])
         except NotFound:
@@ -140,6 +154,39 @@ class OCSPAnswerer:
         headers.append(CONTENT_TYPE)
         headers.append((b"content-length", b"%d" % len(stored.der)))
         return Answer(200, headers, stored.der)
+
+    def _live_signing(self, cert_ids: tuple[CertID, ...]) -> Answer | LiveSigning:
+        """What the signer workers must sign for a multi-CertID request, or the answer without signing.
+
+        Only when every CertID is of one known issuer and a known, served serial: attacker-chosen
+        serials or issuers never reach a signing key (unauthorized, unsigned).
+        """
+        if self._locate is None or len(cert_ids) > MAX_LIVE_CERT_IDS:
+            return self.malformed
+        refs = []
+        for cert_id in cert_ids:
+            try:
+                self._source.response(cert_id)  # known, served, fresh: the same rules as a cache hit
+            except NotFound:
+                return self.unauthorized
+            except (Stale, Unavailable):
+                return self.try_later
+            located = self._locate(cert_id)
+            if located is None:
+                return self.unauthorized
+            refs.append(CertRef(located[0], located[1], cert_id.serial_number))
+        if len({ref.issuer_number for ref in refs}) != 1:
+            return self.unauthorized  # one signature cannot speak for several CAs
+        return LiveSigning(tuple(refs))
+
+    def live_signed(self, der: bytes) -> Answer:
+        """A response the workers signed for this request: authoritative, but for this request only."""
+        headers = [
+            (b"cache-control", b"max-age=0, public, no-transform, must-revalidate"),
+            CONTENT_TYPE,
+            (b"content-length", b"%d" % len(der)),
+        ]
+        return Answer(200, headers, der)
 
     @staticmethod
     def _not_modified(conditional: Conditional, stored: StoredResponse) -> bool:

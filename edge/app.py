@@ -7,6 +7,7 @@ store is opened by each worker after it starts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,12 +21,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from contract.config import Config, data_dir_from, load_config
-from contract.jobs import socket_path
-from edge.answer import NO_CONDITIONS, Answer, OCSPAnswerer
+from contract.jobs import LiveOcspJob, OcspSigned, Refused, socket_path
+from edge.answer import NO_CONDITIONS, Answer, LiveSigning, OCSPAnswerer
 from edge.clock import Clock, SystemClock
 from edge.est import EstService, RateLimiter
 from edge.get_path import decode_get_request, strip_prefix
-from edge.jobqueue import JobQueue, UnixSocketQueue
+from edge.jobqueue import JobQueue, QueueError, UnixSocketQueue
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest
 from edge.source import FreshnessPolicy, LmdbSource, read_only_store
@@ -45,9 +46,19 @@ class OCSPApp:
     """Raw ASGI OCSP endpoint for GET, HEAD and POST under every configured prefix."""
 
     def __init__(
-        self, answerer: OCSPAnswerer, prefixes: list[str], max_request_bytes: int, not_ocsp: tuple[str, ...] = ()
+        self,
+        answerer: OCSPAnswerer,
+        prefixes: list[str],
+        max_request_bytes: int,
+        not_ocsp: tuple[str, ...] = (),
+        queue: JobQueue | None = None,
+        live_inflight: int = 16,
+        live_timeout: float = 10.0,
     ) -> None:
         self._answerer = answerer
+        self._queue = queue
+        self._live_slots = asyncio.Semaphore(live_inflight)
+        self._live_timeout = live_timeout
         self._not_ocsp = tuple(p.encode() for p in not_ocsp)
         # Longest first, root last, so "/api/ocsp" wins over "/".
         self._prefixes = (*sorted((p.encode() for p in prefixes), key=len, reverse=True), b"")
@@ -56,20 +67,23 @@ class OCSPApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
+        found: Answer | LiveSigning
         if method == "GET" or method == "HEAD":
-            answer = self.answer_get(method, scope.get("raw_path") or scope["path"].encode(), scope["headers"])
+            found = self.answer_get(method, scope.get("raw_path") or scope["path"].encode(), scope["headers"])
         elif method == "POST":
-            answer = self.check_post_headers(scope["headers"]) or await self._post(receive)
+            found = self.check_post_headers(scope["headers"]) or await self._post(receive)
         else:
-            answer = self.method_not_allowed
+            found = self.method_not_allowed
+        answer = await self.live(found, head=method == "HEAD") if isinstance(found, LiveSigning) else found
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.body})
 
     # The methods below are the whole OCSP-over-HTTP logic, shared with the fast lane
     # (edge.fastlane) so that both paths give byte-identical answers.
 
-    def answer_get(self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -> Answer:
+    def answer_get(self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -> Answer | LiveSigning:
         """GET or HEAD: decode the request from the raw path; HEAD drops the body, keeps the headers."""
+        answer: Answer | LiveSigning
         encoded = strip_prefix(raw_path, self._prefixes)
         if encoded is None:
             answer = self._answerer.malformed
@@ -86,7 +100,9 @@ class OCSPApp:
                     elif name == b"if-modified-since":
                         conditional = conditional._replace(if_modified_since=value)
                 answer = self._answerer.answer_der(der, conditional)
-        return Answer(answer.status, answer.headers, b"") if method == "HEAD" else answer
+        if method == "HEAD" and isinstance(answer, Answer):
+            return Answer(answer.status, answer.headers, b"")
+        return answer
 
     def check_post_headers(self, headers: list[tuple[bytes, bytes]]) -> Answer | None:
         """An early answer for a POST whose declared length is invalid or too large, else None."""
@@ -98,10 +114,26 @@ class OCSPApp:
                     return self._answerer.too_large
         return None
 
-    def answer_post(self, body: bytes) -> Answer:
+    def answer_post(self, body: bytes) -> Answer | LiveSigning:
         if len(body) > self._max:
             return self._answerer.too_large
         return self._answerer.answer_der(body)
+
+    async def live(self, signing: LiveSigning, *, head: bool = False) -> Answer:
+        """Have the signer workers sign a multi-CertID response; bounded, never waiting for a slot."""
+        if self._queue is None or self._live_slots.locked():
+            return self._answerer.try_later
+        async with self._live_slots:
+            try:
+                result = await self._queue.submit(LiveOcspJob(signing.certs), self._live_timeout)
+            except QueueError:
+                return self._answerer.try_later
+        if isinstance(result, OcspSigned):
+            answer = self._answerer.live_signed(result.der)
+            return Answer(answer.status, answer.headers, b"") if head else answer
+        if isinstance(result, Refused):
+            return self._answerer.unauthorized
+        return self._answerer.try_later
 
     @property
     def max_request_bytes(self) -> int:
@@ -115,7 +147,7 @@ class OCSPApp:
         """True for every path OCSP answers: all but health, readiness and EST."""
         return path not in STARLETTE_RAW_PATHS and not path.startswith(self._not_ocsp)
 
-    async def _post(self, receive: Receive) -> Answer:
+    async def _post(self, receive: Receive) -> Answer | LiveSigning:
         chunks = []
         size = 0
         more = True
@@ -163,6 +195,7 @@ def build_app(
         logger,
         retry_after_seconds=config.edge.retry_after_seconds,
         overdue_max_age_seconds=config.edge.overdue_max_age_seconds,
+        locate=source.cert_ref,
     )
 
     async def healthz(request: Request) -> Response:
@@ -200,6 +233,9 @@ def build_app(
         config.edge.ocsp_prefixes,
         config.edge.max_request_bytes,
         not_ocsp=tuple(prefix + "/" for prefix in config.est.prefixes),
+        queue=queue,
+        live_inflight=config.workers.live_ocsp_max_inflight,
+        live_timeout=config.est.job_timeout_seconds,
     )
     return EdgeApp(ocsp, starlette, ClientTrust(source, config.est.client_ca, logger))
 

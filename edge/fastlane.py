@@ -15,12 +15,13 @@ behind a running ASGI cycle, ``Expect: 100-continue``) goes the ASGI way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ssl
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from edge.answer import Answer
+from edge.answer import Answer, LiveSigning
 from edge.app import OCSPApp
 
 _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
@@ -65,7 +66,8 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self._fast_method = b""
         self._fast_body: list[bytes] = []
         self._fast_size = 0
-        self._fast_early: Answer | None = None
+        self._fast_early: Answer | LiveSigning | None = None
+        self._backlog: collections.deque[tuple[Answer | LiveSigning, bool, bool]] | None = None
 
     def on_headers_complete(self) -> None:
         ocsp = self._ocsp
@@ -116,14 +118,33 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             return
         self._fast = False
         assert self._ocsp is not None
-        answer = self._fast_early
-        if answer is None:
-            answer = self._ocsp.answer_post(b"".join(self._fast_body))
+        found = self._fast_early
+        if found is None:
+            found = self._ocsp.answer_post(b"".join(self._fast_body))
             self._fast_body = []
-        self._write(answer)
-
-    def _write(self, answer: Answer) -> None:
         keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0"
+        if self._backlog is None and isinstance(found, Answer):
+            self._write(found, keep_alive)
+            return
+        # A multi-CertID request waits for the signer workers; answers after it keep their order.
+        if self._backlog is None:
+            self._backlog = collections.deque()
+            self.flow.pause_reading()
+            self.loop.create_task(self._drain())
+        self._backlog.append((found, self._fast_method == b"HEAD", keep_alive))
+
+    async def _drain(self) -> None:
+        assert self._ocsp is not None and self._backlog is not None
+        while self._backlog:
+            found, head, keep_alive = self._backlog.popleft()
+            answer = await self._ocsp.live(found, head=head) if isinstance(found, LiveSigning) else found
+            if self.transport.is_closing():
+                break
+            self._write(answer, keep_alive)
+        self._backlog = None
+        self.flow.resume_reading()
+
+    def _write(self, answer: Answer, keep_alive: bool) -> None:
         parts = [STATUS_LINE[answer.status]]
         for name, value in self.server_state.default_headers:
             parts += (name, b": ", value, b"\r\n")

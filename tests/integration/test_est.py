@@ -164,6 +164,17 @@ def test_lamassu_simpleenroll_reenroll_and_serverkeygen(est: Est) -> None:
     (est.work / "generated.pem").write_text(print_certs(est, "crt.p7"))
     check_issued(est, "generated.pem", None)
 
+    # One OCSP request for two certificates: both statuses, in one response signed by the workers.
+    est.bash("openssl x509 -in cert.pem -noout -serial | cut -d= -f2 > old.serial")
+    serial = (est.work / "old.serial").read_text().strip()
+    pki_edge(est.data, "revoke", "root", serial, "--reason", "superseded")
+    both = est.bash(
+        "openssl ocsp -issuer root.pem -cert cert.pem -cert generated.pem "
+        f"-url http://127.0.0.1:{est.server.port}/ocsp -CAfile root.pem 2>&1"
+    )
+    assert "Response verify OK" in both, both
+    assert "cert.pem: revoked" in both and "generated.pem: good" in both, both
+
 
 def test_csrattrs_fullcmc_and_plain_http(est: Est) -> None:
     status, _ = est.curl(f"{est.https}/.well-known/est/root/csrattrs", expect_status=None)

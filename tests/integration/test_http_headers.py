@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from asn1crypto import ocsp as asn1_ocsp
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from tests.integration.conftest import Shared
@@ -165,14 +166,33 @@ def test_oversized_post_is_413(client: httpx.Client, request_der: bytes) -> None
     _check_cacheable(client.post("/ocsp", content=request_der))
 
 
-def test_two_cert_ids_are_malformed(shared: Shared, client: httpx.Client) -> None:
-    one = asn1_ocsp.OCSPRequest.load(ocsp_request_der(shared.good, shared.ca))
-    other = asn1_ocsp.OCSPRequest.load(ocsp_request_der(shared.revoked, shared.ca))
-    requests = [one["tbs_request"]["request_list"][0], other["tbs_request"]["request_list"][0]]
-    two = asn1_ocsp.OCSPRequest({"tbs_request": {"request_list": requests}}).dump(force=True)
+def _combined(*ders: bytes) -> bytes:
+    requests = [asn1_ocsp.OCSPRequest.load(der)["tbs_request"]["request_list"][0] for der in ders]
+    return asn1_ocsp.OCSPRequest({"tbs_request": {"request_list": requests}}).dump(force=True)
+
+
+def test_two_cert_ids_get_one_live_signed_response_with_both(shared: Shared, client: httpx.Client) -> None:
+    """RFC 6960 §4.2.2.3: a SingleResponse for each CertID, signed by the workers for this request."""
+    two = _combined(ocsp_request_der(shared.good, shared.ca), ocsp_request_der(shared.revoked, shared.ca))
     assert len(asn1_ocsp.OCSPRequest.load(two)["tbs_request"]["request_list"]) == 2
-    _check_unsigned(client.post("/ocsp", content=two), 400, MALFORMED)
-    _check_unsigned(client.get(_get_path(two)), 400, MALFORMED)
+    for r in (client.post("/ocsp", content=two), client.get(_get_path(two))):
+        assert r.status_code == 200, r.content
+        assert r.headers["content-type"] == "application/ocsp-response"
+        assert "no-cache" not in r.headers["cache-control"]
+        parsed = ocsp.load_der_ocsp_response(r.content)
+        singles = list(parsed.responses)
+        assert [s.serial_number for s in singles] == [shared.good.serial_number, shared.revoked.serial_number]
+        assert [s.certificate_status for s in singles] == [ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.REVOKED]
+        public_key = shared.ca.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        public_key.verify(parsed.signature, parsed.tbs_response_bytes, ec.ECDSA(parsed.signature_hash_algorithm))
+
+
+def test_two_cert_ids_with_one_unknown_serial_are_unauthorized_and_unsigned(
+    shared: Shared, client: httpx.Client
+) -> None:
+    two = _combined(ocsp_request_der(shared.good, shared.ca), ocsp_request_by_serial(shared.ca, 0xDEAD))
+    _check_unsigned(client.post("/ocsp", content=two), 200, UNAUTHORIZED)
 
 
 def test_nonce_is_ignored(shared: Shared, client: httpx.Client, request_der: bytes) -> None:
