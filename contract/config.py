@@ -55,6 +55,19 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fast_lane: bool = True
 
 
+# The vocabulary of CA profiles (signer.enroll maps these names to X.509 values).
+KEY_TYPE_NAMES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+KEY_USAGE_NAMES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
+EXTENDED_KEY_USAGE_NAMES = (
+    "client_auth",
+    "server_auth",
+    "code_signing",
+    "email_protection",
+    "time_stamping",
+    "ocsp_signing",
+)
+
+
 class CAProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What a CA issues over EST (``[profiles.NAME]`` in the config file, NAME a CA of the registry)."""
 
@@ -184,3 +197,29 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"edge.ocsp_prefixes: {prefix!r} must start with '/' and not end with '/'")
     if config.edge.max_request_bytes < 64:
         raise ConfigError("edge.max_request_bytes is too small for any OCSP request")
+    for name, profile in config.profiles.items():
+        _validate_profile(f"profiles.{name}", profile)
+    if config.workers.count < 1 or config.workers.max_queue < 1 or config.est.max_inflight < 1:
+        raise ConfigError("workers.count, workers.max_queue and est.max_inflight must be at least 1")
+
+
+def _validate_profile(where: str, profile: CAProfile) -> None:
+    """Mistakes in a profile are the operator's: refuse them when the configuration loads."""
+    import re
+
+    if profile.validity_days < 1:
+        raise ConfigError(f"{where}.validity_days must be at least 1")
+    for field, values, allowed in (
+        ("key_types", profile.key_types, KEY_TYPE_NAMES),
+        ("serverkeygen_key_type", [profile.serverkeygen_key_type], KEY_TYPE_NAMES),
+        ("key_usage", profile.key_usage, KEY_USAGE_NAMES),
+        ("extended_key_usage", profile.extended_key_usage, EXTENDED_KEY_USAGE_NAMES),
+    ):
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ConfigError(f"{where}.{field}: unknown {unknown}; choose from {list(allowed)}")
+    for field in ("subject_cn_pattern", "san_dns_pattern", "san_uri_pattern"):
+        try:
+            re.compile(getattr(profile, field))
+        except re.error as exc:
+            raise ConfigError(f"{where}.{field}: not a regular expression ({exc})") from None

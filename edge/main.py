@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from contract.config import ENV_DATA, Config, ConfigError
+from edge.est_codec import csrattrs_der
 
 
 def _options(config: Config, log_level: str) -> dict[str, Any]:
@@ -37,6 +38,11 @@ def _options(config: Config, log_level: str) -> dict[str, Any]:
 def run_edge(data_dir: Path, config: Config, host: str, port: int, workers: int, log_level: str = "info") -> None:
     # Workers are separate processes: each builds its app (and opens LMDB) from the environment.
     os.environ[ENV_DATA] = str(data_dir)
+    for name, profile in config.profiles.items():  # a configuration error, before any worker starts
+        try:
+            csrattrs_der(profile.csrattrs)
+        except ValueError as exc:
+            raise ConfigError(f"profiles.{name}.csrattrs: {exc}") from None
     est = config.est
     if est.tls_port is None:
         uvicorn.run(

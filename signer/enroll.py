@@ -12,8 +12,8 @@ plus, on re-enroll with ``revoke_superseded``, the revocation of the old serial.
 handler returns ``Issued`` the certificate is durable and its first OCSP check is a hit
 that says good; when anything fails nothing at all is written.
 
-The per-serial signing is the background signer's own code (``Precomputer._process``),
-called inside this module's transaction rather than duplicated; see ``_sign_responses``.
+The per-serial signing is the background signer's own code (``Precomputer.sign_serial``),
+called inside this module's transaction rather than duplicated.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from contract import store
-from contract.config import CAProfile, Config
+from contract.config import KEY_USAGE_NAMES, CAProfile, Config
 from contract.jobs import EnrollJob, Issued, IssuedWithKey, ReenrollJob, Refused, ServerKeygenJob
 from contract.store import CertRecord, IssuerRecord
 from signer.certs import check_directly_issued
@@ -52,7 +52,7 @@ LoadCA = Callable[[IssuerRecord], tuple[x509.Certificate, SigningKey, ResponseSi
 REASON_SUPERSEDED = 4  # RFC 5280 §5.3.1 CRLReason superseded
 BACKDATE = dt.timedelta(minutes=5)  # tolerate clients' clock skew, as signer.certs does
 
-KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
+KEY_USAGES = KEY_USAGE_NAMES
 EXTENDED_KEY_USAGES: dict[str, x509.ObjectIdentifier] = {
     "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
     "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
@@ -376,17 +376,9 @@ def _sign_responses(
     config: Config,
     now: int,
 ) -> None:
-    """Sign and store one serial's responses exactly as the background signer does.
-
-    ``Precomputer._process`` is the signer's per-serial step (responses for every configured
-    hash algorithm, schedule and refresh entries) and takes the caller's transaction. It is
-    private and reads the signer from ``_signers``, which ``reload_issuers`` would fill for
-    every CA of the registry; here only the one issuer's already-loaded signer is needed.
-    Both private uses go once ``Precomputer`` has a public per-serial method taking a signer.
-    """
+    """Sign and store one serial's responses exactly as the background signer does (its own code)."""
     precomputer = Precomputer(st, config.signer, lambda record: response_signer, Clock(), _logger, _rng)
-    precomputer._signers = {issuer.number: response_signer}
-    precomputer._process(txn, inv_key, now)
+    precomputer.sign_serial(txn, inv_key, now, response_signer)
 
 
 # ---------------------------------------------------------------------------- jobs

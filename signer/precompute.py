@@ -125,7 +125,12 @@ class Precomputer:
                 txn.put(store.META_LAST_SIGNED_AT, store.pack_u64(now), db=st.meta)
         return handled
 
-    def _process(self, txn: Any, inv_key: bytes, now: int) -> None:
+    def sign_serial(self, txn: Any, inv_key: bytes, now: int, signer: ResponseSigner) -> None:
+        """Inside the caller's write ``txn``: sign and store one serial's responses with ``signer``,
+        with its schedule and refresh entries, exactly as a batch does (used at EST issuance)."""
+        self._process(txn, inv_key, now, signer)
+
+    def _process(self, txn: Any, inv_key: bytes, now: int, signer: ResponseSigner | None = None) -> None:
         st = self._st
         issuer_number, serial_k = store.split_inventory_key(inv_key)
         old_refresh = txn.get(inv_key, db=st.refresh)
@@ -140,7 +145,7 @@ class Precomputer:
                 txn.delete(store.response_key(issuer_number, code, serial_k), db=st.responses)
             txn.delete(inv_key, db=st.refresh)
             return
-        signer = self._signers.get(issuer_number)
+        signer = signer or self._signers.get(issuer_number)
         if signer is None:
             # The CA's key cannot be loaded now: keep what is stored (the edge stops serving
             # it at nextUpdate) and retry later rather than block the other work.
