@@ -97,6 +97,9 @@ Result = Issued | IssuedWithKey | OcspSigned | Refused | Busy
 class JobRequest(msgspec.Struct, frozen=True, array_like=True):
     id: int
     job: Job
+    # Unix time after which the edge no longer waits: a job not started by then is never run,
+    # so a client told 503 is never issued a certificate it did not receive.
+    deadline: float
 
 
 class JobReply(msgspec.Struct, frozen=True, array_like=True):

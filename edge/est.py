@@ -222,7 +222,7 @@ class EstService:
             if decision.ra is not None:  # a known RA, but not for this CA, or revoked/expired
                 raise EstError(403, decision.reason or "not authorised")
         authorization = request.headers.get("authorization")
-        if authorization is not None and request.scope.get("scheme") == "https":
+        if authorization is not None and self._secure(request):  # HTTPS here or at a trusted proxy
             self._rate_limit("basic:" + (request.client.host if request.client else "?"))
             async with self._kdf_slots:  # memory-hard: a few at a time, off the event loop
                 user = await asyncio.to_thread(

@@ -15,10 +15,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from pathlib import Path
 from typing import Protocol
 
 from contract import jobs
+
+DEADLINE_MARGIN = 0.25  # seconds
 
 
 class QueueError(Exception):
@@ -63,7 +66,9 @@ class UnixSocketQueue:
         try:
             async with asyncio.timeout(timeout):
                 writer = await self._connection()
-                writer.write(jobs.frame(jobs.REQUEST_ENCODER.encode(jobs.JobRequest(job_id, job))))
+                # The workers give up a little before we do, so an unstarted job never runs late.
+                deadline = time.time() + max(0.0, timeout - DEADLINE_MARGIN)
+                writer.write(jobs.frame(jobs.REQUEST_ENCODER.encode(jobs.JobRequest(job_id, job, deadline))))
                 await writer.drain()
                 return await future
         except TimeoutError:

@@ -15,15 +15,17 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from contract import jobs
 
 ExecutorFactory = Callable[[], Executor]
-JobFunction = Callable[[jobs.Job], jobs.Result]
+JobFunction = Callable[[jobs.Job, float], jobs.Result]  # (job, deadline) -> result
 
 
 class JobServer:
@@ -46,6 +48,7 @@ class JobServer:
         self._accepted = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._readers: set[asyncio.Task[Any]] = set()
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then finish the jobs already accepted."""
@@ -64,6 +67,10 @@ class JobServer:
                 await asyncio.wait(self._tasks, timeout=30)
             for writer in list(self._writers):  # clients reconnect to the next server
                 writer.close()
+            for reader in list(self._readers):
+                reader.cancel()
+            if self._readers:
+                await asyncio.wait(self._readers, timeout=5)
             self._executor.shutdown(wait=True, cancel_futures=True)
             with contextlib.suppress(FileNotFoundError):
                 self._socket.unlink()
@@ -71,36 +78,41 @@ class JobServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lock = asyncio.Lock()  # replies of concurrent jobs must not interleave on the stream
         self._writers.add(writer)
+        me = asyncio.current_task()
+        if me is not None:
+            self._readers.add(me)
         try:
             while True:
                 request = jobs.REQUEST_DECODER.decode(await jobs.read_frame(reader))
                 task = asyncio.create_task(self._answer(request, writer, lock))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the edge worker went away; its jobs still finish
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the edge worker went away (its started jobs still finish), or we are stopping
         except Exception as exc:  # a malformed frame: drop this connection only
             self._logger.warning("job connection dropped: %s", exc)
         finally:
             self._writers.discard(writer)
+            if me is not None:
+                self._readers.discard(me)
             writer.close()
 
     async def _answer(self, request: jobs.JobRequest, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
-        result = await self.run(request.job)
+        result = await self.run(request.job, request.deadline)
         async with lock:
             if not writer.is_closing():
                 writer.write(jobs.frame(jobs.REPLY_ENCODER.encode(jobs.JobReply(request.id, result))))
                 with contextlib.suppress(ConnectionError):
                     await writer.drain()
 
-    async def run(self, job: jobs.Job) -> jobs.Result:
-        if self._accepted >= self._max_queue:
+    async def run(self, job: jobs.Job, deadline: float) -> jobs.Result:
+        if self._accepted >= self._max_queue or time.time() >= deadline:
             return jobs.Busy(self._retry_after)
         self._accepted += 1
         executor = self._executor
         assert executor is not None
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, self._run_job, job)
+            return await asyncio.get_running_loop().run_in_executor(executor, self._run_job, job, deadline)
         except BrokenProcessPool:
             # A worker died (killed, out of memory): its jobs were not acknowledged.
             self._logger.error("a signer worker died; restarting the pool")

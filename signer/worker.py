@@ -100,6 +100,9 @@ def init_worker(data_dir: str) -> None:
     _worker = Worker(path, load_config(path), logging.getLogger("pki_edge.worker"))
 
 
-def run_job(job: jobs.Job) -> jobs.Result:
+def run_job(job: jobs.Job, deadline: float) -> jobs.Result:
+    """Run one job, unless the edge has stopped waiting for it (then nothing is issued)."""
     assert _worker is not None, "init_worker was not run in this process"
+    if time.time() >= deadline:
+        return jobs.Busy(1)
     return _worker.run(job)

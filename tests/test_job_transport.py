@@ -21,7 +21,7 @@ LOG = logging.getLogger("test")
 JOB = jobs.EnrollJob(ca="ca", csr_der=b"csr", requester="ra")
 
 
-def echo(job: jobs.Job) -> jobs.Result:
+def echo(job: jobs.Job, deadline: float) -> jobs.Result:
     assert isinstance(job, jobs.EnrollJob)
     return jobs.Issued(cert_der=job.csr_der + b"!")
 
@@ -61,7 +61,7 @@ def test_server_answers_busy_past_its_queue_bound(tmp_path):
     sock = tmp_path / "jobs.sock"
     release = threading.Event()
 
-    def slow(job: jobs.Job) -> jobs.Result:
+    def slow(job: jobs.Job, deadline: float) -> jobs.Result:
         release.wait(5)
         return jobs.Issued(b"x")
 
@@ -84,7 +84,7 @@ def test_client_fails_fast_when_its_slots_are_full(tmp_path):
     sock = tmp_path / "jobs.sock"
     release = threading.Event()
 
-    def slow(job: jobs.Job) -> jobs.Result:
+    def slow(job: jobs.Job, deadline: float) -> jobs.Result:
         release.wait(5)
         return jobs.Issued(b"x")
 
@@ -108,7 +108,7 @@ def test_timeout_and_no_server(tmp_path):
     sock = tmp_path / "jobs.sock"
     release = threading.Event()
 
-    def slow(job: jobs.Job) -> jobs.Result:
+    def slow(job: jobs.Job, deadline: float) -> jobs.Result:
         release.wait(5)
         return jobs.Issued(b"x")
 
@@ -133,11 +133,11 @@ def test_a_failing_job_is_answered_busy_and_the_server_keeps_serving(tmp_path):
     sock = tmp_path / "jobs.sock"
     calls = []
 
-    def flaky(job: jobs.Job) -> jobs.Result:
+    def flaky(job: jobs.Job, deadline: float) -> jobs.Result:
         calls.append(job)
         if len(calls) == 1:
             raise RuntimeError("worker bug")
-        return echo(job)
+        return echo(job, deadline)
 
     async def body():
         queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
@@ -165,3 +165,31 @@ def test_server_restart_is_picked_up_by_the_client(tmp_path):
         return first, second
 
     assert asyncio.run(scenario()) == (jobs.Issued(b"csr!"), jobs.Issued(b"csr!"))
+
+
+def test_a_job_whose_client_gave_up_is_never_run(tmp_path):
+    """The edge answered 503 on timeout: the job must not issue anything afterwards."""
+    sock = tmp_path / "jobs.sock"
+    release = threading.Event()
+    ran: list[jobs.Job] = []
+
+    def one_at_a_time(job: jobs.Job, deadline: float) -> jobs.Result:
+        if time.time() >= deadline:  # what signer.worker.run_job checks before running
+            return jobs.Busy(1)
+        ran.append(job)
+        release.wait(5)
+        return jobs.Issued(b"x")
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
+        first = asyncio.create_task(queue.submit(jobs.EnrollJob("ca", b"first", "ra"), timeout=5))
+        await asyncio.sleep(0.1)
+        with pytest.raises(QueueTimeout):  # queued behind the first, in a pool of one
+            await queue.submit(jobs.EnrollJob("ca", b"late", "ra"), timeout=0.5)
+        release.set()
+        await first
+        await asyncio.sleep(0.3)
+        await queue.close()
+
+    asyncio.run(with_server(sock, one_at_a_time, body, workers=1))
+    assert [j.csr_der for j in ran if isinstance(j, jobs.EnrollJob)] == [b"first"]
