@@ -240,11 +240,11 @@ def build_app(
     return EdgeApp(ocsp, starlette, ClientTrust(source, config.est.client_ca, logger))
 
 
-def create_app() -> EdgeApp:
-    """uvicorn factory: each worker process builds its app from the environment."""
+def create_app(config: Config | None = None) -> EdgeApp:
+    """uvicorn factory: each worker process builds its app from the environment (or the given config)."""
     data_dir = data_dir_from(os.environ.get("PKI_EDGE_DATA"))
     logger = logging.getLogger("pki_edge.edge")
-    config = load_config(data_dir)
+    config = config or load_config(data_dir)
     source = LmdbSource(read_only_store(data_dir, config.store.map_size_mb << 20), logger)
     queue = UnixSocketQueue(socket_path(data_dir), config.est.max_inflight, logger)
     return build_app(source, config, SystemClock(), CounterMetrics(), logger, queue)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import multiprocess
 
 from contract.config import ENV_DATA, Config, ConfigError
 from edge.est_codec import csrattrs_der
@@ -51,26 +54,79 @@ def run_edge(data_dir: Path, config: Config, host: str, port: int, workers: int,
         return
     if not (est.tls_cert and est.tls_key):
         raise ConfigError("--tls-port needs --tls-cert and --tls-key")
-    if workers != 1:
-        raise ConfigError("--tls-port serves from one worker process for now: use --workers 1")
-    from edge.app import create_app
+    recipe = _DualRecipe(config, host, port, log_level)
+    if workers == 1:
+        _DualServer(recipe).run()
+        return
+    # Several workers: uvicorn's supervisor, each worker serving both pre-bound sockets.
+    plain = uvicorn.Config("edge.app:create_app", factory=True, host=host, port=port, workers=workers)
+    sockets = [plain.bind_socket(), uvicorn.Config(None, host=host, port=est.tls_port).bind_socket()]  # type: ignore[arg-type]
+    multiprocess.Process = _DualProcess  # type: ignore[misc]  # the supervisor's worker class, for this process
+    _DualProcess.recipe = recipe
+    multiprocess.Multiprocess(plain, sockets=sockets).run()
 
-    app = create_app()  # one instance behind both ports: one LMDB handle, one trust store
-    plain = uvicorn.Config(app, host=host, port=port, **_options(config, log_level))
-    secure = uvicorn.Config(
-        app,
-        host=host,
-        port=est.tls_port,
-        ssl_certfile=est.tls_cert,
-        ssl_keyfile=est.tls_key,
-        ssl_cert_reqs=ssl.CERT_OPTIONAL,  # EST endpoints decide who must present a certificate
-        ssl_context_factory=app.client_trust.ssl_context_factory,
-        **_options(config, log_level),
-    )
-    servers = _LinkedServer(plain), _LinkedServer(secure)
-    servers[0].partner = servers[1]
-    asyncio_run = uvicorn.server.asyncio_run
-    asyncio_run(_serve_both(*servers), loop_factory=plain.get_loop_factory())
+
+@dataclass(frozen=True)
+class _DualRecipe:
+    """What a worker needs to build both servers around one application instance (picklable)."""
+
+    config: Config
+    host: str
+    port: int
+    log_level: str
+
+    def configs(self) -> tuple[uvicorn.Config, uvicorn.Config]:
+        from edge.app import create_app
+
+        app = create_app(self.config)  # one instance behind both ports: one LMDB handle, one trust store
+        est = self.config.est
+        plain = uvicorn.Config(app, host=self.host, port=self.port, **_options(self.config, self.log_level))
+        secure = uvicorn.Config(
+            app,
+            host=self.host,
+            port=est.tls_port or 0,
+            ssl_certfile=est.tls_cert,
+            ssl_keyfile=est.tls_key,
+            ssl_cert_reqs=ssl.CERT_OPTIONAL,  # EST endpoints decide who must present a certificate
+            ssl_context_factory=app.client_trust.ssl_context_factory,
+            **_options(self.config, self.log_level),
+        )
+        return plain, secure
+
+
+class _DualServer:
+    """Plain HTTP and HTTPS in one event loop; quacks like the uvicorn.Server a supervisor runs."""
+
+    def __init__(self, recipe: _DualRecipe) -> None:
+        self._recipe = recipe
+        self._first: _LinkedServer | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._first is not None and self._first.started
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        plain, secure = self._recipe.configs()
+        first, second = _LinkedServer(plain), _LinkedServer(secure)
+        first.partner = second
+        self._first = first
+        plain_sockets, secure_sockets = ([sockets[0]], [sockets[1]]) if sockets else (None, None)
+        uvicorn.server.asyncio_run(
+            _serve_both(first, second, plain_sockets, secure_sockets), loop_factory=plain.get_loop_factory()
+        )
+
+
+class _DualProcess(multiprocess.Process):
+    recipe: _DualRecipe | None = None
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        assert self.recipe is not None
+        self._dual = _DualServer(self.recipe)  # pickled with the worker's target
+
+    @property
+    def server(self) -> Any:
+        return self._dual
 
 
 class _LinkedServer(uvicorn.Server):
@@ -85,5 +141,10 @@ class _LinkedServer(uvicorn.Server):
             self.partner.force_exit = self.force_exit
 
 
-async def _serve_both(first: _LinkedServer, second: _LinkedServer) -> None:
-    await asyncio.gather(first.serve(), second._serve())
+async def _serve_both(
+    first: _LinkedServer,
+    second: _LinkedServer,
+    first_sockets: list[socket.socket] | None,
+    second_sockets: list[socket.socket] | None,
+) -> None:
+    await asyncio.gather(first.serve(first_sockets), second._serve(second_sockets))

@@ -212,3 +212,29 @@ def test_ra_not_authorised_for_a_label_is_refused(est: Est) -> None:
         expect_status=None,
     )  # fmt: skip
     assert status == 403 and b"may not enroll" in answer
+
+
+def test_https_with_several_edge_workers(est: Est) -> None:
+    """--workers 2 with --tls-port: each worker serves both ports; SIGTERM stops them all."""
+    http_port, tls_port = free_port(), free_port()
+    args = ["edge", "--port", str(http_port), "--workers", "2", "--tls-port", str(tls_port)]
+    args += ["--tls-cert", str(est.work / "localhost.pem"), "--tls-key", str(est.work / "localhost.key")]
+    edge = Server("edge-2", est.data, args, est.work / "edge2.log", port=http_port)
+    try:
+        edge.wait_ready()
+        for _ in range(4):  # spread over the workers
+            status, _ = est.curl(f"https://127.0.0.1:{tls_port}/.well-known/est/root/cacerts")
+            assert status == 200
+        plain = est.bash(
+            f"openssl ocsp -issuer root.pem -cert dms1.pem -url {edge.base_url}/ocsp -CAfile root.pem 2>&1"
+        )
+        assert "dms1.pem: good" in plain, plain
+        est.bash("openssl ocsp -issuer root.pem -cert dms1.pem -reqout req.der -no_nonce >/dev/null")
+        status, body = est.curl(
+            f"https://127.0.0.1:{tls_port}/ocsp", "--data-binary", f"@{est.work / 'req.der'}",
+            "-H", "Content-Type: application/ocsp-request",
+        )  # fmt: skip
+        assert status == 200 and body[:1] == b"\x30"
+    finally:
+        code = edge.stop()
+    assert code in (0, -15), edge.log()
