@@ -7,8 +7,11 @@ profile's extensions and the OCSP URL, and `openssl ocsp` says good for it at on
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,3 +241,47 @@ def test_https_with_several_edge_workers(est: Est) -> None:
     finally:
         code = edge.stop()
     assert code in (0, -15), edge.log()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of any of its threads: the pool starts from a thread)."""
+    found = []
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    for child in children:
+        found.append(child)
+        found += _descendants(child)
+    return found
+
+
+def test_a_killed_signer_worker_is_replaced_and_loses_nothing(est: Est) -> None:
+    """kill -9 of a worker process: the pool is rebuilt, the next enrollments succeed, and every
+    certificate that was answered is in the inventory with a good OCSP status."""
+    body = csr(est, "victim", "device-9")
+    base = f"{est.https}/.well-known/est/root/simpleenroll"
+    enroll = ("--cert", est.work / "dms1.pem", "--key", est.work / "dms1.key", "-H", "Content-Type: application/pkcs10")
+    est.curl(base, *enroll, "--data-binary", f"@{body}")  # workers exist now
+    workers = [
+        pid
+        for pid in _descendants(est.server.proc.pid)
+        if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert workers, "no signer worker process found"
+    os.kill(workers[0], signal.SIGKILL)
+    statuses = []
+    for _ in range(10):
+        status, p7 = est.curl(base, *enroll, "--data-binary", f"@{body}", expect_status=None)
+        statuses.append(status)
+        if status == 200:
+            (est.work / "after-kill.p7").write_bytes(p7)
+            break
+        assert status == 503, (status, p7)  # the jobs of the dead worker: Busy, never a 500
+        time.sleep(0.5)
+    assert statuses[-1] == 200, statuses
+    (est.work / "after-kill.pem").write_text(print_certs(est, "after-kill.p7"))
+    check_issued(est, "after-kill.pem", "victim.key")
