@@ -100,6 +100,7 @@ class EstConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tls_cert: str | None = None
     tls_key: str | None = None
     client_ca: str | None = None  # PEM bundle trusted for client certificates (default: the registry's CAs)
+    ra_trust_anchors: str | None = None  # PEM bundle: RA certificates may also be issued by these
     trusted_proxies: list[str] = msgspec.field(default_factory=list)  # addresses or CIDRs
     max_body_bytes: int = 65536
     job_timeout_seconds: float = 10.0

@@ -237,7 +237,8 @@ def build_app(
         live_inflight=config.workers.live_ocsp_max_inflight,
         live_timeout=config.est.job_timeout_seconds,
     )
-    return EdgeApp(ocsp, starlette, ClientTrust(source, config.est.client_ca, logger))
+    extra_trust = [path for path in (config.est.client_ca, config.est.ra_trust_anchors) if path]
+    return EdgeApp(ocsp, starlette, ClientTrust(source, extra_trust, logger))
 
 
 def create_app(config: Config | None = None) -> EdgeApp:

@@ -21,9 +21,9 @@ from edge.source import LmdbSource
 
 
 class ClientTrust:
-    def __init__(self, source: LmdbSource, client_ca_file: str | None, logger: logging.Logger) -> None:
+    def __init__(self, source: LmdbSource, client_ca_files: list[str], logger: logging.Logger) -> None:
         self._source = source
-        self._client_ca_file = client_ca_file
+        self._client_ca_files = client_ca_files
         self._logger = logger
         self._contexts: list[ssl.SSLContext] = []
         self._loaded: set[bytes] = set()
@@ -32,8 +32,8 @@ class ClientTrust:
     def ssl_context_factory(self, config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         """uvicorn's ``ssl_context_factory``: its default context, trusting our CAs for clients."""
         context = default_factory()
-        if self._client_ca_file:
-            context.load_verify_locations(self._client_ca_file)
+        for path in self._client_ca_files:
+            context.load_verify_locations(path)
         self._contexts.append(context)
         if self._source.open():
             self._source.refresh_issuers()

@@ -44,12 +44,21 @@ def _hasher() -> PasswordHasher:
 def cmd_ra_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from contract.store import IssuerRecord
     from signer.est_admin import add_ra
+    from signer.state import SignerError
 
     cert_data = args.cert.read_bytes()
     cas = [c for c in args.cas.split(",") if c.strip()]
+    anchors = []
+    if config.est.ra_trust_anchors:  # RAs issued outside the registry, by these CAs
+        from cryptography import x509
+
+        try:
+            anchors = x509.load_pem_x509_certificates(Path(config.est.ra_trust_anchors).read_bytes())
+        except ValueError as exc:
+            raise SignerError(f"est.ra_trust_anchors: {exc}") from None
     st = _open_store(data_dir, config)
     try:
-        record, issuer = add_ra(st, args.name, cert_data, cas, _now())
+        record, issuer = add_ra(st, args.name, cert_data, cas, _now(), anchors)
     finally:
         st.close()
     by = f"CA {issuer.name}" if isinstance(issuer, IssuerRecord) else f"trust anchor {issuer.subject.rfc4514_string()}"

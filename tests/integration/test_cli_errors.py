@@ -110,3 +110,22 @@ def test_usage_errors_exit_2_without_traceback(cli: Cli, args: list[str]) -> Non
     assert proc.returncode == 2
     assert "error:" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_ra_issued_by_a_configured_trust_anchor_is_accepted(tmp_path: Path) -> None:
+    """est.ra_trust_anchors: an RA certificate from a CA outside the registry."""
+    from tests.integration import helpers
+
+    data = tmp_path / "data"
+    helpers.pki_edge(data, "ca", "create", "root")
+    anchor, anchor_key = helpers.make_ca("outside RA CA")
+    ra_cert = helpers.make_leaf(anchor, anchor_key, "dms-outside", 0x1234)[0]
+    helpers.write_pem(tmp_path / "anchor.pem", anchor)
+    helpers.write_pem(tmp_path / "ra.pem", ra_cert)
+    refused = helpers.pki_edge(
+        data, "ra", "add", "outside", "--cert", tmp_path / "ra.pem", "--cas", "root", check=False
+    )
+    assert refused.returncode == 2 and "pki-edge: error:" in refused.stderr
+    (data / "pki-edge.toml").write_text(f'[est]\nra_trust_anchors = "{tmp_path / "anchor.pem"}"\n')
+    added = helpers.pki_edge(data, *add)
+    assert "trust anchor" in added.stdout and "CN=outside RA CA" in added.stdout
