@@ -122,9 +122,8 @@ def test_ra_issued_by_a_configured_trust_anchor_is_accepted(tmp_path: Path) -> N
     ra_cert = helpers.make_leaf(anchor, anchor_key, "dms-outside", 0x1234)[0]
     helpers.write_pem(tmp_path / "anchor.pem", anchor)
     helpers.write_pem(tmp_path / "ra.pem", ra_cert)
-    refused = helpers.pki_edge(
-        data, "ra", "add", "outside", "--cert", tmp_path / "ra.pem", "--cas", "root", check=False
-    )
+    add = ("ra", "add", "outside", "--cert", tmp_path / "ra.pem", "--cas", "root")
+    refused = helpers.pki_edge(data, *add, check=False)
     assert refused.returncode == 2 and "pki-edge: error:" in refused.stderr
     (data / "pki-edge.toml").write_text(f'[est]\nra_trust_anchors = "{tmp_path / "anchor.pem"}"\n')
     added = helpers.pki_edge(data, *add)
