@@ -133,7 +133,8 @@ class EstService:
         if op not in OPERATIONS:
             raise EstError(404, f"unknown EST operation {op!r}")
         if (request.method == "POST") != (op in POST_OPERATIONS):
-            raise EstError(405, f"{op} takes {'POST' if op in POST_OPERATIONS else 'GET'}")
+            allowed = "POST" if op in POST_OPERATIONS else "GET"
+            raise EstError(405, f"{op} takes {allowed}", {"Allow": allowed})
         if not self._secure(request):
             raise EstError(403, "EST requires HTTPS (or a trusted TLS-terminating proxy)")
         if op == "fullcmc":
@@ -148,8 +149,7 @@ class EstService:
             der = self._csrattrs.get(ca.name)
             if der is None:
                 return Response(b"", 204)
-            body = base64_body(der)
-            return Response(body, 200, headers=dict(_str_headers(est_response_headers(body, "application/csrattrs"))))
+            return _est_body(base64_body(der), "application/csrattrs")
         requester = await self._authorise_enrollment(request, ca, client_cert)
         self._rate_limit(requester)
         csr_body = await self._body(request)
@@ -162,10 +162,7 @@ class EstService:
         result = await self._submit(jobs.ServerKeygenJob(ca.name, _der(csr), requester))
         if not isinstance(result, jobs.IssuedWithKey):
             raise EstError(500, "unexpected answer from the signer")
-        body, content_type = serverkeygen_multipart(
-            result.key_pkcs8_der, x509.load_der_x509_certificate(result.cert_der)
-        )
-        return Response(body, 200, headers=dict(_str_headers(est_response_headers(body, content_type))))
+        return _est_body(*serverkeygen_multipart(result.key_pkcs8_der, x509.load_der_x509_certificate(result.cert_der)))
 
     # --- pieces -------------------------------------------------------------------------------
 
@@ -209,8 +206,7 @@ class EstService:
             record = self._source.issuers[parent]
             chain.append(x509.load_der_x509_certificate(record.cert_der))
             parent = record.parent
-        body = base64_body(certs_only(chain))
-        return Response(body, 200, headers=dict(_str_headers(est_response_headers(body, "application/pkcs7-mime"))))
+        return _est_body(base64_body(certs_only(chain)), "application/pkcs7-mime")
 
     async def _authorise_enrollment(self, request: Request, ca: IssuerRecord, cert: x509.Certificate | None) -> str:
         """An RA authorised for this CA (by its certificate), or an EST user of this label (Basic)."""
@@ -296,12 +292,17 @@ class EstService:
     def _certificate(self, result: jobs.Result) -> Response:
         if not isinstance(result, jobs.Issued):
             raise EstError(500, "unexpected answer from the signer")
-        body = base64_body(certs_only([x509.load_der_x509_certificate(result.cert_der)]))
-        return Response(body, 200, headers=dict(_str_headers(est_response_headers(body, EST_PKCS7_CONTENT_TYPE))))
+        return _est_body(
+            base64_body(certs_only([x509.load_der_x509_certificate(result.cert_der)])), EST_PKCS7_CONTENT_TYPE
+        )
 
 
-def _str_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+def _est_body(body: bytes, content_type: str) -> Response:
+    """200 with an EST body and its headers (Content-Transfer-Encoding, an exact Content-Length)."""
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1") for name, value in est_response_headers(body, content_type)
+    }
+    return Response(body, 200, headers=headers)
 
 
 def _der(csr: x509.CertificateSigningRequest) -> bytes:
