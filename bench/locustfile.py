@@ -110,7 +110,9 @@ def ocsp_failure(status_code: int, body: bytes) -> str | None:
 
 
 PREFIX = _prefix(os.environ.get("PKI_EDGE_OCSP_PREFIX", "/ocsp"))
-REQUESTS = load_requests(Path(os.environ.get("PKI_EDGE_REQUESTS", "requests.jsonl")), PREFIX)
+# EST users only (PKI_EDGE_EST_ONLY=1): no OCSP request file is needed.
+EST_ONLY = os.environ.get("PKI_EDGE_EST_ONLY", "") == "1"
+REQUESTS = [] if EST_ONLY else load_requests(Path(os.environ.get("PKI_EDGE_REQUESTS", "requests.jsonl")), PREFIX)
 ZIPF = _zipf_exponent(os.environ.get("PKI_EDGE_ZIPF", "0") or "0")
 CUM_WEIGHTS = zipf_cum_weights(len(REQUESTS), ZIPF)  # computed once; each draw is a bisect
 
@@ -158,3 +160,127 @@ class OcspPostUser(_OcspUser):
             allow_redirects=False,
         ) as response:
             self._check(response)
+
+
+# ------------------------------------------------------------------------------------------ EST
+# Enabled by PKI_EDGE_EST_RA_CERT and PKI_EDGE_EST_RA_KEY (an RA registered with `pki-edge ra add`):
+#   PKI_EDGE_EST_LABEL      the CA label (default: none, the server's default CA)
+#   PKI_EDGE_EST_PREFIX     default /.well-known/est (Lamassu: /api/devmanager/.well-known/est)
+#   PKI_EDGE_EST_SERVER_CA  PEM bundle to verify the HTTPS server with (default: the system's)
+#   PKI_EDGE_EST_WAIT       seconds each EST user waits between requests (default 0)
+# The host must be the HTTPS URL (--host https://HOST:TLS_PORT); OCSP is served there too. To run the
+# EST users alone, name them and set PKI_EDGE_EST_ONLY=1 (no request file then):
+#   PKI_EDGE_EST_ONLY=1 PKI_EDGE_EST_RA_CERT=ra.pem PKI_EDGE_EST_RA_KEY=ra.key PKI_EDGE_EST_LABEL=CA \
+#     locust -f bench/locustfile.py --headless -u 20 -r 20 -t 60s --host https://HOST:8443 \
+#     EstEnrollUser EstReenrollUser
+
+EST_RA = (os.environ.get("PKI_EDGE_EST_RA_CERT", ""), os.environ.get("PKI_EDGE_EST_RA_KEY", ""))
+EST_LABEL = os.environ.get("PKI_EDGE_EST_LABEL", "").strip("/")
+EST_PREFIX = _prefix(os.environ.get("PKI_EDGE_EST_PREFIX", "/.well-known/est"))
+EST_VERIFY: str | bool = os.environ.get("PKI_EDGE_EST_SERVER_CA", "") or True
+EST_WAIT = float(os.environ.get("PKI_EDGE_EST_WAIT", "0") or 0)
+
+
+def est_path(operation: str, label: str = EST_LABEL) -> str:
+    return f"{EST_PREFIX}/{label}/{operation}" if label else f"{EST_PREFIX}/{operation}"
+
+
+def new_csr(common_name: str, key: object | None = None) -> tuple[bytes, object]:
+    """(the base64 CSR body, its private key): a fresh P-256 key unless one is given (re-enroll)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return base64.b64encode(csr.public_bytes(serialization.Encoding.DER)), key
+
+
+def est_failure(status_code: int, body: bytes) -> str | None:
+    """None for an EST answer carrying a certificate (base64 of a DER PKCS#7), else the reason."""
+    if status_code != 200:
+        return f"HTTP {status_code}"
+    try:
+        der = base64.b64decode(body, validate=False)
+    except ValueError:
+        return "body is not base64"
+    return None if der[:1] == b"\x30" else "body is not a PKCS#7"
+
+
+class _EstUser(HttpUser):
+    abstract = True
+
+    def wait_time(self) -> float:
+        return EST_WAIT
+
+    def _post(self, path: str, body: bytes, name: str) -> bytes | None:
+        with self.client.post(
+            path,
+            data=body,
+            headers={"Content-Type": "application/pkcs10"},
+            name=name,
+            catch_response=True,
+            allow_redirects=False,
+        ) as response:
+            reason = est_failure(response.status_code, response.content or b"")
+            if reason is None:
+                response.success()
+                return bytes(response.content)
+            response.failure(reason)
+            return None
+
+
+if all(EST_RA):
+
+    class EstEnrollUser(_EstUser):
+        """A factory's RA enrolling new devices: a fresh key and CSR per request."""
+
+        def on_start(self) -> None:
+            self.client.cert = EST_RA
+            self.client.verify = EST_VERIFY
+
+        @task
+        def enroll(self) -> None:
+            body, _ = new_csr(f"locust-{random.getrandbits(64):016x}")
+            self._post(est_path("simpleenroll"), body, "POST simpleenroll")
+
+    class EstReenrollUser(_EstUser):
+        """A device renewing its own certificate (enrolled once through the RA at start)."""
+
+        def on_start(self) -> None:
+            import tempfile
+
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.serialization import pkcs7
+
+            self._name = f"locust-device-{random.getrandbits(64):016x}"
+            body, key = new_csr(self._name)
+            self.client.verify = EST_VERIFY
+            self.client.cert = EST_RA
+            answer = self._post(est_path("simpleenroll"), body, "POST simpleenroll (setup)")
+            if answer is None:
+                raise SystemExit("locustfile: the RA could not enroll the re-enrolling device")
+            cert = pkcs7.load_der_pkcs7_certificates(base64.b64decode(answer))[0]
+            self._dir = tempfile.TemporaryDirectory(prefix="locust-est-")
+            cert_path, key_path = Path(self._dir.name, "device.pem"), Path(self._dir.name, "device.key")
+            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            key_path.write_bytes(
+                key.private_bytes(  # type: ignore[attr-defined]
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+            self._key = key
+            self.client.cert = (str(cert_path), str(key_path))
+
+        @task
+        def reenroll(self) -> None:
+            body, _ = new_csr(self._name, self._key)  # same subject, same key: a renewal
+            self._post(est_path("simplereenroll"), body, "POST simplereenroll")
+
+        def on_stop(self) -> None:
+            self._dir.cleanup()

@@ -285,3 +285,37 @@ def test_a_killed_signer_worker_is_replaced_and_loses_nothing(est: Est) -> None:
     assert statuses[-1] == 200, statuses
     (est.work / "after-kill.pem").write_text(print_certs(est, "after-kill.p7"))
     check_issued(est, "after-kill.pem", "victim.key")
+
+
+def test_locust_est_users(est: Est) -> None:
+    """bench/locustfile.py's EST users against the running server: enrollments and re-enrollments, no failure."""
+    import csv
+    import sys
+
+    locust = Path(sys.executable).with_name("locust")
+    out = est.work / "locust-est"
+    env = {
+        **helpers.clean_env(),
+        "PKI_EDGE_EST_ONLY": "1",
+        "PKI_EDGE_EST_RA_CERT": str(est.work / "dms1.pem"),
+        "PKI_EDGE_EST_RA_KEY": str(est.work / "dms1.key"),
+        "PKI_EDGE_EST_LABEL": "root",
+        "PKI_EDGE_EST_SERVER_CA": str(est.work / "tlsca.pem"),
+        "PKI_EDGE_EST_WAIT": "0.5",  # stay under the default per-client rate limit
+    }
+    command = [str(locust), "-f", str(Path(__file__).parents[2] / "bench" / "locustfile.py"), "--headless"]
+    command += ["-u", "2", "-r", "2", "-t", "4s", "--stop-timeout", "2", "--host", est.https, "--csv", str(out)]
+    command += ["--only-summary", "EstEnrollUser", "EstReenrollUser"]
+    done = subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with Path(f"{out}_stats.csv").open(newline="") as f:
+        stats = {row["Name"]: row for row in csv.DictReader(f)}
+    for name in ("POST simpleenroll", "POST simplereenroll"):
+        assert int(stats[name]["Request Count"]) > 0, stats
+        assert int(stats[name]["Failure Count"]) == 0, stats
