@@ -228,7 +228,12 @@ def _edge_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", default=argparse.SUPPRESS, help="data directory (default $PKI_EDGE_DATA or ./data)")
-    parser = argparse.ArgumentParser(prog="pki-edge", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="pki-edge",
+        description="OCSP (RFC 6960/5019bis) and EST (RFC 7030) edge, with the signer that precomputes responses.",
+        epilog="Every command takes --data DIR; see README.md for the configuration file and environment.",
+        parents=[common],
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ca = sub.add_parser("ca", help="manage the CA registry", parents=[common])
