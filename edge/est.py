@@ -212,7 +212,7 @@ class EstService:
         """An RA authorised for this CA (by its certificate), or an EST user of this label (Basic)."""
         if cert is not None:
             directory = est_auth.RaDirectory(self._source.registration_authorities())
-            decision = directory.authorise(cert, ca.name, self._now(), self._is_revoked)
+            decision = directory.authorise(cert, ca.name, self._now(), self._source.is_revoked)
             if decision.authorised:
                 return f"ra:{decision.ra}"
             if decision.ra is not None:  # a known RA, but not for this CA, or revoked/expired
@@ -230,14 +230,6 @@ class EstService:
         if cert is not None:
             raise EstError(403, "this client certificate is not a registration authority for this CA")
         raise EstError(401, "", {"WWW-Authenticate": f'Basic realm="{ca.name}", charset="UTF-8"'})
-
-    def _is_revoked(self, cert: x509.Certificate) -> bool:
-        for record in self._source.issuers.values():
-            if x509.load_der_x509_certificate(record.cert_der).subject == cert.issuer:
-                entry = self._source.certificate(record.number, cert.serial_number)
-                if entry is not None and entry.revoked_at is not None:
-                    return True
-        return False
 
     async def _reenroll(self, request: Request, label: str | None, cert: x509.Certificate | None) -> Response:
         if cert is None:

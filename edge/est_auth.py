@@ -27,14 +27,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import lmdb
 from argon2 import PasswordHasher
 from argon2.exceptions import Argon2Error, InvalidHashError
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from contract import store
 from contract.config import ConfigError
 from contract.store import EstUserRecord, RaRecord
 
@@ -333,56 +330,7 @@ def verify_basic(
     return user
 
 
-def lookup_user(env: lmdb.Environment, db: Any) -> UserLookup:
-    """A ``(label, name) -> EstUserRecord | None`` reader of the ``est_users`` database."""
-    max_key = env.max_key_size()
-
-    def lookup(label: str, name: str) -> EstUserRecord | None:
-        if "\x00" in label or "\x00" in name:
-            return None
-        try:
-            key = store.est_user_key(label, name)
-        except UnicodeEncodeError:
-            return None
-        if len(key) > max_key:
-            return None
-        with env.begin(db=db) as txn:
-            raw = txn.get(key)
-        return None if raw is None else store.EST_USER_DECODER.decode(raw)
-
-    return lookup
-
-
 # ------------------------------------------------------------------ registration authorities
-
-
-def read_ras(env: lmdb.Environment, db: Any) -> list[RaRecord]:
-    """Every RA record of the ``ras`` database (reload when the registry generation changes)."""
-    with env.begin(db=db) as txn:
-        return [store.RA_DECODER.decode(v) for _, v in txn.cursor()]
-
-
-def revocation_lookup(env: lmdb.Environment, issuers_db: Any, inventory_db: Any) -> RevocationCheck:
-    """An ``is_revoked`` callback: True when the certificate's registry CA (by name and signature)
-    has it revoked in its inventory. Not in the inventory, or not issued by a registry CA: False."""
-
-    def is_revoked(cert: x509.Certificate) -> bool:
-        with env.begin() as txn:
-            for _, raw in txn.cursor(db=issuers_db):
-                issuer = store.ISSUER_DECODER.decode(raw)
-                ca = x509.load_der_x509_certificate(issuer.cert_der)
-                if cert.issuer != ca.subject:
-                    continue
-                try:
-                    cert.verify_directly_issued_by(ca)
-                except (ValueError, TypeError, InvalidSignature):
-                    continue
-                key = store.inventory_key(issuer.number, store.serial_key(cert.serial_number))
-                entry = txn.get(key, db=inventory_db)
-                return entry is not None and store.CERT_DECODER.decode(entry).revoked_at is not None
-        return False
-
-    return is_revoked
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,15 @@ from typing import Any, Protocol
 
 import lmdb
 from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from contract import store
 from contract.store import StoredResponse
 from edge.clock import Clock
 from edge.ocsp_request import CertID
 
+MAX_LMDB_KEY = 511  # LMDB's default key size limit
 _HASHLIB_NAMES = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
 
 
@@ -97,9 +100,7 @@ class LmdbSource:
         self._table: dict[tuple[bytes, bytes, bytes], bytes] = {}
         self.issuers: dict[str, store.IssuerRecord] = {}
         self._registry_listeners: list[Callable[[list[store.IssuerRecord]], None]] = []
-        self._inventory: Any = None
-        self._ras: Any = None
-        self._est_users: Any = None
+        self._dbs: dict[bytes, Any] = {}
 
     def open(self) -> bool:
         """Open the store if it exists; True when open. Called at worker start and retried."""
@@ -117,9 +118,7 @@ class LmdbSource:
         self._responses = dbs[store.DB_RESPONSES]
         self._issuers_db = dbs[store.DB_ISSUERS]
         self._meta = dbs[store.DB_META]
-        self._inventory = dbs[store.DB_INVENTORY]
-        self._ras = dbs[store.DB_RAS]
-        self._est_users = dbs[store.DB_EST_USERS]
+        self._dbs = dbs
         self.refresh_issuers()
         return True
 
@@ -154,27 +153,52 @@ class LmdbSource:
 
     # Reads for EST (authentication and status of certificates), through the same seam.
 
-    def _get(self, db: Any, key: bytes) -> bytes | None:
+    def _get(self, db_name: bytes, key: bytes) -> bytes | None:
         if self._env is None and not self.open():
             raise Unavailable("store not created yet")
         assert self._env is not None
-        with self._env.begin(db=db) as txn:
+        with self._env.begin(db=self._dbs[db_name]) as txn:
             return txn.get(key)
 
     def registration_authorities(self) -> list[store.RaRecord]:
         if self._env is None and not self.open():
             raise Unavailable("store not created yet")
         assert self._env is not None
-        with self._env.begin(db=self._ras) as txn:
+        with self._env.begin(db=self._dbs[store.DB_RAS]) as txn:
             return [store.RA_DECODER.decode(value) for _, value in txn.cursor()]
 
     def est_user(self, label: str, name: str) -> store.EstUserRecord | None:
-        raw = self._get(self._est_users, store.est_user_key(label, name))
+        """The Basic credentials of ``name`` on ``label``; None for any name no key can hold."""
+        if "\x00" in label or "\x00" in name:
+            return None
+        try:
+            key = store.est_user_key(label, name)
+        except UnicodeEncodeError:
+            return None
+        if len(key) > MAX_LMDB_KEY:
+            return None
+        raw = self._get(store.DB_EST_USERS, key)
         return store.EST_USER_DECODER.decode(raw) if raw is not None else None
 
-    def certificate(self, issuer_number: int, serial: int) -> store.CertRecord | None:
-        raw = self._get(self._inventory, store.inventory_key(issuer_number, store.serial_key(serial)))
-        return store.CERT_DECODER.decode(raw) if raw is not None else None
+    def is_revoked(self, cert: x509.Certificate) -> bool:
+        """True when the registry CA that issued ``cert`` (by name and signature) has it revoked."""
+        if not self.open():
+            raise Unavailable("store not created yet")
+        self.refresh_issuers()
+        for record in self.issuers.values():
+            ca = x509.load_der_x509_certificate(record.cert_der)
+            if cert.issuer != ca.subject:
+                continue
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            raw = self._get(
+                store.DB_INVENTORY, store.inventory_key(record.number, store.serial_key(cert.serial_number))
+            )
+            if raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None:
+                return True
+        return False
 
     def cert_ref(self, cert_id: CertID) -> tuple[int, int] | None:
         """(issuer number, hash code) for a CertID's issuer and algorithm, if known."""

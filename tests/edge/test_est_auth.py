@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import urllib.parse
 from pathlib import Path
 
@@ -22,13 +23,11 @@ from edge.est_auth import (
     TrustedProxies,
     choose_client_cert,
     client_cert_from_forwarded,
-    lookup_user,
     parse_basic,
-    read_ras,
-    revocation_lookup,
     verify_basic,
     xfcc_elements,
 )
+from edge.source import LmdbSource
 from tests.edge.conftest import Pki, make_pki
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -309,6 +308,11 @@ def test_verify_basic_errors_of_the_store_propagate():
 # ------------------------------------------------------------------ store readers
 
 
+def source(e) -> LmdbSource:
+    """The edge's seam over this environment (the store readers live there)."""
+    return LmdbSource(lambda: e, logging.getLogger("test"))
+
+
 @pytest.fixture
 def env(tmp_path: Path):
     e = store.open_env(tmp_path, readonly=False, map_size=16 << 20)
@@ -321,7 +325,7 @@ def test_lookup_user(env):
     record = EstUserRecord("ca1", "alice", CHEAP.hash("pw"), 5)
     with e.begin(write=True, db=dbs[store.DB_EST_USERS]) as txn:
         txn.put(store.est_user_key("ca1", "alice"), store.EST_USER_ENCODER.encode(record))
-    lookup = lookup_user(e, dbs[store.DB_EST_USERS])
+    lookup = source(e).est_user
     assert lookup("ca1", "alice") == record
     assert lookup("ca2", "alice") is None
     assert lookup("ca1", "bob") is None
@@ -334,11 +338,11 @@ def test_lookup_user(env):
 def test_read_ras(env, pki):
     e, dbs = env
     ras = [RaRecord("b", der(pki.leaf), ["ca1"]), RaRecord("a", der(pki.leaf2), ["ca2"], 7)]
-    assert read_ras(e, dbs[store.DB_RAS]) == []
+    assert source(e).registration_authorities() == []
     with e.begin(write=True, db=dbs[store.DB_RAS]) as txn:
         for ra in ras:
             txn.put(ra.name.encode(), store.RA_ENCODER.encode(ra))
-    assert read_ras(e, dbs[store.DB_RAS]) == [ras[1], ras[0]]
+    assert source(e).registration_authorities() == [ras[1], ras[0]]
 
 
 def test_revocation_lookup(env, pki):
@@ -352,7 +356,9 @@ def test_revocation_lookup(env, pki):
             store.CERT_ENCODER.encode(revoked),
             db=dbs[store.DB_INVENTORY],
         )
-    is_revoked = revocation_lookup(e, dbs[store.DB_ISSUERS], dbs[store.DB_INVENTORY])
+    with e.begin(write=True) as txn:  # the source reloads its issuers when the generation changes
+        txn.put(store.META_REGISTRY_GENERATION, store.pack_u64(1), db=dbs[store.DB_META])
+    is_revoked = source(e).is_revoked
     assert is_revoked(pki.leaf) is True
     assert is_revoked(pki.leaf2) is False  # not in the inventory
     other = make_pki()  # same names, other keys: the signature does not verify

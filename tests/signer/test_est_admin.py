@@ -6,6 +6,7 @@ import argparse
 import base64
 import datetime as dt
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 
 from contract import store
 from contract.config import Config
-from edge.est_auth import lookup_user, read_ras, verify_basic
+from edge.est_auth import verify_basic
+from edge.source import LmdbSource
 from signer import cli_est
 from signer.est_admin import (
     add_est_user,
@@ -68,7 +70,7 @@ def test_add_list_remove_ra(st, cas):
     assert record == store.RaRecord("ra-1.x_y", der(cert), ["ca1", "ca2"], int(NOW.timestamp()))
     assert list_ras(st) == [record]
     assert st.registry_generation() == generation + 1  # the edge reloads its RA directory
-    assert read_ras(st.env, st.env.open_db(store.DB_RAS)) == [record]
+    assert LmdbSource(lambda: st.env, logging.getLogger("t")).registration_authorities() == [record]
 
     assert remove_ra(st, "ra-1.x_y") == record
     assert list_ras(st) == []
@@ -179,7 +181,7 @@ def test_add_user_hash_at_rest_and_verify(st, cas):
         raw = txn.get(store.est_user_key("ca1", "device-maker"))
     assert store.EST_USER_DECODER.decode(raw).password_hash.startswith("$argon2id$")
 
-    lookup = lookup_user(st.env, db)
+    lookup = LmdbSource(lambda: st.env, logging.getLogger("t")).est_user
     assert verify_basic(basic("device-maker", "s3cret: with colon"), "ca1", lookup, CHEAP) == "device-maker"
     assert verify_basic(basic("device-maker", "wrong"), "ca1", lookup, CHEAP) is None
     assert verify_basic(basic("device-maker", "s3cret: with colon"), "ca2", lookup, CHEAP) is None
@@ -191,7 +193,7 @@ def test_add_user_hash_at_rest_and_verify(st, cas):
 def test_default_hasher_is_argon2id_with_library_defaults(st, cas):
     record, _ = add_est_user(st, "ca1", "u", "pw", NOW)
     assert record.password_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
-    assert verify_basic(basic("u", "pw"), "ca1", lookup_user(st.env, st.env.open_db(store.DB_EST_USERS))) == "u"
+    assert verify_basic(basic("u", "pw"), "ca1", LmdbSource(lambda: st.env, logging.getLogger("t")).est_user) == "u"
 
 
 def test_readding_a_user_replaces_the_password(st, cas):
@@ -199,7 +201,7 @@ def test_readding_a_user_replaces_the_password(st, cas):
     second, replaced = add_est_user(st, "ca1", "u", "new", NOW + dt.timedelta(hours=1), CHEAP)
     assert replaced and second.password_hash != first.password_hash
     assert list_est_users(st) == [second]
-    lookup = lookup_user(st.env, st.env.open_db(store.DB_EST_USERS))
+    lookup = LmdbSource(lambda: st.env, logging.getLogger("t")).est_user
     assert verify_basic(basic("u", "new"), "ca1", lookup, CHEAP) == "u"
     assert verify_basic(basic("u", "old"), "ca1", lookup, CHEAP) is None
 
@@ -328,7 +330,7 @@ def test_cli_est_users(cli_dir, capsys, monkeypatch):
 
     st = SignerStore(cli_dir, Config())
     try:
-        lookup = lookup_user(st.env, st.env.open_db(store.DB_EST_USERS))
+        lookup = LmdbSource(lambda: st.env, logging.getLogger("t")).est_user
         assert verify_basic(basic("alice", "pw two"), "ca1", lookup, CHEAP) == "alice"
         assert verify_basic(basic("alice", "pw one"), "ca1", lookup, CHEAP) is None
     finally:
