@@ -38,3 +38,15 @@ test-slow: $(STAMP) tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# The benchmark against nginx, cfssl and openssl (bench/README.md): `make bench` is the quick mode (a few
+# minutes), `make bench-full` the full one (1,000,000 serials; about an hour). Missing tools (wrk,
+# nginx-light, golang-cfssl) are installed with apt-get when run as root, otherwise the command is printed.
+.PHONY: bench bench-full
+bench: $(STAMP)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet 'matplotlib>=3.8'
+	$(BIN)/python -m bench.run --mode quick --install-tools
+
+bench-full: $(STAMP)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet 'matplotlib>=3.8'
+	$(BIN)/python -m bench.run --mode full --install-tools

@@ -1,0 +1,70 @@
+"""Reading CPU time and memory from /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import procstat
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc needed")
+
+
+def test_parse_stat_with_awkward_command_name():
+    line = "4242 (a (b) c) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 75 3 4 20 0 1 0 123 456 78 1 2 3"
+    st = procstat.parse_stat(line)
+    assert (st.pid, st.ppid, st.utime, st.stime, st.cutime, st.cstime) == (4242, 17, 250, 75, 3, 4)
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_own_cpu_matches_os_times():
+    _burn(0.05)
+    times = os.times()
+    mine = procstat.self_cpu_seconds()
+    assert mine == pytest.approx(times.user + times.system, abs=0.05)
+
+
+def test_tree_counts_children_alive_and_reaped():
+    code = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 20
+        while (
+            procstat.read_stat(child.pid) is None
+            or (
+                procstat.read_stat(child.pid).utime + procstat.read_stat(child.pid).stime  # type: ignore[union-attr]
+            )
+            < 0.25 * procstat.CLOCK_TICKS
+        ):
+            assert time.monotonic() < deadline, "child never used its CPU"
+            time.sleep(0.05)
+        assert child.pid in procstat.descendants(os.getpid())
+        own = procstat.self_cpu_seconds()
+        tree = procstat.tree_cpu_seconds(os.getpid())
+        assert tree >= own + 0.25
+    finally:
+        child.kill()
+        child.wait()
+    # Reaped: its time now shows in our cutime, still counted once by the tree.
+    assert procstat.tree_cpu_seconds(os.getpid()) >= procstat.self_cpu_seconds() + 0.25
+
+
+def test_memory_of_self():
+    mem = procstat.memory_kb(os.getpid())
+    assert mem["VmRSS"] > 0
+    assert {"RssAnon", "RssFile"} <= set(mem)
+    assert procstat.memory_kb(2**22 + 12345) == {}  # no such process
+
+
+def test_gone_process_reads_none():
+    assert procstat.read_stat(2**22 + 12345) is None
+    assert procstat.tree_cpu_seconds(2**22 + 12345) == 0

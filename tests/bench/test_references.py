@@ -1,0 +1,76 @@
+"""Feeding the references the same data, and the runner's small helpers."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from bench import references, reqset, run
+from bench.dataset import Serial
+from signer.certs import make_ca_certificate
+from signer.keys import generate_key
+
+
+def test_static_files_nest_at_the_decoded_get_path(tmp_path: Path):
+    der = bytes(range(256))  # its base64 holds '/' and '+'
+    name = reqset.static_file_name(der)
+    assert "/" in name and "+" in name
+    assert references.export_static_files(tmp_path, [(name, b"response")]) == 1
+    assert (tmp_path / name).read_bytes() == b"response"
+
+
+def test_cfssl_file_is_one_base64_response_per_line(tmp_path: Path):
+    assert references.export_cfssl_responses(tmp_path / "r.txt", [b"\x30\x03\x0a\x01\x00", b"\x30\x00"]) == 2
+    lines = (tmp_path / "r.txt").read_text().splitlines()
+    assert [base64.b64decode(line) for line in lines] == [b"\x30\x03\x0a\x01\x00", b"\x30\x00"]
+
+
+def test_nginx_conf(tmp_path: Path):
+    conf = references.nginx_conf(tmp_path / "root", tmp_path / "tmp", 18080, as_root=True)
+    for needle in (
+        "worker_processes 1;",
+        "daemon off;",
+        "access_log off;",
+        "default_type application/ocsp-response;",
+        "listen 127.0.0.1:18080;",
+        "merge_slashes off;",
+        f"root {tmp_path / 'root'};",
+        f"pid {tmp_path / 'tmp'}/nginx.pid;",
+        "user root;",
+    ):
+        assert needle in conf
+    assert "user root" not in references.nginx_conf(tmp_path, tmp_path, 1, as_root=False)
+
+
+def test_specs_cover_every_server():
+    assert set(references.SPECS) == set(references.ALL_SERVERS)
+    assert references.SPECS["nginx"].methods == {"GET"}
+    assert references.SPECS["cfssl"].methods == {"POST"}
+    assert references.SPECS["openssl"].fresh_per_run
+
+
+def test_paced_connections():
+    assert run.paced_connections(3000) == (32, 10)  # 3000 req/s × 10.5 ms
+    assert run.paced_connections(1) == (1, 10)
+    connections, delay = run.paced_connections(1_000_000)
+    assert connections == 1000 and delay == 1
+
+
+def test_rotated():
+    assert run.rotated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert run.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+    assert run.rotated([], 3) == []
+
+
+def test_request_set_files(tmp_path: Path):
+    ca = make_ca_certificate("rs", generate_key("ec-p256"), 30, dt.datetime.now(dt.UTC)).public_bytes(Encoding.DER)
+    sample = [Serial(1000 + i, i == 3) for i in range(20)]
+    rs = run.make_request_set(ca, sample, tmp_path, 100, 1, run.MIXES)
+    assert len(rs.items) + rs.excluded == 40
+    for mix in run.MIXES:
+        lines = rs.mixes[mix].read_text().splitlines()
+        assert len(lines) == 100 == len(rs.chosen[mix])
+        assert all(line.startswith(mix.split("-")[0].upper() + " /") for line in lines)

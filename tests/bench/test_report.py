@@ -1,0 +1,173 @@
+"""Medians, per-round ratios, the table, goal verdicts, JSON and the README section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import plots, report
+
+
+def _run(server, mix, rnd, rps, cpu_s, requests=None, p99=1000.0, errors=0):
+    requests = requests if requests is not None else int(rps * 5)
+    return {
+        "server": server,
+        "mix": mix,
+        "round": rnd,
+        "rps": rps,
+        "requests": requests,
+        "req_per_cpu_s": requests / cpu_s,
+        "server_cpu_s": cpu_s,
+        "server_cpu_util": cpu_s / 5,
+        "client_cpu_util": 0.5,
+        "latency_us": {"p50": 300.0, "p99": p99},
+        "error_count": errors,
+        "bytes_per_response": 600.0,
+    }
+
+
+RUNS = [
+    # Round 0: pki-edge 2× nginx; round 1: 1×; round 2: 4× (median of ratios: 2).
+    _run("pki-edge", "get-uniform", 0, 2000, 1.0),
+    _run("nginx", "get-uniform", 0, 1000, 1.0),
+    _run("pki-edge", "get-uniform", 1, 3000, 1.0),
+    _run("nginx", "get-uniform", 1, 3000, 1.0),
+    _run("pki-edge", "get-uniform", 2, 4000, 1.0),
+    _run("nginx", "get-uniform", 2, 1000, 1.0, errors=2),
+    _run("pki-edge", "post-uniform", 0, 3000, 1.0),
+    _run("cfssl", "post-uniform", 0, 1000, 1.0),
+]
+
+
+def test_summary_medians_and_per_round_ratios():
+    rows = report.summarize(RUNS)
+    edge = next(r for r in rows if r["server"] == "pki-edge" and r["mix"] == "get-uniform")
+    assert edge["rps"] == 3000
+    assert edge["rounds"] == 3
+    assert edge["x_nginx_rps"] == pytest.approx(2.0)  # median of 2, 1, 4 (not 3000 / 1000)
+    assert edge["x_cfssl_rps"] is None
+    nginx = next(r for r in rows if r["server"] == "nginx")
+    assert nginx["x_nginx_rps"] is None
+    assert nginx["errors"] == 2
+    post = next(r for r in rows if r["mix"] == "post-uniform" and r["server"] == "pki-edge")
+    assert post["x_cfssl_rps"] == pytest.approx(3.0)
+    assert post["x_nginx_rps"] is None
+    assert [r["server"] for r in rows if r["mix"] == "get-uniform"] == ["pki-edge", "nginx"]
+
+
+def test_table_has_a_row_per_server_and_mix():
+    text = report.table(report.summarize(RUNS))
+    lines = text.splitlines()
+    assert lines[0].startswith("| server | mix | req/s | req/CPU-s |")
+    assert len(lines) == 2 + 4
+    assert "| pki-edge | get-uniform | 3000 |" in text
+    assert "2.00×" in text and "n/a" in text
+
+
+def test_goals_verdicts():
+    results = {
+        "summary": report.summarize(RUNS),
+        "revocation": {"delays_s": [0.1] * 99 + [2.0], "p50_s": 0.1, "p99_s": 0.1, "max_s": 2.0, "missed": 0},
+        "edge_start": [{"serials": 10000, "median_s": 0.5, "max_s": 1.5, "samples_s": [0.5, 1.5]}],
+        "signer": {
+            "rates": [
+                {
+                    "key": "rsa-2048",
+                    "serials": 10,
+                    "ratio": 0.96,
+                    "responses_per_cpu_second": 96,
+                    "raw_per_cpu_second": 100,
+                }
+            ]
+        },
+    }
+    goals = {g["goal"]: g["verdict"] for g in report.goals(results)}
+    assert goals["get-uniform: ≥ 1.0× nginx static (req/s and req/CPU-s)"] == "PASS"
+    assert goals["post-uniform: ≥ 3× cfssl"] == "PASS"
+    assert goals["post-uniform: ≥ 1.0× nginx static"] == "n/a"
+    assert goals["get-uniform: ≥ 3× cfssl"] == "n/a"
+    assert goals["revocation propagation under load, p99 over 100 revocations ≤ 1 s"] == "PASS"
+    assert goals["edge worker serving within 1 s of start (10,000 serials)"] == "FAIL"
+    assert goals["signer rsa-2048 (10 serials): signed+stored ≥ 95% of raw sign()"] == "PASS"
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert report.percentile(values, 50) == 50.0
+    assert report.percentile(values, 99) == 99.0
+    assert report.percentile(values, 100) == 100.0
+    assert report.percentile([3.0], 99) == 3.0
+    with pytest.raises(ValueError):
+        report.percentile([], 50)
+
+
+def _results() -> dict:
+    summary = report.summarize(RUNS)
+    latency_runs = [
+        {**_run(s, "get-uniform", 0, 500, 0.2), "target_rps": 500.0, "connections": 5, "delay_ms": 10}
+        for s in ("pki-edge", "nginx")
+    ]
+    results = {
+        "mode": "quick",
+        "started": "2026-01-01T00:00:00Z",
+        "duration_s": 180.0,
+        "command": "make bench   # = python -m bench.run --mode quick",
+        "machine": {
+            "nproc": 2,
+            "cpu_model": "Test CPU",
+            "memory_mb": 4096,
+            "kernel": "6.1",
+            "os": "Debian",
+            "virtualization": "kvm",
+        },
+        "versions": {"python": "3.11", "nginx": "1.22"},
+        "config": {
+            "server_cpu": 0,
+            "load_cpu": 1,
+            "serials": 10000,
+            "hash_algorithms": ["sha1", "sha256"],
+            "items": 20000,
+            "mix_length": 50000,
+            "rounds": 3,
+            "seconds": 5,
+            "openssl_seconds": 2,
+            "connections": 32,
+        },
+        "runs": RUNS,
+        "summary": summary,
+        "latency": {"runs": latency_runs, "summary": report.summarize_latency(latency_runs)},
+        "notes": ["a note"],
+    }
+    results["goals"] = report.goals(results)
+    return results
+
+
+def test_readme_section_is_replaced_in_place(tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Bench\n\nintro\n\n## Latest results\n\nold text\n")
+    results = _results()
+    report.update_readme(readme, report.section(results))
+    first = readme.read_text()
+    assert first.startswith("# Bench\n\nintro\n")
+    assert first.count(report.README_START) == 1
+    assert "| pki-edge | get-uniform | 3000 |" in first
+    assert "make bench   # = python -m bench.run --mode quick" in first
+    assert "a note" in first
+    results["summary"][0]["rps"] = 1234.0
+    report.update_readme(readme, report.section(results))
+    second = readme.read_text()
+    assert second.count(report.README_START) == 1 and second.count(report.README_END) == 1
+    assert "| 1234 |" in second
+    assert second.split(report.README_START)[0] == first.split(report.README_START)[0]
+
+
+def test_json_and_plots(tmp_path: Path):
+    results = _results()
+    report.write_json(tmp_path / "out" / "latest.json", results)
+    assert json.loads((tmp_path / "out" / "latest.json").read_text())["summary"][0]["server"] == "pki-edge"
+    png = plots.throughput(results["summary"], tmp_path / "t.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = plots.latency(results["latency"]["summary"], tmp_path / "l.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
