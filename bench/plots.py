@@ -28,7 +28,10 @@ def throughput(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Grouped bars per mix: req/s and req/CPU-s of each server (whiskers: min..max over rounds)."""
     plt = _pyplot()
     mixes = list(dict.fromkeys(r["mix"] for r in rows))
-    servers = list(dict.fromkeys(r["server"] for r in rows))
+    order = list(COLORS)
+    servers = sorted(
+        dict.fromkeys(r["server"] for r in rows), key=lambda s: order.index(s) if s in order else len(order)
+    )
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     width = 0.8 / max(1, len(servers))
     for ax, key, label in (

@@ -80,7 +80,7 @@ def static_file_name(der: bytes) -> str:
 
 
 def servable_as_static_file(item: Item) -> bool:
-    """A base64 ending in '/' names a directory, not a file: nginx cannot serve it (about 1 request in 200)."""
+    """A base64 ending in '/' names a directory, not a file: nginx cannot serve it (under 1 % of requests)."""
     return not b64(item.der).endswith("/")
 
 

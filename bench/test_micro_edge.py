@@ -1,5 +1,5 @@
 """Micro benchmarks of the OCSP hot path pieces. `make test` runs them once (--benchmark-disable)
-so they never rot; `make bench` times them."""
+so they never rot; `.venv/bin/pytest bench --benchmark-enable` times them."""
 
 from __future__ import annotations
 
