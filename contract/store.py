@@ -217,5 +217,20 @@ def open_env(data_dir: Path, *, readonly: bool, map_size: int) -> lmdb.Environme
     )
 
 
+# Databases added after the first release: a reader of an older store sees them as empty
+# until a signer-side command (which creates every database) has opened the store.
+LATER_DBS = (DB_RAS, DB_EST_USERS)
+
+
 def open_dbs(env: lmdb.Environment, *, readonly: bool) -> dict[bytes, Any]:
-    return {name: env.open_db(name, create=not readonly) for name in ALL_DBS}
+    if not readonly:
+        return {name: env.open_db(name, create=True) for name in ALL_DBS}
+    dbs: dict[bytes, Any] = {}
+    for name in ALL_DBS:
+        try:
+            dbs[name] = env.open_db(name, create=False)
+        except lmdb.NotFoundError:
+            if name not in LATER_DBS:
+                raise
+            dbs[name] = None
+    return dbs

@@ -157,6 +157,8 @@ class LmdbSource:
         if self._env is None and not self.open():
             raise Unavailable("store not created yet")
         assert self._env is not None
+        if self._dbs[db_name] is None:  # an older store without this database: nothing in it
+            return None
         with self._env.begin(db=self._dbs[db_name]) as txn:
             return txn.get(key)
 
@@ -164,6 +166,8 @@ class LmdbSource:
         if self._env is None and not self.open():
             raise Unavailable("store not created yet")
         assert self._env is not None
+        if self._dbs[store.DB_RAS] is None:
+            return []
         with self._env.begin(db=self._dbs[store.DB_RAS]) as txn:
             return [store.RA_DECODER.decode(value) for _, value in txn.cursor()]
 

@@ -200,3 +200,21 @@ def test_store_not_created_answers_try_later(tmp_path):
     post, ready = asyncio.run(go())
     assert post.status_code in (400, 503)
     assert ready.status_code == 503
+
+
+def test_a_store_from_before_the_est_databases_still_serves(tmp_path):
+    """An edge reading a store created before ras/est_users existed: OCSP works, EST sees no RA/user."""
+    import lmdb
+
+    from contract import store
+
+    env = lmdb.open(str(tmp_path / "store"), max_dbs=len(store.ALL_DBS), map_size=1 << 24)
+    for name in store.ALL_DBS:
+        if name not in store.LATER_DBS:
+            env.open_db(name, create=True)
+    env.close()
+    reader = store.open_env(tmp_path, readonly=True, map_size=1 << 24)
+    source = LmdbSource(lambda: reader, logging.getLogger("t"))
+    assert source.open()
+    assert source.registration_authorities() == []
+    assert source.est_user("ca", "alice") is None
