@@ -24,7 +24,6 @@ Headers = list[tuple[bytes, bytes]]
 
 # OCSPResponse with only a responseStatus (RFC 6960 §2.3): no responseBytes, nothing signed.
 MALFORMED_REQUEST = bytes.fromhex("30030a0101")
-INTERNAL_ERROR = bytes.fromhex("30030a0102")
 TRY_LATER = bytes.fromhex("30030a0103")
 UNAUTHORIZED = bytes.fromhex("30030a0106")
 
@@ -110,7 +109,6 @@ class OCSPAnswerer:
         self.too_large = _unsigned(413, MALFORMED_REQUEST)
         self.unauthorized = _unsigned(200, UNAUTHORIZED)
         self.try_later = _unsigned(503, TRY_LATER, self._retry_after)
-        self.internal_error = _unsigned(500, INTERNAL_ERROR, self._retry_after)
 
     def cache_headers(self, stored: StoredResponse) -> Headers:
         """RFC 5019bis §6.2 headers; max-age never reaches past nextUpdate or the planned refresh."""
