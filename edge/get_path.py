@@ -36,7 +36,20 @@ def decode_get_request(encoded: bytes, max_der_bytes: int) -> bytes:
         encoded = encoded[1:]
     if len(encoded) > 3 * max_der_bytes:  # percent-encoding triples a byte at most
         raise MalformedRequest("request path too long")
-    if b"%" in encoded:
+    if b"%" not in encoded:
+        # What most clients send: plain, padded standard base64; anything else fails strict
+        # decoding and takes the tolerant way below.
+        try:
+            der = binascii.a2b_base64(encoded, strict_mode=True)
+        except binascii.Error:
+            pass
+        else:
+            if not der:
+                raise MalformedRequest("empty request")
+            if len(der) > max_der_bytes:
+                raise MalformedRequest("request too large")
+            return der
+    else:
         # The three escapes base64 needs, directly; anything else through the general decoder.
         for escaped, plain in _COMMON_ESCAPES:
             encoded = encoded.replace(escaped, plain)

@@ -150,3 +150,134 @@ def test_fast_lane_keeps_connections_alive_and_pipelines(store, servers):
             data += s.recv(65536)
     assert data.count(b"HTTP/1.1 200 OK") == 4, data
     assert data.rstrip().endswith(b"ok"), data
+
+
+def test_fast_lane_closes_after_answering_connection_close(store, servers):
+    _, ca = store
+    port = int(servers[0].rsplit(":", 1)[1])
+    der = request(ca, 1)
+    head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(der)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head + der)
+        data = b""
+        while chunk := s.recv(65536):  # ends only when the server closes
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"connection: close\r\n" in data
+    assert ocsp.load_der_ocsp_response(data.split(b"\r\n\r\n", 1)[1]).serial_number == 1
+
+
+class _InProcessEdge:
+    """The fast lane protocol under a real event loop and sockets, with a short keep-alive."""
+
+    def __init__(self, app, keep_alive: float) -> None:
+        from uvicorn.config import Config as UvicornConfig
+        from uvicorn.server import ServerState
+
+        from edge.fastlane import OCSPHttpToolsProtocol
+
+        self.config = UvicornConfig(app, timeout_keep_alive=keep_alive, proxy_headers=False, log_level="warning")
+        self.config.load()
+        self.state = ServerState()
+        self.protocol_class = OCSPHttpToolsProtocol
+        self.protocols: list[OCSPHttpToolsProtocol] = []
+
+    def factory(self, loop):
+        def make():
+            protocol = self.protocol_class(config=self.config, server_state=self.state, app_state={}, _loop=loop)
+            assert protocol._ocsp is not None  # the fast lane, not the ASGI way
+            self.protocols.append(protocol)
+            return protocol
+
+        return make
+
+
+@pytest.fixture(scope="module")
+def app(store):
+    """One application for the in-process tests: LMDB allows one environment per file and process."""
+    from edge.app import create_app
+
+    data, _ = store
+    saved = os.environ.get("PKI_EDGE_DATA")
+    os.environ["PKI_EDGE_DATA"] = str(data)
+    try:
+        yield create_app(Config())
+    finally:
+        if saved is None:
+            os.environ.pop("PKI_EDGE_DATA")
+        else:
+            os.environ["PKI_EDGE_DATA"] = saved
+
+
+def _run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def test_idle_connections_close_between_one_and_two_keep_alive_timeouts(store, app):
+    import asyncio
+
+    _, ca = store
+    der = request(ca, 1)
+    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(der), der)
+    edge = _InProcessEdge(app, keep_alive=0.3)
+
+    async def answer(reader, writer) -> bytes:
+        writer.write(post)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        return head
+
+    async def scenario() -> tuple[float, bool]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(edge.factory(loop), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await answer(idle_reader, idle_writer)).startswith(b"HTTP/1.1 200")
+        start = loop.time()
+        await answer(busy_reader, busy_writer)
+        # The busy connection asks every 0.1 s for 0.9 s (three keep-alive periods) and stays open.
+        for _ in range(9):
+            await asyncio.sleep(0.1)
+            await answer(busy_reader, busy_writer)
+        assert await asyncio.wait_for(idle_reader.read(), 2) == b""  # closed by the server
+        closed_after = loop.time() - start
+        busy_open = not busy_reader.at_eof()
+        for w in (idle_writer, busy_writer):
+            w.close()
+        server.close()
+        return closed_after, busy_open
+
+    closed_after, busy_open = _run(scenario())
+    assert busy_open
+    assert closed_after < 0.9 + 0.1  # closed by the time the busy loop ended: within two periods
+
+
+def test_graceful_shutdown_sends_the_answers_already_gathered(store, app):
+    import asyncio
+
+    _, ca = store
+    der = request(ca, 1)
+    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(der), der)
+    edge = _InProcessEdge(app, keep_alive=5)
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(edge.factory(loop), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post * 2)
+        await writer.drain()
+        while not edge.protocols or edge.state.total_requests < 2:  # both answered, maybe not yet written
+            await asyncio.sleep(0)
+        for protocol in edge.protocols:
+            protocol.shutdown()  # what uvicorn does to every connection on SIGTERM
+        received = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        server.close()
+        return received
+
+    received = _run(scenario())
+    assert received.count(b"HTTP/1.1 200 OK") == 2
