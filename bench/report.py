@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import est as est_stage
+
 README_START = "<!-- bench:results:start -->"
 README_END = "<!-- bench:results:end -->"
 
@@ -257,6 +259,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, str]]:
             f"max {revocation['max_s'] * 1000:.0f} ms",
             revocation["p99_s"] <= 1.0 and not revocation.get("missed"),
         )
+    out += est_stage.goal_rows(results.get("est"))
     return out
 
 
@@ -323,7 +326,7 @@ def section(results: dict[str, Any]) -> str:
     parts += ["### Goals", "", goals_table(results["goals"]), ""]
     extra = extras(results)
     if extra:
-        parts += ["### Scale, memory, start-up, signer, revocation", "", *extra, ""]
+        parts += ["### Scale, memory, start-up, signer, revocation, EST", "", *extra, ""]
     parts += [
         "![throughput](results/throughput.png)",
         "",
@@ -374,6 +377,7 @@ def extras(results: dict[str, Any]) -> list[str]:
             f"{revocation['p50_s'] * 1000:.0f} ms, p99 {revocation['p99_s'] * 1000:.0f} ms, max "
             f"{revocation['max_s'] * 1000:.0f} ms, missed {revocation['missed']}."
         )
+    lines += est_stage.extra_lines(results.get("est"))
     for note in results.get("notes", []):
         lines.append(f"- {note}")
     return lines

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import dataset, plots, probe, procstat, references, report, reqset, revocation, tools, wrk
+from bench import est as est_stage
 from bench.process import Proc
 from bench.references import SPECS
 
@@ -678,6 +679,15 @@ class Bench:
         )
         say(f"  {wall_signing:.1f} s wall ({responses / wall_signing:.0f} responses/s)")
 
+    # ------------------------------------------------------------------------------------------------- EST
+
+    def est(self) -> None:
+        """EST enrollments through the queue against raw certificate signing, OCSP during the storm (bench/est.py)."""
+        settings = est_stage.settings(self.mode.name, self.mode.seconds, self.mode.connections)
+        self.results["est"] = est_stage.run_stage(
+            settings, self.work / "est", server_cpu=self.server_cpu, load_cpu=self.load_cpu, say=say
+        )
+
     # ---------------------------------------------------------------------------------------------- output
 
     def finish(self, argv: Sequence[str]) -> None:
@@ -795,7 +805,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="override the mode's seconds per run")
     parser.add_argument("--serials", type=int, help="override the comparison dataset size")
     parser.add_argument("--scale", type=int, nargs="*", help="override the scale dataset sizes (none: skip)")
-    parser.add_argument("--skip", nargs="+", default=[], choices=("latency", "revocation", "scale", "signer"))
+    parser.add_argument("--skip", nargs="+", default=[], choices=("latency", "revocation", "scale", "signer", "est"))
     parser.add_argument("--work", type=Path, help="working directory (default: a new one under /var/tmp, removed)")
     parser.add_argument("--keep-work", action="store_true", help="keep the working directory (datasets, logs)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -889,6 +899,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     refresh_data, refresh_serials = built, serials
         if "signer" not in args.skip:
             bench.stage("signer", functools.partial(bench.signer, refresh_data, refresh_serials))
+        if "est" not in args.skip:
+            bench.stage("est", bench.est)
         bench.finish(argv)
     finally:
         bench.stop_servers()
