@@ -114,6 +114,9 @@ class WorkersConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     count: int = 2  # signer worker processes
     max_queue: int = 256  # jobs accepted and not yet finished, over all workers
     live_ocsp_max_inflight: int = 16
+    # Scheduling priority of the worker processes (nice, 0-19): on a shared core, OCSP answers
+    # (the edge) and revocations (the signer) go first and an enrollment storm takes what is left.
+    nice: int = 10
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -202,6 +205,8 @@ def _validate(config: Config) -> None:
         _validate_profile(f"profiles.{name}", profile)
     if config.workers.count < 1 or config.workers.max_queue < 1 or config.est.max_inflight < 1:
         raise ConfigError("workers.count, workers.max_queue and est.max_inflight must be at least 1")
+    if not 0 <= config.workers.nice <= 19:
+        raise ConfigError("workers.nice must be between 0 and 19")
 
 
 def _validate_profile(where: str, profile: CAProfile) -> None:

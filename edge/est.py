@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
@@ -44,8 +45,6 @@ from edge.source import LmdbSource, Unavailable
 _DER = Encoding.DER
 _SHA256 = hashes.SHA256()
 OPERATIONS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "serverkeygen", "csrattrs", "fullcmc"})
-POST__DER = Encoding.DER
-_SHA256 = hashes.SHA256()
 POST_OPERATIONS = frozenset({"simpleenroll", "simplereenroll", "serverkeygen", "fullcmc"})
 
 
@@ -152,6 +151,7 @@ class EstService:
             return _est_body(base64_body(der), "application/csrattrs")
         requester = await self._authorise_enrollment(request, ca, client_cert)
         self._rate_limit(requester)
+        self._check_room()
         csr_body = await self._body(request)
         content_type = request.headers.get("content-type")
         if op == "simpleenroll":
@@ -175,7 +175,7 @@ class EstService:
     def _client_cert(self, request: Request) -> x509.Certificate | None:
         tls = request.scope.get("extensions", {}).get("tls") or {}
         chain = tls.get("client_cert_chain") or []
-        tls_der = x509.load_pem_x509_certificate(chain[0].encode()).public_bytes(_DER) if chain else None
+        tls_der = _pem_to_der(chain[0]) if chain else None
         client = request.client
         try:
             forwarded = est_auth.client_cert_from_forwarded(
@@ -251,6 +251,7 @@ class EstService:
                 raise EstError(403, "the client certificate was not issued by a CA of this server")
             ca = ca_or_none
         self._rate_limit("cert:" + cert.fingerprint(_SHA256).hex())
+        self._check_room()
         csr = decode_csr(await self._body(request), request.headers.get("content-type"), self._est.max_body_bytes)
         result = await self._submit(jobs.ReenrollJob(ca.name, _der(csr), cert.public_bytes(_DER)))
         return self._certificate(result)
@@ -269,6 +270,12 @@ class EstService:
             if len(body) > self._est.max_body_bytes:
                 raise EstError(413, f"request body over {self._est.max_body_bytes} bytes")
         return bytes(body)
+
+    def _check_room(self) -> None:
+        """503 before reading and verifying a CSR the full queue would refuse: in a storm the
+        refusals would otherwise take the CPU that the accepted requests and OCSP need."""
+        if not self._queue.has_room():
+            raise self._busy("the signer queue is full")
 
     async def _submit(self, job: jobs.Job) -> jobs.Result:
         try:
@@ -299,3 +306,14 @@ def _est_body(body: bytes, content_type: str) -> Response:
 
 def _der(csr: x509.CertificateSigningRequest) -> bytes:
     return csr.public_bytes(_DER)
+
+
+def _pem_to_der(pem: str) -> bytes:
+    """The handshake certificate's DER from the TLS extension's PEM: undoing the base64 is enough.
+
+    An unreadable PEM gives bytes that parse as no certificate, never a fallback to a forwarded one.
+    """
+    try:
+        return ssl.PEM_cert_to_DER_cert(pem)
+    except ValueError:
+        return b"\x00"

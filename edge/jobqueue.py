@@ -43,6 +43,10 @@ class QueueTimeout(QueueError):
 class JobQueue(Protocol):
     async def submit(self, job: jobs.Job, timeout: float) -> jobs.Result: ...
 
+    def has_room(self) -> bool:
+        """False when a job submitted now would be refused at once (the caller can skip its own work)."""
+        ...
+
 
 class UnixSocketQueue:
     """One multiplexed connection per edge worker to the signer's job server, reopened on demand."""
@@ -56,6 +60,9 @@ class UnixSocketQueue:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
+
+    def has_room(self) -> bool:
+        return len(self._waiting) < self._slots
 
     async def submit(self, job: jobs.Job, timeout: float) -> jobs.Result:
         if len(self._waiting) >= self._slots:

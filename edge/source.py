@@ -18,6 +18,7 @@ import lmdb
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
 from contract import store
 from contract.store import StoredResponse
@@ -101,6 +102,11 @@ class LmdbSource:
         self.issuers: dict[str, store.IssuerRecord] = {}
         self._registry_listeners: list[Callable[[list[store.IssuerRecord]], None]] = []
         self._dbs: dict[bytes, Any] = {}
+        # For EST authentication: CA certificates parsed once per registry generation, and which
+        # registry CAs issued a client certificate already seen (a signature check each time
+        # would cost more than the rest of the request).
+        self._ca_certs: list[tuple[int, x509.Certificate]] = []
+        self._issuers_of: dict[bytes, tuple[int, ...]] = {}
 
     def open(self) -> bool:
         """Open the store if it exists; True when open. Called at worker start and retried."""
@@ -139,6 +145,8 @@ class LmdbSource:
             records = [store.ISSUER_DECODER.decode(v) for _, v in txn.cursor(db=self._issuers_db)]
         self._table = build_issuer_table(records)
         self.issuers = {record.name: record for record in records}
+        self._ca_certs = [(record.number, x509.load_der_x509_certificate(record.cert_der)) for record in records]
+        self._issuers_of = {}
         self._generation = generation
         self._logger.info("issuer registry generation %d: %d issuers", generation, len(records))
         for listener in self._registry_listeners:
@@ -189,17 +197,16 @@ class LmdbSource:
         if not self.open():
             raise Unavailable("store not created yet")
         self.refresh_issuers()
-        for record in self.issuers.values():
-            ca = x509.load_der_x509_certificate(record.cert_der)
-            if cert.issuer != ca.subject:
-                continue
-            try:
-                cert.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            raw = self._get(
-                store.DB_INVENTORY, store.inventory_key(record.number, store.serial_key(cert.serial_number))
-            )
+        der = cert.public_bytes(serialization.Encoding.DER)
+        numbers = self._issuers_of.get(der)
+        if numbers is None:
+            numbers = tuple(number for number, ca in self._ca_certs if _directly_issued(cert, ca))
+            if len(self._issuers_of) >= MAX_REMEMBERED_CLIENT_CERTS:
+                self._issuers_of.clear()
+            self._issuers_of[der] = numbers
+        serial_k = store.serial_key(cert.serial_number)
+        for number in numbers:
+            raw = self._get(store.DB_INVENTORY, store.inventory_key(number, serial_k))
             if raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None:
                 return True
         return False
@@ -234,6 +241,19 @@ class LmdbSource:
         with self._env.begin(db=self._meta) as txn:
             raw = txn.get(store.META_LAST_SIGNED_AT)
         return store.unpack_u64(raw) if raw else None
+
+
+MAX_REMEMBERED_CLIENT_CERTS = 4096
+
+
+def _directly_issued(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    if cert.issuer != ca.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 class FreshnessPolicy:

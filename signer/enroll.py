@@ -216,8 +216,11 @@ def check_names(names: RequestedNames, profile: CAProfile) -> None:
             raise EnrollRefused(400, f"subjectAltName entries of type {kind} are not allowed (DNS, URI or IP only)")
 
 
-def check_csr(csr: x509.CertificateSigningRequest, profile: CAProfile) -> None:
-    """Everything the profile asks of a CSR; raises EnrollRefused (400) with the first rule it breaks."""
+def check_csr(csr: x509.CertificateSigningRequest, profile: CAProfile) -> RequestedNames:
+    """Everything the profile asks of a CSR; raises EnrollRefused (400) with the first rule it breaks.
+
+    Returns the requested names it checked, read once (the asn1crypto walk is not free).
+    """
     try:
         valid = csr.is_signature_valid
         public_key = csr.public_key()
@@ -226,7 +229,9 @@ def check_csr(csr: x509.CertificateSigningRequest, profile: CAProfile) -> None:
     if not valid:
         raise EnrollRefused(400, "the CSR's signature does not verify with its public key")
     check_key(public_key, profile)
-    check_names(requested_names(csr), profile)
+    names = requested_names(csr)
+    check_names(names, profile)
+    return names
 
 
 # ---------------------------------------------------------------------------- building
@@ -332,10 +337,17 @@ def issue_and_store(
     response_signer: ResponseSigner,
     config: Config,
     now: int,
+    *,
+    signed_here: bool = False,
 ) -> None:
-    """Put ``cert`` in the inventory with its signed OCSP responses, in one transaction (durable on return)."""
+    """Put ``cert`` in the inventory with its signed OCSP responses, in one transaction (durable on return).
+
+    ``signed_here``: ``cert`` was just signed with the key loaded for ``issuer``, which the worker
+    checked against the CA certificate when it loaded it (signer.worker.Worker.load_ca), so
+    verifying the signature again would only cost time.
+    """
     with st.env.begin(write=True) as txn:
-        _store_issued(txn, st, issuer, cert, response_signer, config, now)
+        _store_issued(txn, st, issuer, cert, response_signer, config, now, signed_here=signed_here)
 
 
 def _store_issued(
@@ -346,11 +358,14 @@ def _store_issued(
     response_signer: ResponseSigner,
     config: Config,
     now: int,
+    *,
+    signed_here: bool = False,
 ) -> bytes:
     """Inside ``txn``: the inventory entry, responses, schedule and refresh entries; returns the inventory key."""
-    ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
-    if reason := check_directly_issued(cert, ca_cert):
-        raise SignerError(f"refusing to store a certificate CA {issuer.name!r} did not issue: {reason}")
+    if not signed_here:
+        ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
+        if reason := check_directly_issued(cert, ca_cert):
+            raise SignerError(f"refusing to store a certificate CA {issuer.name!r} did not issue: {reason}")
     serial_k = store.serial_key(cert.serial_number)
     inv_key = store.inventory_key(issuer.number, serial_k)
     if txn.get(inv_key, db=st.inventory) is not None:
@@ -409,10 +424,9 @@ def enroll(st: SignerStore, config: Config, job: EnrollJob, load_ca: LoadCA, now
         issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
         profile = config.profile(issuer.name)
         csr = load_csr(job.csr_der)
-        check_csr(csr, profile)
-        names = requested_names(csr)
+        names = check_csr(csr, profile)
         cert = build_certificate(names, csr.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
-        issue_and_store(st, issuer, cert, response_signer, config, now)
+        issue_and_store(st, issuer, cert, response_signer, config, now, signed_here=True)
     except EnrollRefused as exc:
         _logger.info("enroll refused (CA %s, %s): %d %s", job.ca, job.requester, exc.status, exc.message)
         return Refused(exc.status, exc.message)
@@ -455,8 +469,7 @@ def reenroll(st: SignerStore, config: Config, job: ReenrollJob, load_ca: LoadCA,
         except ValueError:
             raise EnrollRefused(403, "the current certificate cannot be parsed") from None
         _check_current(current, ca_cert, issuer.name, now)
-        check_csr(csr, profile)
-        names = requested_names(csr)
+        names = check_csr(csr, profile)
         try:
             current_names = certificate_names(current)
         except ValueError:
@@ -468,7 +481,7 @@ def reenroll(st: SignerStore, config: Config, job: ReenrollJob, load_ca: LoadCA,
         with st.env.begin(write=True) as txn:
             # Checked inside the write transaction: a revocation cannot slip in between.
             old = _check_not_revoked(txn, st, old_key, issuer.name)
-            _store_issued(txn, st, issuer, cert, response_signer, config, now)
+            _store_issued(txn, st, issuer, cert, response_signer, config, now, signed_here=True)
             if profile.revoke_superseded:
                 revoked = msgspec.structs.replace(old, revoked_at=now, reason=REASON_SUPERSEDED)
                 txn.put(old_key, store.CERT_ENCODER.encode(revoked), db=st.inventory)
@@ -500,7 +513,7 @@ def serverkeygen(
         except KeyError_ as exc:
             raise SignerError(f"profile serverkeygen_key_type: {exc}") from None
         cert = build_certificate(names, key.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
-        issue_and_store(st, issuer, cert, response_signer, config, now)
+        issue_and_store(st, issuer, cert, response_signer, config, now, signed_here=True)
     except EnrollRefused as exc:
         _logger.info("serverkeygen refused (CA %s, %s): %d %s", job.ca, job.requester, exc.status, exc.message)
         return Refused(exc.status, exc.message)

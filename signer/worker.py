@@ -8,6 +8,7 @@ reloaded when the registry changes.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from signer import enroll
 from signer.keys import SigningKey
 from signer.ocsp_der import CertStatus, ResponseSigner
 from signer.registry import load_ca_key, load_response_signer
-from signer.state import SignerStore
+from signer.state import SignerError, SignerStore
 
 LoadedCA = tuple[x509.Certificate, SigningKey, ResponseSigner]
 
@@ -47,7 +48,10 @@ class Worker:
         loaded = self._loaded.get(record.name)
         if loaded is None:
             cert = x509.load_der_x509_certificate(record.cert_der)
-            loaded = (cert, load_ca_key(self._st.data_dir, record), load_response_signer(self._st.data_dir, record))
+            key = load_ca_key(self._st.data_dir, record)
+            if key.public_key() != cert.public_key():  # what lets issuance skip verifying each certificate
+                raise SignerError(f"CA {record.name!r}: its key file does not hold the CA certificate's key")
+            loaded = (cert, key, load_response_signer(self._st.data_dir, record))
             self._loaded[record.name] = loaded
         return loaded
 
@@ -97,7 +101,9 @@ def init_worker(data_dir: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path = Path(data_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _worker = Worker(path, load_config(path), logging.getLogger("pki_edge.worker"))
+    config = load_config(path)
+    os.nice(config.workers.nice)  # relative to the signer's own priority
+    _worker = Worker(path, config, logging.getLogger("pki_edge.worker"))
 
 
 def run_job(job: jobs.Job, deadline: float) -> jobs.Result:

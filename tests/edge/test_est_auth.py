@@ -368,6 +368,16 @@ def test_revocation_lookup(env, pki):
         key = store.inventory_key(3, store.serial_key(pki.leaf2.serial_number))
         txn.put(key, store.CERT_ENCODER.encode(good), db=dbs[store.DB_INVENTORY])
     assert is_revoked(pki.leaf2) is False
+    # The source remembers which CA issued a certificate it has seen, never its status.
+    with e.begin(write=True) as txn:
+        later = CertRecord(2000000000, revoked_at=1700000100, reason=1)
+        txn.put(key, store.CERT_ENCODER.encode(later), db=dbs[store.DB_INVENTORY])
+    assert is_revoked(pki.leaf2) is True
+    # A registry without that CA: nothing it issued counts as revoked any more.
+    with e.begin(write=True) as txn:
+        txn.delete(b"ca", db=dbs[store.DB_ISSUERS])
+        txn.put(store.META_REGISTRY_GENERATION, store.pack_u64(2), db=dbs[store.DB_META])
+    assert is_revoked(pki.leaf2) is False
 
 
 # ------------------------------------------------------------------ RA directory

@@ -21,8 +21,19 @@ from tests.integration.helpers import Server, clean_env, openssl, pki_edge, wait
         ("", {"PKI_EDGE_SIGNER_HASH_ALGORITHMS": "md5"}, "hash_algorithms"),
         ('[edge]\nocsp_prefixes = ["/ocsp/"]\n', {}, "ocsp_prefixes"),
         ("", {"PKI_EDGE_SIGNER_REFRESH_FRACTION": "1.5"}, "refresh_fraction"),
+        ("[workers]\nnice = 20\n", {}, "workers.nice"),
+        ("", {"PKI_EDGE_WORKERS_NICE": "-5"}, "workers.nice"),
     ],
-    ids=["unknown-key", "toml-syntax", "env-not-a-number", "env-unknown-hash", "prefix-slash", "refresh-fraction"],
+    ids=[
+        "unknown-key",
+        "toml-syntax",
+        "env-not-a-number",
+        "env-unknown-hash",
+        "prefix-slash",
+        "refresh-fraction",
+        "nice-too-high",
+        "nice-negative",
+    ],
 )
 def test_bad_configuration_is_a_clean_error(data_dir: Path, toml: str, env: dict[str, str], expected: str) -> None:
     data_dir.mkdir()

@@ -258,20 +258,46 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def test_a_killed_signer_worker_is_replaced_and_loses_nothing(est: Est) -> None:
-    """kill -9 of a worker process: the pool is rebuilt, the next enrollments succeed, and every
-    certificate that was answered is in the inventory with a good OCSP status."""
-    body = csr(est, "victim", "device-9")
+DMS1_ENROLL = ("--cert", "dms1.pem", "--key", "dms1.key", "-H", "Content-Type: application/pkcs10")
+
+
+def _enroll_until_workers_run(est: Est, name: str, cn: str) -> tuple[str, tuple[str | Path, ...], Path, list[int]]:
+    """One enrollment (the pool starts its workers on the first job); the URL, curl arguments, CSR
+    and worker process ids, for tests that then act on the workers."""
+    body = csr(est, name, cn)
     base = f"{est.https}/.well-known/est/root/simpleenroll"
-    enroll = ("--cert", est.work / "dms1.pem", "--key", est.work / "dms1.key", "-H", "Content-Type: application/pkcs10")
-    est.curl(base, *enroll, "--data-binary", f"@{body}")  # workers exist now
-    workers = [
+    enroll = tuple(est.work / a if a.endswith((".pem", ".key")) else a for a in DMS1_ENROLL)
+    est.curl(base, *enroll, "--data-binary", f"@{body}")
+    workers = _signer_workers(est)
+    assert workers, "no signer worker process found"
+    return base, enroll, body, workers
+
+
+def _signer_workers(est: Est) -> list[int]:
+    return [
         pid
         for pid in _descendants(est.server.proc.pid)
         if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
         and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
-    assert workers, "no signer worker process found"
+
+
+def _nice(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19 of proc(5)
+
+
+def test_signer_workers_yield_to_ocsp_and_revocations(est: Est) -> None:
+    """Workers run at workers.nice (10 by default) above the signer, which keeps the edge's priority."""
+    _, _, _, workers = _enroll_until_workers_run(est, "nice", "device-nice")
+    signer = _nice(est.server.proc.pid)
+    assert {_nice(pid) for pid in workers} == {min(19, signer + 10)}
+
+
+def test_a_killed_signer_worker_is_replaced_and_loses_nothing(est: Est) -> None:
+    """kill -9 of a worker process: the pool is rebuilt, the next enrollments succeed, and every
+    certificate that was answered is in the inventory with a good OCSP status."""
+    base, enroll, body, workers = _enroll_until_workers_run(est, "victim", "device-9")
     os.kill(workers[0], signal.SIGKILL)
     statuses = []
     for _ in range(10):

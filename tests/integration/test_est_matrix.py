@@ -14,6 +14,7 @@ from LMDB (read-only) is the same after the answer as before it. Servers, groupe
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import ipaddress
@@ -401,6 +402,7 @@ def split(tmp_path_factory: pytest.TempPathFactory, material: Material) -> Itera
         "PKI_EDGE_EST_JOB_TIMEOUT_SECONDS": "2",
         "PKI_EDGE_EST_RATE_BURST": "1000",  # the warm-up probes must not be rate limited
         "PKI_EDGE_WORKERS_COUNT": "1",
+        "PKI_EDGE_EST_MAX_INFLIGHT": "1",  # one job awaited at a time: the queue fills at once
     }
     edge = Server(
         "edge", data, ["edge", "--port", str(http_port), *tls_flags(material, tls_port)], work / "edge.log",
@@ -713,6 +715,29 @@ def test_a_job_answered_503_is_not_issued_later(split: Split) -> None:
     with contextlib.suppress(AssertionError):
         helpers.wait_for("a late issuance", lambda: est.inventory() > before, timeout=8, interval=0.1)
     assert est.inventory() == before, f"issued after the 503:\n{signer.log()}"
+
+
+def test_a_full_queue_answers_503_before_reading_the_csr(split: Split) -> None:
+    """With every job slot taken, the edge refuses without decoding or verifying the body: a storm's
+    refusals must not cost the CPU that OCSP and the accepted enrollments need."""
+    est = split.est
+    signer = split.start_signer()
+    csr = make_csr(est.work, "slot", "device-slot")
+    garbage = est.work / "garbage.csr"
+    garbage.write_bytes(b"not base64 at all")
+    os.kill(signer.proc.pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(est.post, f"{EST}/root/simpleenroll", csr, *est.ra)
+            time.sleep(0.5)  # the first request holds the only slot
+            with est.nothing_issued():
+                reply = est.post(f"{EST}/root/simpleenroll", garbage, *est.ra)
+            expect(reply, 503, "queue is full", est)  # not 400: the body was never read
+            assert reply.headers.get("retry-after", "").isdigit(), reply.headers
+            assert reply.seconds < 1, reply.seconds
+            assert first.result(timeout=10).status == 503  # its own timeout (2 s), signer stopped
+    finally:
+        os.kill(signer.proc.pid, signal.SIGCONT)
 
 
 def test_stopped_signer_answers_503_while_ocsp_keeps_answering(split: Split) -> None:
