@@ -50,7 +50,7 @@ def test_header_computation(benchmark, micro_store):
     source, app = _app(micro_store)
     stored = FreshnessPolicy(source, SystemClock()).response(parse_ocsp_request(ocsp_request(micro_store[1], 7))[0][0])
     answerer = app.ocsp._answerer
-    assert len(benchmark(answerer.cache_headers, stored)) == 4
+    assert benchmark(answerer.cache_head, stored).count(b"\r\n") == 4
 
 
 def test_whole_answer_get(benchmark, micro_store):

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from contract.config import Config, data_dir_from, load_config
 from contract.jobs import LiveOcspJob, OcspSigned, Refused, socket_path
-from edge.answer import NO_CONDITIONS, Answer, LiveSigning, OCSPAnswerer
+from edge.answer import NO_CONDITIONS, Answer, LiveSigning, OCSPAnswerer, render_head
 from edge.clock import Clock, SystemClock
 from edge.est import EstService, RateLimiter
 from edge.get_path import decode_get_request, strip_prefix
@@ -63,7 +63,7 @@ class OCSPApp:
         # Longest first, root last, so "/api/ocsp" wins over "/".
         self._prefixes = (*sorted((p.encode() for p in prefixes), key=len, reverse=True), b"")
         self._max = max_request_bytes
-        self.method_not_allowed = Answer(405, [ALLOW, (b"content-length", b"0")], b"")
+        self.method_not_allowed = Answer(405, render_head([ALLOW, (b"content-length", b"0")]), b"")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -101,7 +101,7 @@ class OCSPApp:
                         conditional = conditional._replace(if_modified_since=value)
                 answer = self._answerer.answer_der(der, conditional)
         if method == "HEAD" and isinstance(answer, Answer):
-            return Answer(answer.status, answer.headers, b"")
+            return Answer(answer.status, answer.head, b"")
         return answer
 
     def check_post_headers(self, headers: list[tuple[bytes, bytes]]) -> Answer | None:
@@ -130,7 +130,7 @@ class OCSPApp:
                 return self._answerer.try_later
         if isinstance(result, OcspSigned):
             answer = self._answerer.live_signed(result.der)
-            return Answer(answer.status, answer.headers, b"") if head else answer
+            return Answer(answer.status, answer.head, b"") if head else answer
         if isinstance(result, Refused):
             return self._answerer.unauthorized
         return self._answerer.try_later

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from edge.answer import Answer, LiveSigning
+from edge.answer import Answer, LiveSigning, render_head
 from edge.app import OCSPApp
 
 _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
@@ -222,13 +222,10 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         default_headers = self.server_state.default_headers
         if default_headers is not self._default_headers:  # uvicorn renews the list (date) every second
             self._default_headers = default_headers
-            self._default_block = b"".join(b"%s: %s\r\n" % header for header in default_headers)
-        parts = [STATUS_LINE[answer.status], self._default_block]
-        for name, value in answer.headers:
-            parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
-        parts.append(answer.body)
-        self._batch.write(self.transport, b"".join(parts), not keep_alive)
+            self._default_block = render_head(default_headers)
+        end = b"\r\n" if keep_alive else b"connection: close\r\n\r\n"
+        data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, end, answer.body))
+        self._batch.write(self.transport, data, not keep_alive)
         self.server_state.total_requests += 1
         if keep_alive and self._idle_timer is None:
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
