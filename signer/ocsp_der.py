@@ -95,6 +95,8 @@ class ResponseSigner:
         # ResponderID byKey: SHA-1 of the responder's subjectPublicKey BIT STRING contents.
         self._responder_id = tlv(0xA2, tlv(0x04, hashlib.sha1(_public_key_bits(signer_cert)).digest()))
         self._certs = b""
+        self._tbs_shapes: dict[tuple[int, int, int], tuple[bytes, bytes]] = {}
+        self._wraps: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         if responder_cert is not None:
             cert_der = responder_cert.public_bytes(serialization.Encoding.DER)
             self._certs = tlv(0xA0, tlv(0x30, cert_der))
@@ -117,9 +119,28 @@ class ResponseSigner:
         next_update: int,
     ) -> bytes:
         """One DER OCSPResponse; ``serial`` is the minimal INTEGER content (contract.store.serial_key)."""
-        cert_id = tlv(0x30, self.cert_id_prefixes[hash_code] + tlv(0x02, serial))
-        single = tlv(0x30, cert_id + _status_and_times(status, this_update, next_update))
-        return self._signed(tlv(0x30, self._responder_id + generalized_time(produced_at) + tlv(0x30, single)))
+        tail = _status_and_times(status, this_update, next_update)
+        shape = (hash_code, len(serial), len(tail))
+        parts = self._tbs_shapes.get(shape)
+        if parts is None:
+            parts = self._tbs_shapes[shape] = self._tbs_parts(*shape)
+        before, after = parts
+        return self._signed(b"".join((before, generalized_time(produced_at), after, serial, tail)))
+
+    def _tbs_parts(self, hash_code: int, serial_length: int, tail_length: int) -> tuple[bytes, bytes]:
+        """The ResponseData bytes around producedAt and the serial, for one shape of response.
+
+        Every length in the DER depends only on the serial's and the status's lengths, so a batch
+        encodes these headers once instead of a dozen TLVs per response (what sign_multi_response
+        still does, as the reference: a test checks both give the same bytes).
+        """
+        produced_gap = generalized_time(0)  # every GeneralizedTime here has the same length
+        cert_id = tlv(0x30, self.cert_id_prefixes[hash_code] + tlv(0x02, b"\x00" * serial_length))
+        content = self._responder_id + produced_gap + tlv(0x30, tlv(0x30, cert_id + b"\x00" * tail_length))
+        tbs = tlv(0x30, content)
+        produced_at = len(tbs) - len(content) + len(self._responder_id)
+        serial_at = len(tbs) - tail_length - serial_length
+        return tbs[:produced_at], tbs[produced_at + len(produced_gap) : serial_at]
 
     def sign_multi_response(
         self,
@@ -143,8 +164,22 @@ class ResponseSigner:
     def _signed(self, tbs: bytes) -> bytes:
         """The OCSPResponse around a signed ResponseData."""
         signature = self._sign(tbs)
-        basic = tlv(0x30, tbs + self._sig_alg + tlv(0x03, b"\x00" + signature) + self._certs)
-        return tlv(0x30, _SUCCESSFUL + tlv(0xA0, tlv(0x30, _OID_BASIC + tlv(0x04, basic))))
+        shape = (len(tbs), len(signature))  # ECDSA signatures vary by a byte or two: a few shapes
+        wrap = self._wraps.get(shape)
+        if wrap is None:
+            wrap = self._wraps[shape] = self._wrap(*shape)
+        before, between = wrap
+        return b"".join((before, tbs, between, signature, self._certs))
+
+    def _wrap(self, tbs_length: int, signature_length: int) -> tuple[bytes, bytes]:
+        """The OCSPResponse bytes before the ResponseData and between it and the signature value."""
+        tbs_gap, signature_gap = b"\x00" * tbs_length, b"\x00" * signature_length
+        bit_string = tlv(0x03, b"\x00" + signature_gap)
+        basic = tlv(0x30, tbs_gap + self._sig_alg + bit_string + self._certs)
+        whole = tlv(0x30, _SUCCESSFUL + tlv(0xA0, tlv(0x30, _OID_BASIC + tlv(0x04, basic))))
+        tbs_at = len(whole) - len(basic) + (len(basic) - len(tbs_gap + self._sig_alg + bit_string + self._certs))
+        signature_at = tbs_at + tbs_length + len(self._sig_alg) + len(bit_string) - signature_length
+        return whole[:tbs_at], whole[tbs_at + tbs_length : signature_at]
 
 
 @functools.lru_cache(maxsize=1024)  # the same few per batch: good, or revoked at one time

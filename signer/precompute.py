@@ -62,7 +62,10 @@ class Precomputer:
         self._logger = logger
         self._rng = rng
         self._codes = [store.HASH_ALGORITHMS[name][0] for name in config.hash_algorithms]
+        # Responses for hash algorithms no longer configured are swept once, by the first batches,
+        # instead of a delete per algorithm and serial at every refresh.
         self._unserved = [code for code, _ in store.HASH_ALGORITHMS.values() if code not in self._codes]
+        self._sweep_unserved = bool(self._unserved)
         self._validity = int(config.validity_hours * 3600)
         self._grace = int(config.expired_grace_hours * 3600)
         self._generation = -1
@@ -92,16 +95,19 @@ class Precomputer:
         self._logger.info("loaded %d OCSP signers (registry generation %d)", len(signers), generation)
 
     def run_batch(self) -> int:
-        """Sign one batch; returns how many serials were handled (0: nothing was due)."""
+        """Sign one batch; returns how many serials were handled (and stale responses swept);
+        0: nothing was due."""
         st = self._st
         now = self._clock.now()
         deadline = self._clock.monotonic() + self._config.batch_seconds
         limit = self._config.batch_size
         handled = 0
         with st.env.begin(write=True) as txn:
-            work: list[tuple[bytes, bytes | None]] = []
+            swept = self._sweep(txn, limit) if self._sweep_unserved else 0
+            # (inventory key, pending key or None, schedule key or None)
+            work: list[tuple[bytes, bytes | None, bytes | None]] = []
             for pending_key in txn.cursor(db=st.pending).iternext(values=False):
-                work.append((pending_key[1:], pending_key))
+                work.append((pending_key[1:], pending_key, None))
                 if len(work) >= limit:
                     break
             if len(work) < limit:
@@ -109,32 +115,58 @@ class Precomputer:
                     refresh_at, inv_key = store.split_schedule_key(skey)
                     if refresh_at > now or len(work) >= limit:
                         break
-                    work.append((inv_key, None))
+                    work.append((inv_key, None, skey))
             done: set[bytes] = set()
-            for inv_key, pkey in work:
+            for inv_key, pkey, due_key in work:
                 if handled and self._clock.monotonic() > deadline:
                     break
                 if inv_key in done:  # pending and due as well: one signing serves both
                     continue
                 done.add(inv_key)
-                self._process(txn, inv_key, now)
+                self._process(txn, inv_key, now, scheduled=due_key)
                 if pkey is not None:
                     txn.delete(pkey, db=st.pending)
                 handled += 1
             if handled:
                 txn.put(store.META_LAST_SIGNED_AT, store.pack_u64(now), db=st.meta)
-        return handled
+        return handled + swept
+
+    def _sweep(self, txn: Any, limit: int) -> int:
+        """Delete up to ``limit`` responses of hash algorithms no longer served; 0 once none are left."""
+        cursor = txn.cursor(db=self._st.responses)
+        deleted = 0
+        for record in self._st.issuers():
+            for code in self._unserved:
+                prefix = store.response_prefix(record.number, code)
+                if not cursor.set_range(prefix):
+                    continue
+                while deleted < limit and cursor.key().startswith(prefix):
+                    if not cursor.delete():
+                        break
+                    deleted += 1
+        if deleted < limit:
+            self._sweep_unserved = False
+        return deleted
 
     def sign_serial(self, txn: Any, inv_key: bytes, now: int, signer: ResponseSigner) -> None:
         """Inside the caller's write ``txn``: sign and store one serial's responses with ``signer``,
         with its schedule and refresh entries, exactly as a batch does (used at EST issuance)."""
         self._process(txn, inv_key, now, signer)
 
-    def _process(self, txn: Any, inv_key: bytes, now: int, signer: ResponseSigner | None = None) -> None:
+    def _process(
+        self,
+        txn: Any,
+        inv_key: bytes,
+        now: int,
+        signer: ResponseSigner | None = None,
+        scheduled: bytes | None = None,
+    ) -> None:
+        """``scheduled``: the serial's schedule key when the batch found it there (no lookup needed)."""
         st = self._st
         issuer_number, serial_k = store.split_inventory_key(inv_key)
-        old_refresh = txn.get(inv_key, db=st.refresh)
-        if old_refresh is not None:
+        if scheduled is not None:
+            txn.delete(scheduled, db=st.schedule)
+        elif (old_refresh := txn.get(inv_key, db=st.refresh)) is not None:
             txn.delete(store.schedule_key(store.unpack_u64(old_refresh), inv_key), db=st.schedule)
         raw = txn.get(inv_key, db=st.inventory)
         record = store.CERT_DECODER.decode(raw) if raw is not None else None
@@ -181,8 +213,6 @@ class Precomputer:
                 store.RESPONSE_ENCODER.encode(stored),
                 db=st.responses,
             )
-        for code in self._unserved:
-            txn.delete(store.response_key(issuer_number, code, serial_k), db=st.responses)
         txn.put(store.schedule_key(refresh_at, inv_key), b"", db=st.schedule)
         txn.put(inv_key, store.pack_u64(refresh_at), db=st.refresh)
 

@@ -448,3 +448,27 @@ def test_generalized_time_matches_asn1crypto(unix: int) -> None:
 @pytest.mark.parametrize("serial", [0, 1, 127, 128, 255, 256, 32767, 32768, 2**159 + 1, 2**160 - 1, -1, -128, -129])
 def test_serial_integer_encoding(serial: int) -> None:
     assert tlv(0x02, serial_key(serial)) == asn1_core.Integer(serial).dump()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("status_name", list(STATUSES))
+@pytest.mark.parametrize("serial", (*SERIALS, 2**63, 2**127 + 5, 2**1000 + 3), ids=lambda s: f"bits{s.bit_length()}")
+@pytest.mark.parametrize("hash_name", ["sha1", "sha256", "sha384", "sha512"])
+def test_templated_response_equals_the_tlv_built_one(
+    pkis: dict[str, Pki], hash_name: str, serial: int, status_name: str, mode: str
+) -> None:
+    """sign_response fills templates made once per shape; sign_multi_response builds every TLV.
+
+    RSA PKCS#1 v1.5 signatures are deterministic, so the two must be the very same bytes, whatever
+    the lengths (serials from 1 to 126 octets, statuses of every length, both signers).
+    """
+    signer = pkis["rsa-2048"].signer(mode)
+    code = HASH_ALGORITHMS[hash_name][0]
+    revoked = STATUSES[status_name]
+    status = CertStatus() if revoked is None else CertStatus(PRODUCED + revoked[0], revoked[1])
+    key = serial_key(serial)
+    templated = signer.sign_response(code, key, status, PRODUCED, THIS_UPDATE, NEXT_UPDATE)
+    again = signer.sign_response(code, key, status, PRODUCED + 86400, THIS_UPDATE, NEXT_UPDATE)  # template reused
+    built = signer.sign_multi_response([(code, key, status)], PRODUCED, THIS_UPDATE, NEXT_UPDATE)
+    assert templated == built
+    assert again == signer.sign_multi_response([(code, key, status)], PRODUCED + 86400, THIS_UPDATE, NEXT_UPDATE)

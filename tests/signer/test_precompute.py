@@ -493,15 +493,16 @@ def test_refresh_times_are_spread(setup: Setup) -> None:
 # ---------------------------------------------------------------------------- configuration changes
 
 
-def test_removed_hash_algorithm_is_deleted_at_next_resign(setup: Setup) -> None:
+def test_removed_hash_algorithm_is_swept_at_once_and_added_one_signed_at_next_resign(setup: Setup) -> None:
     setup.add([1, 2, 3])
     run_all(setup.precomputer())
     n = setup.issuer.number
     assert set(responses(setup.st)) == {(n, c, s) for c in (1, 2) for s in (1, 2, 3)}
-    config = msgspec.structs.replace(setup.st.config.signer, hash_algorithms=["sha256", "sha384"])
+    config = msgspec.structs.replace(setup.st.config.signer, hash_algorithms=["sha256", "sha384"], batch_size=2)
     p = setup.precomputer(config)
-    assert p.run_batch() == 0  # nothing due yet: responses stay as they are
-    assert set(responses(setup.st)) == {(n, c, s) for c in (1, 2) for s in (1, 2, 3)}
+    # Nothing is due yet: the first batches only sweep SHA-1 (two per batch here); SHA-256 stays.
+    assert [p.run_batch() for _ in range(3)] == [2, 1, 0]
+    assert set(responses(setup.st)) == {(n, 2, s) for s in (1, 2, 3)}
     setup.clock.wall = max(r.refresh_at for r in responses(setup.st).values())
     run_all(p)
     got = responses(setup.st)
