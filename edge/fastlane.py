@@ -16,13 +16,14 @@ under load). An answer waits at most for the other requests of the same turn.
 
 Enabled with ``uvicorn --http edge.fastlane:OCSPHttpToolsProtocol`` (what
 ``pki-edge edge`` passes). Anything unusual (an upgrade, a pipelined request
-behind a running ASGI cycle, ``Expect: 100-continue``) goes the ASGI way.
+behind a running ASGI cycle or a live-signed answer, ``Expect: 100-continue``)
+goes the ASGI way, queued by uvicorn behind what is running: answers on a
+connection always leave in the order of the requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import ssl
 import weakref
 from typing import Any, ClassVar
@@ -66,6 +67,16 @@ class WriteBatch:
                 transport.close()
 
 
+class _LiveInFlight:
+    """What uvicorn looks at on a running ASGI cycle, for a live-signed OCSP answer in flight."""
+
+    def __init__(self) -> None:
+        self.response_complete = False
+        self.keep_alive = True  # uvicorn's graceful shutdown sets it to False
+        self.disconnected = False
+        self.message_event = asyncio.Event()
+
+
 class TlsScopeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the ASGI ``tls`` scope extension on TLS connections.
 
@@ -106,7 +117,6 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self._fast_body: list[bytes] = []
         self._fast_size = 0
         self._fast_early: Answer | LiveSigning | None = None
-        self._backlog: collections.deque[tuple[Answer | LiveSigning, bool, bool]] | None = None
         # Keep-alive: one timer per connection checks for activity, instead of uvicorn's
         # cancel-and-rearm per request (a TimerHandle each time); an idle connection closes
         # between one and two keep-alive timeouts after its last request.
@@ -197,26 +207,31 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             found = self._ocsp.answer_post(b"".join(self._fast_body))
             self._fast_body = []
         keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0"
-        if self._backlog is None and isinstance(found, Answer):
+        if isinstance(found, Answer):
             self._write(found, keep_alive)
             return
-        # A multi-CertID request waits for the signer workers; answers after it keep their order.
-        if self._backlog is None:
-            self._backlog = collections.deque()
-            self.flow.pause_reading()
-            self.loop.create_task(self._drain())
-        self._backlog.append((found, self._fast_method == b"HEAD", keep_alive))
+        # A multi-CertID request waits for the signer workers. Until it is answered, a stand-in for
+        # a running ASGI cycle makes every later request on this connection wait in uvicorn's own
+        # pipeline, so the answers keep their order whichever path serves them.
+        in_flight = _LiveInFlight()
+        self.cycle = in_flight  # type: ignore[assignment]
+        self.flow.pause_reading()
+        self.loop.create_task(self._answer_live(found, self._fast_method == b"HEAD", keep_alive, in_flight))
 
-    async def _drain(self) -> None:
-        assert self._ocsp is not None and self._backlog is not None
-        while self._backlog:
-            found, head, keep_alive = self._backlog.popleft()
-            answer = await self._ocsp.live(found, head=head) if isinstance(found, LiveSigning) else found
-            if self.transport.is_closing():
-                break
-            self._write(answer, keep_alive)
-        self._backlog = None
+    async def _answer_live(self, found: LiveSigning, head: bool, keep_alive: bool, in_flight: _LiveInFlight) -> None:
+        assert self._ocsp is not None
+        answer = await self._ocsp.live(found, head=head)
+        if self.transport.is_closing():
+            return
+        keep_alive = keep_alive and in_flight.keep_alive  # a graceful shutdown may have cleared it
+        self._write(answer, keep_alive)
+        in_flight.response_complete = True
+        if not keep_alive:
+            return
         self.flow.resume_reading()
+        if self.pipeline:  # what arrived meanwhile, in order (uvicorn queues with appendleft)
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
 
     def _write(self, answer: Answer, keep_alive: bool) -> None:
         default_headers = self.server_state.default_headers
@@ -231,7 +246,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
     def _idle_check(self) -> None:
-        busy = self._backlog is not None or (self.cycle is not None and not self.cycle.response_complete)
+        busy = self.cycle is not None and not self.cycle.response_complete
         if self._active or busy:
             self._active = False
             self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)

@@ -281,3 +281,48 @@ def test_graceful_shutdown_sends_the_answers_already_gathered(store, app):
 
     received = _run(scenario())
     assert received.count(b"HTTP/1.1 200 OK") == 2
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` HTTP answers (head, body) read off ``sock`` in order, by their Content-Length."""
+    data, answers = b"", []
+    deadline = time.monotonic() + 15
+    while len(answers) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end]
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(data) >= head_end + 4 + length:
+                answers.append((head, data[head_end + 4 : head_end + 4 + length]))
+                data = data[head_end + 4 + length :]
+                continue
+        assert time.monotonic() < deadline, (answers, data)
+        chunk = sock.recv(65536)
+        assert chunk, (answers, data)
+        data += chunk
+    return answers
+
+
+def test_requests_behind_a_live_signed_one_are_answered_after_it(store, servers):
+    """Several CertIDs go to the signer workers (none run here: tryLater once the queue fails). A
+    health check and an OCSP request pipelined behind it on the same connection come back after it,
+    in order: whatever path answers, answers leave in the order of the requests."""
+    from asn1crypto import ocsp as asn1_ocsp
+
+    _, ca = store
+    port = int(servers[0].rsplit(":", 1)[1])
+    one, two = (asn1_ocsp.OCSPRequest.load(request(ca, serial)) for serial in (1, 2))
+    requests = [one["tbs_request"]["request_list"][0], two["tbs_request"]["request_list"][0]]
+    several = asn1_ocsp.OCSPRequest({"tbs_request": {"request_list": requests}}).dump()
+    single = request(ca, 1)
+    post = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(
+            post % (len(several), several) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + post % (len(single), single)
+        )
+        answers = _read_answers(s, 3)
+    (live_head, live_body), (health_head, health_body), (single_head, single_body) = answers
+    assert live_head.startswith(b"HTTP/1.1 503") and live_body == bytes.fromhex("30030a0103"), answers[0]
+    assert health_head.startswith(b"HTTP/1.1 200") and health_body.strip() == b"ok", answers[1]
+    assert single_head.startswith(b"HTTP/1.1 200")
+    assert ocsp.load_der_ocsp_response(single_body).serial_number == 1
