@@ -115,8 +115,9 @@ class WorkersConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_queue: int = 256  # jobs accepted and not yet finished, over all workers
     live_ocsp_max_inflight: int = 16
     # Scheduling priority of the worker processes (nice, 0-19): on a shared core, OCSP answers
-    # (the edge) and revocations (the signer) go first and an enrollment storm takes what is left.
-    nice: int = 10
+    # (the edge) and revocations (the signer) go first and an enrollment storm takes what is left
+    # (idle CPU is theirs whatever the value; 19 yields the most while OCSP saturates the core).
+    nice: int = 19
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

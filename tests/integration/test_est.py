@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contract.config import Config
 from tests.integration import helpers
 from tests.integration.helpers import Server, free_port, pki_edge
 
@@ -288,10 +289,10 @@ def _nice(pid: int) -> int:
 
 
 def test_signer_workers_yield_to_ocsp_and_revocations(est: Est) -> None:
-    """Workers run at workers.nice (10 by default) above the signer, which keeps the edge's priority."""
+    """Workers run workers.nice steps (19 by default) below the signer, which keeps the edge's priority."""
     _, _, _, workers = _enroll_until_workers_run(est, "nice", "device-nice")
     signer = _nice(est.server.proc.pid)
-    assert {_nice(pid) for pid in workers} == {min(19, signer + 10)}
+    assert {_nice(pid) for pid in workers} == {min(19, signer + Config().workers.nice)}
 
 
 def test_a_killed_signer_worker_is_replaced_and_loses_nothing(est: Est) -> None:
