@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import ssl
 import urllib.parse
 from pathlib import Path
 
@@ -227,6 +228,15 @@ def test_real_tls_certificate_wins(pki):
     assert choose_client_cert(b"", forwarded) is forwarded
     assert choose_client_cert(None, None) is None
     assert choose_client_cert(b"\x30\x03\x02\x01\x01", forwarded) is None  # unreadable TLS cert: still no fallback
+
+
+def test_tls_extension_pem_to_der(pki):
+    """The edge takes the handshake certificate's DER from the ASGI TLS extension's PEM."""
+    from edge.est import _pem_to_der
+
+    assert _pem_to_der(ssl.DER_cert_to_PEM_cert(der(pki.leaf))) == der(pki.leaf)
+    unreadable = _pem_to_der("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    assert choose_client_cert(unreadable, pki.leaf2) is None  # never the forwarded one instead
 
 
 # ------------------------------------------------------------------ HTTP Basic

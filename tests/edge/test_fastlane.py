@@ -326,3 +326,41 @@ def test_requests_behind_a_live_signed_one_are_answered_after_it(store, servers)
     assert health_head.startswith(b"HTTP/1.1 200") and health_body.strip() == b"ok", answers[1]
     assert single_head.startswith(b"HTTP/1.1 200")
     assert ocsp.load_der_ocsp_response(single_body).serial_number == 1
+
+
+class _FakeTransport:
+    def __init__(self, log: list[tuple[str, bytes]], name: str, closing: bool = False) -> None:
+        self.log, self.name, self.closing = log, name, closing
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.log.append((self.name, data))
+
+    def close(self) -> None:
+        self.log.append((self.name, b"<close>"))
+        self.closing = True
+
+
+def test_write_batch_writes_in_order_at_the_end_of_the_turn_and_skips_gone_clients():
+    import asyncio
+
+    from edge.fastlane import WriteBatch
+
+    async def scenario() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        log: list[tuple[str, bytes]] = []
+        a, b, gone = _FakeTransport(log, "a"), _FakeTransport(log, "b"), _FakeTransport(log, "gone", closing=True)
+        batch = WriteBatch.of(asyncio.get_running_loop())
+        assert WriteBatch.of(asyncio.get_running_loop()) is batch  # one per event loop
+        batch.write(a, b"1", False)
+        batch.write(gone, b"x", False)
+        batch.write(b, b"2", True)
+        batch.write(a, b"3", False)
+        during = list(log)  # nothing is written before the loop turn ends
+        await asyncio.sleep(0)
+        return during, log
+
+    during, log = _run(scenario())
+    assert during == []
+    assert log == [("a", b"1"), ("b", b"2"), ("b", b"<close>"), ("a", b"3")]
