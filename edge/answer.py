@@ -76,12 +76,10 @@ class Conditional(NamedTuple):
 NO_CONDITIONS = Conditional()
 
 
-# The headers of a cache hit, in this order (the 304 has the cache lines only).
-_CACHE_HEAD = (
-    b"cache-control: max-age=%d, public, no-transform, must-revalidate\r\n"
-    b"last-modified: %s\r\nexpires: %s\r\netag: %s\r\n"
-)
-_RESPONSE_HEAD = b"content-type: application/ocsp-response\r\ncontent-length: %d\r\n"
+# The headers of an authoritative answer, in this order (a 304 has the cache lines only).
+_AUTHORITATIVE = b"cache-control: max-age=%d, public, no-transform, must-revalidate\r\n"
+_CACHE_HEAD = _AUTHORITATIVE + b"last-modified: %s\r\nexpires: %s\r\netag: %s\r\n"
+_RESPONSE_HEAD = render_head([CONTENT_TYPE]) + b"content-length: %d\r\n"
 
 
 def _unsigned(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Answer:
@@ -199,8 +197,7 @@ class OCSPAnswerer:
 
     def live_signed(self, der: bytes) -> Answer:
         """A response the workers signed for this request: authoritative, but for this request only."""
-        head = b"cache-control: max-age=0, public, no-transform, must-revalidate\r\n" + _RESPONSE_HEAD % len(der)
-        return Answer(200, head, der)
+        return Answer(200, _AUTHORITATIVE % 0 + _RESPONSE_HEAD % len(der), der)
 
     @staticmethod
     def _not_modified(conditional: Conditional, stored: StoredResponse) -> bool:

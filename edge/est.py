@@ -152,16 +152,12 @@ class EstService:
         requester = await self._authorise_enrollment(request, ca, client_cert)
         self._rate_limit(requester)
         self._check_room()
-        csr_body = await self._body(request)
-        content_type = request.headers.get("content-type")
+        # The CSR's signature (proof of possession) is checked once, by the signer worker, before it
+        # issues anything: not here as well, at the edge's priority, on the core OCSP needs.
+        csr = decode_csr(await self._body(request), request.headers.get("content-type"), self._est.max_body_bytes)
         if op == "simpleenroll":
-            # Proof of possession (the CSR's signature) is checked once, by the signer worker (a bad
-            # one is refused with 400 before anything is issued): not here as well, at the edge's
-            # priority, on the core OCSP needs.
-            csr = decode_csr(csr_body, content_type, self._est.max_body_bytes, verify_signature=False)
             result = await self._submit(jobs.EnrollJob(ca.name, _der(csr), requester))
             return self._certificate(result)
-        csr = decode_csr(csr_body, content_type, self._est.max_body_bytes, verify_signature=False)
         result = await self._submit(jobs.ServerKeygenJob(ca.name, _der(csr), requester))
         if not isinstance(result, jobs.IssuedWithKey):
             raise EstError(500, "unexpected answer from the signer")
@@ -255,8 +251,7 @@ class EstService:
             ca = ca_or_none
         self._rate_limit("cert:" + cert.fingerprint(_SHA256).hex())
         self._check_room()
-        body, content_type = await self._body(request), request.headers.get("content-type")
-        csr = decode_csr(body, content_type, self._est.max_body_bytes, verify_signature=False)  # the worker checks it
+        csr = decode_csr(await self._body(request), request.headers.get("content-type"), self._est.max_body_bytes)
         result = await self._submit(jobs.ReenrollJob(ca.name, _der(csr), cert.public_bytes(_DER)))
         return self._certificate(result)
 

@@ -76,8 +76,6 @@ def decode_csr(
     body: bytes,
     content_type: str | None,
     max_bytes: int = DEFAULT_MAX_CSR_BYTES,
-    *,
-    verify_signature: bool = True,
 ) -> x509.CertificateSigningRequest:
     """The PKCS#10 CSR of an EST request body, or ``EstBodyError``.
 
@@ -85,18 +83,17 @@ def decode_csr(
     a body longer than ``max_bytes`` gives 413. The body is base64 of DER whatever the
     Content-Transfer-Encoding header says (RFC 8951 §3), with CR, LF, space and tab allowed
     anywhere and the padding optional; PEM armour (``CERTIFICATE REQUEST`` or ``NEW
-    CERTIFICATE REQUEST``) and raw DER are accepted as well. Everything else, and a CSR whose
-    signature does not verify, gives 400.
+    CERTIFICATE REQUEST``) and raw DER are accepted as well. Everything else gives 400.
 
-    ``verify_signature=False`` is for /serverkeygen, where the server ignores the CSR's key
-    and signature (RFC 7030 §4.4.1); the CSR must still parse.
+    The CSR's signature is not checked here: the signer worker checks it (proof of possession)
+    before it issues anything, and /serverkeygen ignores it (RFC 7030 §4.4.1).
     """
     _check_content_type(content_type)
     if len(body) > max_bytes:
         raise EstBodyError(413, f"request body of {len(body)} bytes exceeds the {max_bytes}-byte limit")
     try:
         der = _csr_der(bytes(body))
-        return _load_csr(der, verify_signature=verify_signature)
+        return _load_csr(der)
     except EstBodyError:
         raise
     except Exception as exc:  # a library surprise must still be a 400, never a 500
@@ -154,7 +151,7 @@ def _base64_decode(text: bytes) -> bytes:
     return der
 
 
-def _load_csr(der: bytes, *, verify_signature: bool) -> x509.CertificateSigningRequest:
+def _load_csr(der: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_der_x509_csr(der)
     except ValueError as exc:
@@ -167,13 +164,6 @@ def _load_csr(der: bytes, *, verify_signature: bool) -> x509.CertificateSigningR
         _ = list(csr.attributes)
     except Exception as exc:
         raise EstBodyError(400, f"CSR subject, attributes or extensions do not parse: {_detail(exc)}") from exc
-    if verify_signature:
-        try:
-            valid = csr.is_signature_valid
-        except Exception as exc:  # UnsupportedAlgorithm, unparsable key, ...
-            raise EstBodyError(400, f"CSR signature cannot be checked: {_detail(exc)}") from exc
-        if not valid:
-            raise EstBodyError(400, "CSR signature does not verify")
     return csr
 
 

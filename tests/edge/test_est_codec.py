@@ -9,6 +9,7 @@ worked example of RFC 7030 §4.5.2 / RFC 8951 §4.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import email
 import email.policy
@@ -25,6 +26,7 @@ import pytest
 from asn1crypto import cms
 from asn1crypto import core as asn1_core
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -286,7 +288,6 @@ REJECTED_BODIES: dict[str, Callable[[], bytes]] = {
     "base64 of text": lambda: base64.b64encode(b"hello, EST server"),
     "base64 of DER NULL": lambda: base64.b64encode(b"\x05\x00"),
     "base64 of an empty SEQUENCE": lambda: base64.b64encode(b"\x30\x00"),
-    "base64 truncated to one digit too many": lambda: b64(ec_csr_der()).rstrip("=").encode("ascii")[:-1] + b"A====",
     "PEM CERTIFICATE": lambda: pem(cert_der(), "CERTIFICATE"),
     "PEM without its END line": lambda: pem(ec_csr_der()).split(b"-----END")[0],
     "PEM with mismatched labels": lambda: pem(ec_csr_der()).replace(b"END CERTIFICATE", b"END NEW CERTIFICATE"),
@@ -308,7 +309,8 @@ def test_unparsable_bodies_get_400(case: str) -> None:
 
 @pytest.mark.parametrize("csr_der", [ec_csr_der, rsa_csr_der], ids=["ec", "rsa"])
 @pytest.mark.parametrize("where", ["last signature byte", "subject"])
-def test_tampered_csr_signature_gets_400(csr_der: Callable[[], bytes], where: str) -> None:
+def test_a_tampered_csr_still_decodes(csr_der: Callable[[], bytes], where: str) -> None:
+    """The edge checks structure only; the signer worker refuses a bad signature (test_enroll)."""
     der = csr_der()
     if where == "last signature byte":
         tampered = _tamper(der, len(der) - 1)  # the signature BIT STRING ends the CSR
@@ -318,25 +320,17 @@ def test_tampered_csr_signature_gets_400(csr_der: Callable[[], bytes], where: st
     assert tampered != der
     assert x509.load_der_x509_csr(tampered)  # still a well-formed CSR
     for body in (tampered, wrapped(tampered, 64, "\r\n")):
-        with pytest.raises(EstBodyError) as info:
-            decode_csr(body, PKCS10)
-        assert info.value.status == 400
-        assert str(info.value) == "CSR signature does not verify"
-    # serverkeygen ignores the CSR's signature (RFC 7030 §4.4.1): it still has to parse.
-    csr = decode_csr(wrapped(tampered, 64, "\r\n"), PKCS10, verify_signature=False)
-    assert csr.public_bytes(serialization.Encoding.DER) == tampered
+        csr = decode_csr(body, PKCS10)
+        assert csr.public_bytes(serialization.Encoding.DER) == tampered
+        assert not csr.is_signature_valid
 
 
-@pytest.mark.parametrize("target", ["load_der_x509_csr", "is_signature_valid"])
-def test_library_surprises_become_400(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+def test_library_surprises_become_400(monkeypatch: pytest.MonkeyPatch) -> None:
     # decode_csr promises one error type: whatever cryptography raises must come out as a 400.
     def boom(*_args: object) -> None:
         raise RuntimeError("surprise\nfrom the library")
 
-    if target == "load_der_x509_csr":
-        monkeypatch.setattr(est_codec.x509, "load_der_x509_csr", boom)
-    else:
-        monkeypatch.setattr(type(x509.load_der_x509_csr(ec_csr_der())), "is_signature_valid", property(boom))
+    monkeypatch.setattr(est_codec.x509, "load_der_x509_csr", boom)
     with pytest.raises(EstBodyError) as info:
         decode_csr(wrapped(ec_csr_der(), 64, "\r\n"), PKCS10)
     assert info.value.status == 400
@@ -395,7 +389,12 @@ def test_fuzz_mutated_csr_bodies_decode_or_raise_est_body_error(body: bytes) -> 
         assert error.status == 400
         assert "\n" not in str(error)
     else:
-        assert csr.is_signature_valid
+        # A CSR the edge lets through goes to a signer worker as its DER, which checks the signature:
+        # it must re-encode, and the check must end in a verdict or in the errors the worker refuses
+        # with 400 (signer.enroll.check_csr), never in something else.
+        assert csr.public_bytes(serialization.Encoding.DER)
+        with contextlib.suppress(ValueError, TypeError, UnsupportedAlgorithm):
+            csr.is_signature_valid  # noqa: B018
 
 
 @settings(max_examples=150, deadline=None)
