@@ -241,7 +241,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, str]]:
         target = 0.8 if build["key"].startswith("ec") else 0.95
         add(
             f"signer {build['key']} ({build['serials']:,} serials): signed+stored ≥ {target:.0%} of raw sign()",
-            f"{build['ratio']:.0%} ({build['responses_per_cpu_second']:.0f} "
+            f"{build['ratio']:.1%} ({build['responses_per_cpu_second']:.0f} "
             f"vs {build['raw_per_cpu_second']:.0f}/CPU-s)",
             build["ratio"] >= target,
         )
