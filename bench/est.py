@@ -29,7 +29,6 @@ import base64
 import datetime as dt
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from bench import probe, procstat, reqset, wrk
 from bench.dataset import clean_env, pki_edge_bin, run_cli
-from bench.process import Proc
+from bench.process import Proc, free_port
 
 KEYS = (("ec-p256", "est-ec"), ("rsa-2048", "est-rsa"))  # key type, CA name (= EST label)
 TLS_CA = "est-tls"
@@ -746,12 +745,6 @@ def describe(key: str, rnd: int, record: dict[str, Any]) -> str:
         f"req/s ({_num(f['ocsp_ratio'], '.2f')}×, enroll/s then {_num(f['rps_with_ocsp'])}); "
         f"{record['validated']} answers valid" + (f", PROBLEMS {record['problems'][:2]}" if record["problems"] else "")
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_stage(

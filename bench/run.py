@@ -21,7 +21,6 @@ import datetime as dt
 import functools
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from typing import Any
 
 from bench import dataset, plots, probe, procstat, references, report, reqset, revocation, tools, wrk
 from bench import est as est_stage
-from bench.process import Proc
+from bench.process import Proc, free_port
 from bench.references import SPECS
 
 HERE = Path(__file__).resolve().parent
@@ -100,12 +99,6 @@ MODES = {
 }
 LONG_SERIALS = 10_000_000
 BYTES_PER_SERIAL = 2500  # disk estimate per serial (inventory, 2 responses with headers, schedule, index.txt)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def say(message: str) -> None:
