@@ -8,11 +8,15 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from contract.config import Config, ConfigError, data_dir_from, load_config
 from signer.keys import KEY_TYPES
+
+if TYPE_CHECKING:
+    from signer.state import SignerStore
 
 Handler = Callable[[argparse.Namespace, Path, Config], int]
 
@@ -21,7 +25,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _open_store(data_dir: Path, config: Config):  # type: ignore[no-untyped-def]  # noqa: ANN202
+def open_store(data_dir: Path, config: Config) -> SignerStore:
+    """The signer's store, imported only by the commands that need it (a CLI start stays light)."""
     from signer.state import SignerStore
 
     return SignerStore(data_dir, config)
@@ -30,7 +35,7 @@ def _open_store(data_dir: Path, config: Config):  # type: ignore[no-untyped-def]
 def cmd_ca_create(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.registry import create_ca
 
-    st = _open_store(data_dir, config)
+    st = open_store(data_dir, config)
     record = create_ca(st, args.name, args.key, args.days, args.parent, args.ocsp_url, _now())
     print(f"created CA {record.name} (issuer #{record.number})")
     return 0
@@ -42,7 +47,7 @@ def cmd_ca_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 
     if args.key and (args.responder_cert or args.responder_key):
         raise SignerError("give either --key, or --responder-cert with --responder-key, not both")
-    st = _open_store(data_dir, config)
+    st = open_store(data_dir, config)
     record = add_ca(
         st,
         args.name,
@@ -61,7 +66,7 @@ def cmd_ca_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 def cmd_ca_list(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from cryptography import x509
 
-    for record in _open_store(data_dir, config).issuers():
+    for record in open_store(data_dir, config).issuers():
         cert = x509.load_der_x509_certificate(record.cert_der)
         print(
             f"{record.name}\t#{record.number}\t{record.signing}\t{cert.subject.rfc4514_string()}"
@@ -74,7 +79,7 @@ def cmd_ca_show(args: argparse.Namespace, data_dir: Path, config: Config) -> int
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    record = _open_store(data_dir, config).issuer(args.name)
+    record = open_store(data_dir, config).issuer(args.name)
     sys.stdout.write(x509.load_der_x509_certificate(record.cert_der).public_bytes(Encoding.PEM).decode())
     return 0
 
@@ -82,7 +87,7 @@ def cmd_ca_show(args: argparse.Namespace, data_dir: Path, config: Config) -> int
 def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.issue import issue_to_directory
 
-    st = _open_store(data_dir, config)
+    st = open_store(data_dir, config)
     cert_path, key_path = issue_to_directory(
         st, st.issuer(args.name), args.cn, args.san or [], args.key, args.days, args.out, _now()
     )
@@ -100,7 +105,7 @@ def _progress(label: str) -> Callable[[int], None]:
 def cmd_import(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer import inventory
 
-    st = _open_store(data_dir, config)
+    st = open_store(data_dir, config)
     issuer = st.issuer(args.name)
     progress = _progress(f"importing into {issuer.name}") if sys.stderr.isatty() or args.progress else None
     if args.cert:
@@ -120,7 +125,7 @@ def cmd_import(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 def cmd_revoke(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer import inventory
 
-    st = _open_store(data_dir, config)
+    st = open_store(data_dir, config)
     issuer = st.issuer(args.name)
     serial = inventory.parse_serial(args.serial)
     reason = inventory.reason_code(args.reason) if args.reason else None
@@ -137,7 +142,7 @@ def _iso(unix: int) -> str:
 def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer import inventory
 
-    st = _open_store(data_dir, config)
+    st = open_store(data_dir, config)
     issuer = st.issuer(args.name)
     serial = inventory.parse_serial(args.serial)
     record, responses, pending = inventory.status(st, issuer, serial)
@@ -163,7 +168,7 @@ def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 def cmd_export_requests(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.export import export_requests
 
-    st = _open_store(data_dir, config)
+    st = open_store(data_dir, config)
     report = export_requests(st, args.name, args.count, args.out, args.hash, args.seed, int(_now().timestamp()))
     print(report.summary())
     return 0

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from contract.config import Config
+from signer.cli import open_store
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
-
-    from signer.state import SignerStore
 
 
 def _now() -> dt.datetime:
@@ -26,12 +25,6 @@ def _now() -> dt.datetime:
 
 def _iso(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _open_store(data_dir: Path, config: Config) -> SignerStore:
-    from signer.state import SignerStore
-
-    return SignerStore(data_dir, config)
 
 
 def _hasher() -> PasswordHasher:
@@ -56,11 +49,8 @@ def cmd_ra_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
             anchors = x509.load_pem_x509_certificates(Path(config.est.ra_trust_anchors).read_bytes())
         except ValueError as exc:
             raise SignerError(f"est.ra_trust_anchors: {exc}") from None
-    st = _open_store(data_dir, config)
-    try:
+    with open_store(data_dir, config) as st:
         record, issuer = add_ra(st, args.name, cert_data, cas, _now(), anchors)
-    finally:
-        st.close()
     by = f"CA {issuer.name}" if isinstance(issuer, IssuerRecord) else f"trust anchor {issuer.subject.rfc4514_string()}"
     print(f"added RA {record.name} (certificate issued by {by}); may enroll for: {', '.join(record.cas)}")
     return 0
@@ -71,11 +61,8 @@ def cmd_ra_list(args: argparse.Namespace, data_dir: Path, config: Config) -> int
 
     from signer.est_admin import list_ras
 
-    st = _open_store(data_dir, config)
-    try:
+    with open_store(data_dir, config) as st:
         records = list_ras(st)
-    finally:
-        st.close()
     for record in records:
         cert = x509.load_der_x509_certificate(record.cert_der)
         print(
@@ -88,11 +75,8 @@ def cmd_ra_list(args: argparse.Namespace, data_dir: Path, config: Config) -> int
 def cmd_ra_remove(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.est_admin import remove_ra
 
-    st = _open_store(data_dir, config)
-    try:
+    with open_store(data_dir, config) as st:
         record = remove_ra(st, args.name)
-    finally:
-        st.close()
     print(f"removed RA {record.name}")
     return 0
 
@@ -122,13 +106,10 @@ def read_password(from_stdin: bool, prompt: str) -> str:
 def cmd_est_user_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.est_admin import add_est_user, check_est_user
 
-    st = _open_store(data_dir, config)
-    try:
+    with open_store(data_dir, config) as st:
         check_est_user(st, args.label, args.name)  # before asking for a password
         password = read_password(args.password_stdin, f"Password for EST user {args.name} ({args.label}): ")
         record, replaced = add_est_user(st, args.label, args.name, password, _now(), _hasher())
-    finally:
-        st.close()
     if replaced:
         print(f"replaced the password of EST user {record.name} for {record.label}")
     else:
@@ -139,11 +120,8 @@ def cmd_est_user_add(args: argparse.Namespace, data_dir: Path, config: Config) -
 def cmd_est_user_list(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.est_admin import list_est_users
 
-    st = _open_store(data_dir, config)
-    try:
+    with open_store(data_dir, config) as st:
         records = list_est_users(st, args.label)
-    finally:
-        st.close()
     for record in records:
         print(f"{record.label}\t{record.name}\tadded={_iso(dt.datetime.fromtimestamp(record.added_at, dt.UTC))}")
     return 0
@@ -152,11 +130,8 @@ def cmd_est_user_list(args: argparse.Namespace, data_dir: Path, config: Config) 
 def cmd_est_user_remove(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.est_admin import remove_est_user
 
-    st = _open_store(data_dir, config)
-    try:
+    with open_store(data_dir, config) as st:
         record = remove_est_user(st, args.label, args.name)
-    finally:
-        st.close()
     print(f"removed EST user {record.name} for {record.label}")
     return 0
 

@@ -59,6 +59,12 @@ class SignerStore:
     def close(self) -> None:
         self.env.close()
 
+    def __enter__(self) -> SignerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def issuers(self) -> list[store.IssuerRecord]:
         with self.env.begin(db=self.issuers_db) as txn:
             return [store.ISSUER_DECODER.decode(v) for _, v in txn.cursor()]

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,13 +58,20 @@ def test_round_trip_and_concurrency(tmp_path):
     assert not sock.exists()  # removed on shutdown
 
 
-def test_server_answers_busy_past_its_queue_bound(tmp_path):
-    sock = tmp_path / "jobs.sock"
+def held_worker() -> tuple[threading.Event, Callable[[jobs.Job, float], jobs.Result]]:
+    """A worker that issues only once the returned event is set (at most 5 s later)."""
     release = threading.Event()
 
     def slow(job: jobs.Job, deadline: float) -> jobs.Result:
         release.wait(5)
         return jobs.Issued(b"x")
+
+    return release, slow
+
+
+def test_server_answers_busy_past_its_queue_bound(tmp_path):
+    sock = tmp_path / "jobs.sock"
+    release, slow = held_worker()
 
     async def body():
         queue = UnixSocketQueue(sock, max_inflight=32, logger=LOG)
@@ -82,11 +90,7 @@ def test_server_answers_busy_past_its_queue_bound(tmp_path):
 
 def test_client_fails_fast_when_its_slots_are_full(tmp_path):
     sock = tmp_path / "jobs.sock"
-    release = threading.Event()
-
-    def slow(job: jobs.Job, deadline: float) -> jobs.Result:
-        release.wait(5)
-        return jobs.Issued(b"x")
+    release, slow = held_worker()
 
     async def body():
         queue = UnixSocketQueue(sock, max_inflight=1, logger=LOG)
@@ -106,11 +110,7 @@ def test_client_fails_fast_when_its_slots_are_full(tmp_path):
 
 def test_timeout_and_no_server(tmp_path):
     sock = tmp_path / "jobs.sock"
-    release = threading.Event()
-
-    def slow(job: jobs.Job, deadline: float) -> jobs.Result:
-        release.wait(5)
-        return jobs.Issued(b"x")
+    release, slow = held_worker()
 
     async def body():
         queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
