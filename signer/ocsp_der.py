@@ -13,6 +13,7 @@ always present, GeneralizedTime in whole seconds.
 
 from __future__ import annotations
 
+import binascii
 import functools
 import hashlib
 import time
@@ -49,6 +50,7 @@ def generalized_time(unix: int) -> bytes:
     return tlv(0x18, time.strftime("%Y%m%d%H%M%SZ", time.gmtime(unix)).encode())
 
 
+ETAG_SIGNATURE_OCTETS = 16
 _GOOD = b"\x80\x00"
 _OID_BASIC = tlv(0x06, bytes.fromhex("2b0601050507300101"))  # id-pkix-ocsp-basic
 _SUCCESSFUL = b"\x0a\x01\x00"
@@ -100,6 +102,7 @@ class ResponseSigner:
         if responder_cert is not None:
             cert_der = responder_cert.public_bytes(serialization.Encoding.DER)
             self._certs = tlv(0xA0, tlv(0x30, cert_der))
+        self._certs_tag = hashlib.sha256(self._certs).hexdigest()[:8].encode() if self._certs else b""
         subject = issuer_cert.subject.public_bytes()
         key_bits = _public_key_bits(issuer_cert)
         self.cert_id_prefixes: dict[int, bytes] = {}
@@ -119,13 +122,24 @@ class ResponseSigner:
         next_update: int,
     ) -> bytes:
         """One DER OCSPResponse; ``serial`` is the minimal INTEGER content (contract.store.serial_key)."""
-        tail = _status_and_times(status, this_update, next_update)
-        shape = (hash_code, len(serial), len(tail))
-        parts = self._tbs_shapes.get(shape)
+        tail = status_and_times(status, this_update, next_update)
+        return self.sign_encoded(hash_code, serial, generalized_time(produced_at), tail)[0]
+
+    def sign_encoded(self, hash_code: int, serial: bytes, produced_at: bytes, tail: bytes) -> tuple[bytes, bytes]:
+        """The DER OCSPResponse and its ETag, from the encoded producedAt (``generalized_time``) and
+        ``tail`` (``status_and_times``): the background signer encodes those once per batch."""
+        parts = self._tbs_shapes.get((hash_code, len(serial), len(tail)))
         if parts is None:
-            parts = self._tbs_shapes[shape] = self._tbs_parts(*shape)
-        before, after = parts
-        return self._signed(b"".join((before, generalized_time(produced_at), after, serial, tail)))
+            parts = self._tbs_shapes[(hash_code, len(serial), len(tail))] = self._tbs_parts(
+                hash_code, len(serial), len(tail)
+            )
+        tbs = b"".join((parts[0], produced_at, parts[1], serial, tail))
+        signature = self._sign(tbs)
+        # The last octets of the signature change whenever the signed data does (ECDSA draws a
+        # fresh k per signature; an RSA signature is a permutation of the data's digest), and the
+        # certificates' tag covers the one part outside the signature: a strong ETag, no hashing.
+        etag = b'"%s%s"' % (self._certs_tag, binascii.hexlify(signature[-ETAG_SIGNATURE_OCTETS:]))
+        return self._wrapped(tbs, signature), etag
 
     def _tbs_parts(self, hash_code: int, serial_length: int, tail_length: int) -> tuple[bytes, bytes]:
         """The ResponseData bytes around producedAt and the serial, for one shape of response.
@@ -155,7 +169,7 @@ class ResponseSigner:
             tlv(
                 0x30,
                 tlv(0x30, self.cert_id_prefixes[code] + tlv(0x02, serial))
-                + _status_and_times(status, this_update, next_update),
+                + status_and_times(status, this_update, next_update),
             )
             for code, serial, status in singles
         )
@@ -163,13 +177,13 @@ class ResponseSigner:
 
     def _signed(self, tbs: bytes) -> bytes:
         """The OCSPResponse around a signed ResponseData."""
-        signature = self._sign(tbs)
-        shape = (len(tbs), len(signature))  # ECDSA signatures vary by a byte or two: a few shapes
-        wrap = self._wraps.get(shape)
+        return self._wrapped(tbs, self._sign(tbs))
+
+    def _wrapped(self, tbs: bytes, signature: bytes) -> bytes:
+        wrap = self._wraps.get((len(tbs), len(signature)))  # ECDSA signatures vary by a byte or two
         if wrap is None:
-            wrap = self._wraps[shape] = self._wrap(*shape)
-        before, between = wrap
-        return b"".join((before, tbs, between, signature, self._certs))
+            wrap = self._wraps[(len(tbs), len(signature))] = self._wrap(len(tbs), len(signature))
+        return b"".join((wrap[0], tbs, wrap[1], signature, self._certs))
 
     def _wrap(self, tbs_length: int, signature_length: int) -> tuple[bytes, bytes]:
         """The OCSPResponse bytes before the ResponseData and between it and the signature value."""
@@ -183,7 +197,8 @@ class ResponseSigner:
 
 
 @functools.lru_cache(maxsize=1024)  # the same few per batch: good, or revoked at one time
-def _status_and_times(status: CertStatus, this_update: int, next_update: int) -> bytes:
+def status_and_times(status: CertStatus, this_update: int, next_update: int) -> bytes:
+    """certStatus, thisUpdate and nextUpdate of a SingleResponse, encoded."""
     return status.encode() + generalized_time(this_update) + tlv(0xA0, generalized_time(next_update))
 
 

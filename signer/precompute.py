@@ -11,19 +11,18 @@ A batch is bounded in size and time so that a revocation never waits long.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any
+from typing import Any, NamedTuple
 
 from contract import store
 from contract.config import SignerConfig
 from contract.store import IssuerRecord, StoredResponse
-from signer.ocsp_der import CertStatus, ResponseSigner
+from signer.ocsp_der import CertStatus, ResponseSigner, generalized_time, status_and_times
 from signer.state import SignerStore
 
 SignerLoader = Callable[[IssuerRecord], ResponseSigner]
@@ -48,6 +47,30 @@ def http_date(unix: int) -> bytes:
     return formatdate(unix, usegmt=True).encode()
 
 
+class _Puts(NamedTuple):
+    """Puts through cursors of one write transaction: a third cheaper than txn.put(db=...)."""
+
+    responses: Callable[[bytes, bytes], bool]
+    schedule: Callable[[bytes, bytes], bool]
+    refresh: Callable[[bytes, bytes], bool]
+
+    @classmethod
+    def of(cls, txn: Any, st: SignerStore) -> _Puts:
+        return cls(*(txn.cursor(db=db).put for db in (st.responses, st.schedule, st.refresh)))
+
+
+class _Times(NamedTuple):
+    """What every response signed at one instant shares, encoded once per batch."""
+
+    now: int
+    this_update: int
+    next_update: int
+    produced_at: bytes  # DER GeneralizedTime
+    good: bytes  # DER certStatus good, thisUpdate, nextUpdate
+    last_modified: bytes
+    expires: bytes
+
+
 class Precomputer:
     def __init__(
         self,
@@ -65,11 +88,15 @@ class Precomputer:
         self._logger = logger
         self._rng = rng
         self._codes = [store.HASH_ALGORITHMS[name][0] for name in config.hash_algorithms]
+        self._prefixes: dict[int, list[tuple[int, bytes]]] = {}
         # Responses for hash algorithms no longer configured are swept once, by the first batches,
         # instead of a delete per algorithm and serial at every refresh.
         self._unserved = [code for code, _ in store.HASH_ALGORITHMS.values() if code not in self._codes]
         self._sweep_unserved = bool(self._unserved)
         self._validity = int(config.validity_hours * 3600)
+        # A serial is refreshed at refresh_fraction of its validity, up to jitter_fraction earlier.
+        self._refresh_after = self._validity * config.refresh_fraction
+        self._jitter = self._validity * config.jitter_fraction
         self._grace = int(config.expired_grace_hours * 3600)
         self._generation = -1
         self._signers: dict[int, ResponseSigner] = {}
@@ -105,7 +132,9 @@ class Precomputer:
         deadline = self._clock.monotonic() + self._config.batch_seconds
         limit = self._config.batch_size
         handled = 0
+        times = self._times(now)
         with st.env.begin(write=True) as txn:
+            puts = _Puts.of(txn, st)
             swept = self._sweep(txn, limit) if self._sweep_unserved else 0
             # (inventory key, pending key or None, schedule key or None)
             work: list[tuple[bytes, bytes | None, bytes | None]] = []
@@ -126,7 +155,7 @@ class Precomputer:
                 if inv_key in done:  # pending and due as well: one signing serves both
                     continue
                 done.add(inv_key)
-                self._process(txn, inv_key, now, scheduled=due_key)
+                self._process(txn, puts, times, inv_key, scheduled=due_key)
                 if pkey is not None:
                     txn.delete(pkey, db=st.pending)
                 handled += 1
@@ -154,18 +183,33 @@ class Precomputer:
     def sign_serial(self, txn: Any, inv_key: bytes, now: int, signer: ResponseSigner) -> None:
         """Inside the caller's write ``txn``: sign and store one serial's responses with ``signer``,
         with its schedule and refresh entries, exactly as a batch does (used at EST issuance)."""
-        self._process(txn, inv_key, now, signer)
+        self._process(txn, _Puts.of(txn, self._st), self._times(now), inv_key, signer)
+
+    def _times(self, now: int) -> _Times:
+        this_update = now - self._config.backdate_seconds
+        next_update = this_update + self._validity
+        return _Times(
+            now,
+            this_update,
+            next_update,
+            generalized_time(now),
+            status_and_times(CertStatus(), this_update, next_update),
+            http_date(this_update),
+            http_date(next_update),
+        )
 
     def _process(
         self,
         txn: Any,
+        puts: _Puts,
+        times: _Times,
         inv_key: bytes,
-        now: int,
         signer: ResponseSigner | None = None,
         scheduled: bytes | None = None,
     ) -> None:
         """``scheduled``: the serial's schedule key when the batch found it there (no lookup needed)."""
         st = self._st
+        now = times.now
         issuer_number, serial_k = store.split_inventory_key(inv_key)
         if scheduled is not None:
             txn.delete(scheduled, db=st.schedule)
@@ -191,33 +235,31 @@ class Precomputer:
                 self._unsignable_logged.add(issuer_number)
                 self._logger.error("issuer %d has no usable signer: its serials wait", issuer_number)
             return
-        this_update = now - self._config.backdate_seconds
-        next_update = this_update + self._validity
-        jitter = self._spread(serial_k) * self._config.jitter_fraction
-        refresh_at = this_update + int(self._validity * (self._config.refresh_fraction - jitter))
+        this_update = times.this_update
+        refresh_at = this_update + int(self._refresh_after - self._spread(serial_k) * self._jitter)
         refresh_at = min(max(refresh_at, now + 1), serve_until)
-        status = CertStatus(record.revoked_at, record.reason)
-        last_modified, expires = http_date(this_update), http_date(next_update)
-        for code in self._codes:
-            der = signer.sign_response(code, serial_k, status, now, this_update, next_update)
+        revoked = record.revoked_at is not None
+        if revoked:
+            tail = status_and_times(CertStatus(record.revoked_at, record.reason), this_update, times.next_update)
+        else:
+            tail = times.good
+        produced_at, last_modified, expires = times.produced_at, times.last_modified, times.expires
+        for code, prefix in self._response_prefixes(issuer_number):
+            der, etag = signer.sign_encoded(code, serial_k, produced_at, tail)
             stored = StoredResponse(
-                der=der,
-                this_update=this_update,
-                next_update=next_update,
-                refresh_at=refresh_at,
-                serve_until=serve_until,
-                etag=b'"%s"' % hashlib.sha256(der).hexdigest().encode(),
-                last_modified=last_modified,
-                expires=expires,
-                revoked=record.revoked_at is not None,
+                der, this_update, times.next_update, refresh_at, serve_until, etag, last_modified, expires, revoked
             )
-            txn.put(
-                store.response_key(issuer_number, code, serial_k),
-                store.RESPONSE_ENCODER.encode(stored),
-                db=st.responses,
-            )
-        txn.put(store.schedule_key(refresh_at, inv_key), b"", db=st.schedule)
-        txn.put(inv_key, store.pack_u64(refresh_at), db=st.refresh)
+            puts.responses(prefix + serial_k, store.RESPONSE_ENCODER.encode(stored))
+        puts.schedule(store.schedule_key(refresh_at, inv_key), b"")
+        puts.refresh(inv_key, store.pack_u64(refresh_at))
+
+    def _response_prefixes(self, issuer_number: int) -> list[tuple[int, bytes]]:
+        """(hash code, response key prefix) per served hash algorithm, made once per issuer."""
+        prefixes = self._prefixes.get(issuer_number)
+        if prefixes is None:
+            prefixes = [(code, store.response_prefix(issuer_number, code)) for code in self._codes]
+            self._prefixes[issuer_number] = prefixes
+        return prefixes
 
     def _spread(self, serial_k: bytes) -> float:
         """Where in the jitter window a serial's refresh falls, in [0, 1).
@@ -230,9 +272,8 @@ class Precomputer:
         """
         if len(serial_k) < MIN_RANDOM_SERIAL_OCTETS:
             return self._rng.random()
-        if serial_k[0] == 0:  # the sign octet of a positive serial whose top bit is set
-            serial_k = serial_k[1:]
-        return int.from_bytes(serial_k[:6], "big") / 2 ** (8 * len(serial_k[:6]))
+        start = 1 if serial_k[0] == 0 else 0  # the sign octet of a positive serial whose top bit is set
+        return int.from_bytes(serial_k[start : start + 6], "big") / 2**48
 
     def run(self, stop: threading.Event) -> None:
         """Sign until ``stop`` is set; the batch under way is always finished and committed."""

@@ -687,15 +687,15 @@ class Boom(RuntimeError):
 
 def failing_signer(signer: ResponseSigner, monkeypatch: pytest.MonkeyPatch, fail_on_call: int) -> list[int]:
     calls: list[int] = []
-    original = signer.sign_response
+    original = signer.sign_encoded
 
-    def sign_response(*args: Any, **kwargs: Any) -> bytes:
+    def sign_encoded(*args: Any, **kwargs: Any) -> tuple[bytes, bytes]:
         calls.append(1)
         if len(calls) == fail_on_call:
             raise Boom("signing failed")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(signer, "sign_response", sign_response)
+    monkeypatch.setattr(signer, "sign_encoded", sign_encoded)
     return calls
 
 

@@ -21,7 +21,15 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from contract.store import HASH_ALGORITHMS, serial_key
-from signer.ocsp_der import CertStatus, ResponseSigner, der_length, generalized_time, tlv
+from signer.ocsp_der import (
+    ETAG_SIGNATURE_OCTETS,
+    CertStatus,
+    ResponseSigner,
+    der_length,
+    generalized_time,
+    status_and_times,
+    tlv,
+)
 from tests.signer.conftest import PrivateKey, build_ca, build_delegate, build_leaf, pool_key, utc
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048")
@@ -281,6 +289,40 @@ def test_signer_refuses_a_key_that_does_not_match(pkis: dict[str, Pki]) -> None:
         ResponseSigner(pki.ca_cert, pki.delegate_key)
     with pytest.raises(ValueError, match="does not match"):
         ResponseSigner(pki.ca_cert, pki.ca_key, pki.delegate_cert)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", KEY_TYPES)
+def test_etag_is_the_signature_tail_and_the_certificates_tag(pkis: dict[str, Pki], kind: str, mode: str) -> None:
+    pki = pkis[kind]
+    signer = pki.signer(mode)
+    (first, etag), (second, second_etag) = sign_good(signer), sign_good(signer)
+    signature = ocsp.load_der_ocsp_response(first).signature
+    assert etag.startswith(b'"') and etag.endswith(signature[-ETAG_SIGNATURE_OCTETS:].hex().encode() + b'"')
+    assert len(etag) == 2 + 2 * ETAG_SIGNATURE_OCTETS + (0 if mode == "ca" else 8)  # + the certificates' tag
+    if kind.startswith("rsa"):  # deterministic: the same bytes, so the same ETag
+        assert first == second and second_etag == etag
+    else:  # a fresh k per signature: other bytes, another ETag
+        assert first != second and second_etag != etag
+    # The same response sent with another responder certificate is another representation.
+    if mode == "delegate":
+        cert = pki.delegate_cert
+        other_cert = build_delegate(
+            pki.ca_cert, pki.ca_key, pki.delegate_key, cert.not_valid_before_utc, cert.not_valid_after_utc, cn="other"
+        )
+        assert sign_good(ResponseSigner(pki.ca_cert, pki.delegate_key, other_cert))[1][1:9] != etag[1:9]
+
+
+def sign_good(signer: ResponseSigner) -> tuple[bytes, bytes]:
+    return signer.sign_encoded(2, serial_key(5), generalized_time(PRODUCED), status_and_times(CertStatus(), 1, 2))
+
+
+def test_sign_encoded_equals_sign_response(pkis: dict[str, Pki]) -> None:
+    signer = pkis["rsa-2048"].signer("delegate")  # deterministic signatures: comparable bytes
+    status = CertStatus(THIS_UPDATE - 60, 1)
+    der = signer.sign_response(1, serial_key(77), status, PRODUCED, THIS_UPDATE, NEXT_UPDATE)
+    tail = status_and_times(status, THIS_UPDATE, NEXT_UPDATE)
+    assert signer.sign_encoded(1, serial_key(77), generalized_time(PRODUCED), tail)[0] == der
 
 
 # ---------------------------------------------------------------------------- openssl ocsp

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import random
@@ -23,7 +22,7 @@ from contract import store
 from contract.config import SignerConfig
 from contract.store import CertRecord, StoredResponse
 from signer.inventory import Entry, ImportReport, add_certificates, revoke, write_entries
-from signer.ocsp_der import ResponseSigner
+from signer.ocsp_der import ETAG_SIGNATURE_OCTETS, ResponseSigner
 from signer.precompute import Precomputer
 from signer.registry import add_ca, create_ca, load_response_signer
 from signer.state import SignerStore, key_path
@@ -170,12 +169,12 @@ def check_stored(
     else:
         assert stored.refresh_at == serve_until or low <= stored.refresh_at <= serve_until
     assert stored.refresh_at > now
-    assert stored.etag == b'"' + hashlib.sha256(stored.der).hexdigest().encode() + b'"'
     assert stored.last_modified == imf_fixdate(this_update)
     assert stored.expires == imf_fixdate(this_update + validity)
     assert stored.revoked is (revoked_at is not None)
 
     resp = ocsp.load_der_ocsp_response(stored.der)
+    assert stored.etag.endswith(resp.signature[-ETAG_SIGNATURE_OCTETS:].hex().encode() + b'"')
     assert resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
     assert resp.serial_number == serial
     assert isinstance(resp.hash_algorithm, CRYPTO_HASH[code])
@@ -572,16 +571,16 @@ def test_failed_batch_writes_nothing(setup: Setup, monkeypatch: pytest.MonkeyPat
     assert len(before["pending"]) == 5
 
     calls = 0
-    original = ResponseSigner.sign_response
+    original = ResponseSigner.sign_encoded
 
-    def failing(self: ResponseSigner, *args: Any) -> bytes:
+    def failing(self: ResponseSigner, *args: Any) -> tuple[bytes, bytes]:
         nonlocal calls
         calls += 1
         if calls > fail_after:
             raise RuntimeError("signing device unplugged")
         return original(self, *args)
 
-    monkeypatch.setattr(ResponseSigner, "sign_response", failing)
+    monkeypatch.setattr(ResponseSigner, "sign_encoded", failing)
     with pytest.raises(RuntimeError, match="unplugged"):
         p.run_batch()
     assert calls == fail_after + 1
@@ -665,12 +664,12 @@ def test_pending_and_due_serial_is_signed_once(setup: Setup, monkeypatch: pytest
     setup.clock.wall = max(r.refresh_at for r in responses(setup.st).values())  # all three due
     revoke(setup.st, setup.issuer, 2, 1, setup.clock.wall)  # and serial 2 pending as well
     signed: list[bytes] = []
-    original = ResponseSigner.sign_response
+    original = ResponseSigner.sign_encoded
 
-    def counting(self: ResponseSigner, hash_code: int, serial: bytes, *args: Any) -> bytes:
+    def counting(self: ResponseSigner, hash_code: int, serial: bytes, *args: Any) -> tuple[bytes, bytes]:
         signed.append(serial)
         return original(self, hash_code, serial, *args)
 
-    monkeypatch.setattr(ResponseSigner, "sign_response", counting)
+    monkeypatch.setattr(ResponseSigner, "sign_encoded", counting)
     assert p.run_batch() == 3
     assert sorted(signed) == sorted([b"\x01", b"\x01", b"\x02", b"\x02", b"\x03", b"\x03"])
