@@ -122,22 +122,32 @@ class ResponseSigner:
         next_update: int,
     ) -> bytes:
         """One DER OCSPResponse; ``serial`` is the minimal INTEGER content (contract.store.serial_key)."""
-        tail = status_and_times(status, this_update, next_update)
-        return self.sign_encoded(hash_code, serial, generalized_time(produced_at), tail)[0]
+        tbs = self.response_data(
+            hash_code, serial, generalized_time(produced_at), status_and_times(status, this_update, next_update)
+        )
+        return self.response(tbs, self.sign(tbs))[0]
 
-    def sign_encoded(self, hash_code: int, serial: bytes, produced_at: bytes, tail: bytes) -> tuple[bytes, bytes]:
-        """The DER OCSPResponse and its ETag, from the encoded producedAt (``generalized_time``) and
+    def response_data(self, hash_code: int, serial: bytes, produced_at: bytes, tail: bytes) -> bytes:
+        """The DER ResponseData to sign, from the encoded producedAt (``generalized_time``) and
         ``tail`` (``status_and_times``): the background signer encodes those once per batch."""
         parts = self._tbs_shapes.get((hash_code, len(serial), len(tail)))
         if parts is None:
             parts = self._tbs_shapes[(hash_code, len(serial), len(tail))] = self._tbs_parts(
                 hash_code, len(serial), len(tail)
             )
-        tbs = b"".join((parts[0], produced_at, parts[1], serial, tail))
-        signature = self._sign(tbs)
-        # The last octets of the signature change whenever the signed data does (ECDSA draws a
-        # fresh k per signature; an RSA signature is a permutation of the data's digest), and the
-        # certificates' tag covers the one part outside the signature: a strong ETag, no hashing.
+        return b"".join((parts[0], produced_at, parts[1], serial, tail))
+
+    def sign(self, tbs: bytes) -> bytes:
+        """The signature of a ResponseData."""
+        return self._sign(tbs)
+
+    def response(self, tbs: bytes, signature: bytes) -> tuple[bytes, bytes]:
+        """The DER OCSPResponse around a signed ResponseData, and its ETag.
+
+        The last octets of the signature change whenever the signed data does (ECDSA draws a
+        fresh k per signature; an RSA signature is a permutation of the data's digest), and the
+        certificates' tag covers the one part outside the signature: a strong ETag, no hashing.
+        """
         etag = b'"%s%s"' % (self._certs_tag, binascii.hexlify(signature[-ETAG_SIGNATURE_OCTETS:]))
         return self._wrapped(tbs, signature), etag
 

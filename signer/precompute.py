@@ -40,6 +40,13 @@ class Clock:
 
 
 MIN_RANDOM_SERIAL_OCTETS = 8
+# Responses are signed back to back in chunks of about this many seconds, before any of them
+# is stored: the signing code and its tables stay in the CPU's caches (a signature made between
+# LMDB and Python work costs ~8% more, and the whole refresh ~20% more). The batch deadline is
+# checked between chunks, so a batch overruns it by one chunk at most.
+SIGN_CHUNK_SECONDS = 0.02
+# Until a chunk has been timed: an RSA-2048 signature's order, so that the first chunk is short.
+FIRST_SIGNATURE_SECONDS = 0.001
 
 
 @functools.lru_cache(maxsize=1024)  # a batch shares its few thisUpdate/nextUpdate values
@@ -57,6 +64,17 @@ class _Puts(NamedTuple):
     @classmethod
     def of(cls, txn: Any, st: SignerStore) -> _Puts:
         return cls(*(txn.cursor(db=db).put for db in (st.responses, st.schedule, st.refresh)))
+
+
+class _Unsigned(NamedTuple):
+    """One response waiting for its signature in a chunk."""
+
+    signer: ResponseSigner
+    key: bytes  # in the responses table
+    tbs: bytes  # the ResponseData to sign
+    refresh_at: int
+    serve_until: int
+    revoked: bool
 
 
 class _Times(NamedTuple):
@@ -88,6 +106,7 @@ class Precomputer:
         self._logger = logger
         self._rng = rng
         self._codes = [store.HASH_ALGORITHMS[name][0] for name in config.hash_algorithms]
+        self._signature_seconds = FIRST_SIGNATURE_SECONDS
         self._prefixes: dict[int, list[tuple[int, bytes]]] = {}
         # Responses for hash algorithms no longer configured are swept once, by the first batches,
         # instead of a delete per algorithm and serial at every refresh.
@@ -149,16 +168,21 @@ class Precomputer:
                         break
                     work.append((inv_key, None, skey))
             done: set[bytes] = set()
+            chunk: list[_Unsigned] = []
             for inv_key, pkey, due_key in work:
                 if handled and self._clock.monotonic() > deadline:
                     break
                 if inv_key in done:  # pending and due as well: one signing serves both
                     continue
                 done.add(inv_key)
-                self._process(txn, puts, times, inv_key, scheduled=due_key)
+                self._prepare(txn, puts, times, chunk, inv_key, scheduled=due_key)
                 if pkey is not None:
                     txn.delete(pkey, db=st.pending)
                 handled += 1
+                if len(chunk) * self._signature_seconds >= SIGN_CHUNK_SECONDS:
+                    self._sign_and_put(puts, times, chunk)
+                    chunk = []
+            self._sign_and_put(puts, times, chunk)
             if handled:
                 txn.put(store.META_LAST_SIGNED_AT, store.pack_u64(now), db=st.meta)
         return handled + swept
@@ -183,7 +207,9 @@ class Precomputer:
     def sign_serial(self, txn: Any, inv_key: bytes, now: int, signer: ResponseSigner) -> None:
         """Inside the caller's write ``txn``: sign and store one serial's responses with ``signer``,
         with its schedule and refresh entries, exactly as a batch does (used at EST issuance)."""
-        self._process(txn, _Puts.of(txn, self._st), self._times(now), inv_key, signer)
+        puts, times, chunk = _Puts.of(txn, self._st), self._times(now), list[_Unsigned]()
+        self._prepare(txn, puts, times, chunk, inv_key, signer)
+        self._sign_and_put(puts, times, chunk)
 
     def _times(self, now: int) -> _Times:
         this_update = now - self._config.backdate_seconds
@@ -198,16 +224,20 @@ class Precomputer:
             http_date(next_update),
         )
 
-    def _process(
+    def _prepare(
         self,
         txn: Any,
         puts: _Puts,
         times: _Times,
+        chunk: list[_Unsigned],
         inv_key: bytes,
         signer: ResponseSigner | None = None,
         scheduled: bytes | None = None,
     ) -> None:
-        """``scheduled``: the serial's schedule key when the batch found it there (no lookup needed)."""
+        """Reschedule one serial and add its responses to ``chunk`` (or stop serving it).
+
+        ``scheduled``: the serial's schedule key when the batch found it there (no lookup needed).
+        """
         st = self._st
         now = times.now
         issuer_number, serial_k = store.split_inventory_key(inv_key)
@@ -243,15 +273,33 @@ class Precomputer:
             tail = status_and_times(CertStatus(record.revoked_at, record.reason), this_update, times.next_update)
         else:
             tail = times.good
-        produced_at, last_modified, expires = times.produced_at, times.last_modified, times.expires
         for code, prefix in self._response_prefixes(issuer_number):
-            der, etag = signer.sign_encoded(code, serial_k, produced_at, tail)
-            stored = StoredResponse(
-                der, this_update, times.next_update, refresh_at, serve_until, etag, last_modified, expires, revoked
-            )
-            puts.responses(prefix + serial_k, store.RESPONSE_ENCODER.encode(stored))
+            tbs = signer.response_data(code, serial_k, times.produced_at, tail)
+            chunk.append(_Unsigned(signer, prefix + serial_k, tbs, refresh_at, serve_until, revoked))
         puts.schedule(store.schedule_key(refresh_at, inv_key), b"")
         puts.refresh(inv_key, store.pack_u64(refresh_at))
+
+    def _sign_and_put(self, puts: _Puts, times: _Times, chunk: list[_Unsigned]) -> None:
+        """Sign the chunk's responses back to back, then store them."""
+        started = self._clock.monotonic()
+        signatures = [unsigned.signer.sign(unsigned.tbs) for unsigned in chunk]
+        elapsed = self._clock.monotonic() - started
+        if chunk and elapsed > 0:
+            self._signature_seconds = elapsed / len(chunk)
+        for (signer, key, tbs, refresh_at, serve_until, revoked), signature in zip(chunk, signatures, strict=True):
+            der, etag = signer.response(tbs, signature)
+            stored = StoredResponse(
+                der,
+                times.this_update,
+                times.next_update,
+                refresh_at,
+                serve_until,
+                etag,
+                times.last_modified,
+                times.expires,
+                revoked,
+            )
+            puts.responses(key, store.RESPONSE_ENCODER.encode(stored))
 
     def _response_prefixes(self, issuer_number: int) -> list[tuple[int, bytes]]:
         """(hash code, response key prefix) per served hash algorithm, made once per issuer."""

@@ -16,7 +16,7 @@ N = 50
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, dataset.BuildReport, list[dataset.Serial]]:
     data = tmp_path_factory.mktemp("dataset") / "data"
-    report, sample = dataset.build(data, N, sample_size=N, cpu=None, raw_seconds=0.2, time_limit=120)
+    report, sample = dataset.build(data, N, sample_size=N, cpu=None, time_limit=120)
     return data, report, sample
 
 
@@ -63,7 +63,7 @@ def test_build_report_times_signing_against_raw_sign(built):
 def test_refresh_resigns_everything(built):
     data, _, sample = built
     before = dataset.stored_responses(data, [(sample[0].value, "sha1")])
-    result = dataset.run_sign_process(data, "refresh", cpu=None, raw_seconds=0.2, time_limit=120)
+    result = dataset.run_sign_process(data, "refresh", cpu=None, time_limit=120)
     assert result["serials"] == N and result["responses"] == 2 * N
     after = dataset.stored_responses(data, [(sample[0].value, "sha1")])
     key = (sample[0].value, "sha1")

@@ -687,15 +687,15 @@ class Boom(RuntimeError):
 
 def failing_signer(signer: ResponseSigner, monkeypatch: pytest.MonkeyPatch, fail_on_call: int) -> list[int]:
     calls: list[int] = []
-    original = signer.sign_encoded
+    original = signer.sign
 
-    def sign_encoded(*args: Any, **kwargs: Any) -> tuple[bytes, bytes]:
+    def sign(*args: Any, **kwargs: Any) -> bytes:
         calls.append(1)
         if len(calls) == fail_on_call:
             raise Boom("signing failed")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(signer, "sign_encoded", sign_encoded)
+    monkeypatch.setattr(signer, "sign", sign)
     return calls
 
 
@@ -703,7 +703,7 @@ def test_failure_midway_leaves_nothing_written(world: World, monkeypatch: pytest
     world.issued(make_csr())  # something already stored, so "nothing new" is meaningful
     cert = issue_direct(world, make_csr(pool_key("ec-p256", 3)))
     _, _, signer = world.load_ca(world.ca1)
-    calls = failing_signer(signer, monkeypatch, fail_on_call=2)  # after the sha1 response was put
+    calls = failing_signer(signer, monkeypatch, fail_on_call=2)  # the sha256 response's signature
     before = all_dbs(world.st)
     with pytest.raises(Boom):
         issue_and_store(world.st, world.ca1, cert, signer, world.config, T0)

@@ -314,15 +314,17 @@ def test_etag_is_the_signature_tail_and_the_certificates_tag(pkis: dict[str, Pki
 
 
 def sign_good(signer: ResponseSigner) -> tuple[bytes, bytes]:
-    return signer.sign_encoded(2, serial_key(5), generalized_time(PRODUCED), status_and_times(CertStatus(), 1, 2))
+    tbs = signer.response_data(2, serial_key(5), generalized_time(PRODUCED), status_and_times(CertStatus(), 1, 2))
+    return signer.response(tbs, signer.sign(tbs))
 
 
-def test_sign_encoded_equals_sign_response(pkis: dict[str, Pki]) -> None:
+def test_response_data_sign_and_response_equal_sign_response(pkis: dict[str, Pki]) -> None:
     signer = pkis["rsa-2048"].signer("delegate")  # deterministic signatures: comparable bytes
     status = CertStatus(THIS_UPDATE - 60, 1)
     der = signer.sign_response(1, serial_key(77), status, PRODUCED, THIS_UPDATE, NEXT_UPDATE)
     tail = status_and_times(status, THIS_UPDATE, NEXT_UPDATE)
-    assert signer.sign_encoded(1, serial_key(77), generalized_time(PRODUCED), tail)[0] == der
+    tbs = signer.response_data(1, serial_key(77), generalized_time(PRODUCED), tail)
+    assert signer.response(tbs, signer.sign(tbs))[0] == der
 
 
 # ---------------------------------------------------------------------------- openssl ocsp

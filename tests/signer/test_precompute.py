@@ -347,12 +347,14 @@ def test_batch_time_bound_not_hit_with_a_still_clock(setup: Setup) -> None:
 def test_batch_time_bound_allows_some(setup: Setup) -> None:
     setup.add(list(range(1, 11)))
     setup.clock.step = 1.0
-    # The first read (m) sets the deadline m + 3.5; the reads before items 2, 3, 4 (m+1, m+2, m+3)
-    # are within it, the one before item 5 (m+4) is not.
+    # First batch: the first read (m) sets the deadline m + 3.5; the reads before items 2, 3, 4
+    # (m+1, m+2, m+3) are within it, the one before item 5 (m+4) is not; the chunk of 4 serials is
+    # then signed between two reads (1 s: 1/8 s per signature). From then on a chunk is one serial
+    # (2 x 1/8 s passes SIGN_CHUNK_SECONDS), its signing reads the clock twice, and a batch holds 2.
     p = setup.precomputer(batch_seconds=3.5)
     counts = run_all(p)
     assert sum(counts) == 10
-    assert counts == [4, 4, 2]
+    assert counts == [4, 2, 2, 2]
 
 
 # ---------------------------------------------------------------------------- time
@@ -571,16 +573,16 @@ def test_failed_batch_writes_nothing(setup: Setup, monkeypatch: pytest.MonkeyPat
     assert len(before["pending"]) == 5
 
     calls = 0
-    original = ResponseSigner.sign_encoded
+    original = ResponseSigner.sign
 
-    def failing(self: ResponseSigner, *args: Any) -> tuple[bytes, bytes]:
+    def failing(self: ResponseSigner, *args: Any) -> bytes:
         nonlocal calls
         calls += 1
         if calls > fail_after:
             raise RuntimeError("signing device unplugged")
         return original(self, *args)
 
-    monkeypatch.setattr(ResponseSigner, "sign_encoded", failing)
+    monkeypatch.setattr(ResponseSigner, "sign", failing)
     with pytest.raises(RuntimeError, match="unplugged"):
         p.run_batch()
     assert calls == fail_after + 1
@@ -664,12 +666,12 @@ def test_pending_and_due_serial_is_signed_once(setup: Setup, monkeypatch: pytest
     setup.clock.wall = max(r.refresh_at for r in responses(setup.st).values())  # all three due
     revoke(setup.st, setup.issuer, 2, 1, setup.clock.wall)  # and serial 2 pending as well
     signed: list[bytes] = []
-    original = ResponseSigner.sign_encoded
+    original = ResponseSigner.response_data
 
-    def counting(self: ResponseSigner, hash_code: int, serial: bytes, *args: Any) -> tuple[bytes, bytes]:
+    def counting(self: ResponseSigner, hash_code: int, serial: bytes, *args: Any) -> bytes:
         signed.append(serial)
         return original(self, hash_code, serial, *args)
 
-    monkeypatch.setattr(ResponseSigner, "sign_encoded", counting)
+    monkeypatch.setattr(ResponseSigner, "response_data", counting)
     assert p.run_batch() == 3
     assert sorted(signed) == sorted([b"\x01", b"\x01", b"\x02", b"\x02", b"\x03", b"\x03"])
