@@ -23,7 +23,7 @@ from contract.config import SignerConfig
 from contract.store import CertRecord, StoredResponse
 from signer.inventory import Entry, ImportReport, add_certificates, revoke, write_entries
 from signer.ocsp_der import ETAG_SIGNATURE_OCTETS, ResponseSigner
-from signer.precompute import Precomputer
+from signer.precompute import FIRST_SIGNATURE_SECONDS, SIGN_CHUNK_SECONDS, Precomputer
 from signer.registry import add_ca, create_ca, load_response_signer
 from signer.state import SignerStore, key_path
 from tests.signer.conftest import PrivateKey, build_ca, build_delegate, build_leaf, key_pem, pem, pool_key, utc
@@ -355,6 +355,29 @@ def test_batch_time_bound_allows_some(setup: Setup) -> None:
     counts = run_all(p)
     assert sum(counts) == 10
     assert counts == [4, 2, 2, 2]
+
+
+def test_responses_are_signed_back_to_back_in_chunks(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup.add(list(range(1, 26)))
+    setup.clock.step = 0.0  # no signing time measured: chunks of SIGN_CHUNK_SECONDS / FIRST_SIGNATURE_SECONDS
+    events: list[str] = []
+    sign, response = ResponseSigner.sign, ResponseSigner.response
+
+    def logged_sign(self: ResponseSigner, tbs: bytes) -> bytes:
+        events.append("sign")
+        return sign(self, tbs)
+
+    def logged_response(self: ResponseSigner, tbs: bytes, signature: bytes) -> tuple[bytes, bytes]:
+        events.append("store")
+        return response(self, tbs, signature)
+
+    monkeypatch.setattr(ResponseSigner, "sign", logged_sign)
+    monkeypatch.setattr(ResponseSigner, "response", logged_response)
+    assert run_all(setup.precomputer()) == [25]
+    per_chunk = round(SIGN_CHUNK_SECONDS / FIRST_SIGNATURE_SECONDS)  # responses: 10 serials x 2
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(events)]
+    assert runs == [("sign", per_chunk), ("store", per_chunk)] * 2 + [("sign", 10), ("store", 10)]
+    assert len(responses(setup.st)) == 50
 
 
 # ---------------------------------------------------------------------------- time
