@@ -290,8 +290,7 @@ def _sign_in_process(data: Path, what: str, time_limit: float) -> dict[str, Any]
     key = load_ca_key(data, issuer)
     with st.env.begin() as txn:
         inventory = int(txn.stat(st.inventory)["entries"])
-    raw = RawReference(key)
-    raw.sample(0.05)  # warm up
+    RawReference(key).sample(0.05)  # warm up; the counting reference starts from zero
     raw = RawReference(key)
     clock: Any = Clock()
     if what == "refresh":

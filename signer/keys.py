@@ -44,12 +44,11 @@ def sign(key: SigningKey, data: bytes, algorithm: hashes.HashAlgorithm) -> bytes
 def signer_for(key: SigningKey, algorithm: hashes.HashAlgorithm) -> Callable[[bytes], bytes]:
     """A one-argument signing function, its algorithm objects made once rather than per signature
     (positional: keyword arguments through functools.partial cost a microsecond per signature)."""
-    key_sign = key.sign
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        ecdsa = ec.ECDSA(algorithm)
-        return lambda data: key_sign(data, ecdsa)  # type: ignore[call-arg, arg-type]
-    pkcs1 = padding.PKCS1v15()
-    return lambda data: key_sign(data, pkcs1, algorithm)  # type: ignore[call-arg, arg-type]
+        ec_sign, ecdsa = key.sign, ec.ECDSA(algorithm)
+        return lambda data: ec_sign(data, ecdsa)
+    rsa_sign, pkcs1 = key.sign, padding.PKCS1v15()
+    return lambda data: rsa_sign(data, pkcs1, algorithm)
 
 
 def write_private_key(path: Path, key: SigningKey) -> None:

@@ -207,7 +207,8 @@ class Precomputer:
     def sign_serial(self, txn: Any, inv_key: bytes, now: int, signer: ResponseSigner) -> None:
         """Inside the caller's write ``txn``: sign and store one serial's responses with ``signer``,
         with its schedule and refresh entries, exactly as a batch does (used at EST issuance)."""
-        puts, times, chunk = _Puts.of(txn, self._st), self._times(now), list[_Unsigned]()
+        puts, times = _Puts.of(txn, self._st), self._times(now)
+        chunk: list[_Unsigned] = []
         self._prepare(txn, puts, times, chunk, inv_key, signer)
         self._sign_and_put(puts, times, chunk)
 
