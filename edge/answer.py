@@ -44,10 +44,11 @@ class Answer(NamedTuple):
 
     @property
     def headers(self) -> Headers:
-        return [render_pair(line) for line in self.head.split(b"\r\n") if line]
+        return [_split_header_line(line) for line in self.head.split(b"\r\n") if line]
 
 
-def render_pair(line: bytes) -> tuple[bytes, bytes]:
+def _split_header_line(line: bytes) -> tuple[bytes, bytes]:
+    """``name: value`` (as render_head writes it) back into its pair."""
     name, _, value = line.partition(b": ")
     return name, value
 

@@ -121,7 +121,11 @@ class ResponseSigner:
         this_update: int,
         next_update: int,
     ) -> bytes:
-        """One DER OCSPResponse; ``serial`` is the minimal INTEGER content (contract.store.serial_key)."""
+        """One DER OCSPResponse; ``serial`` is the minimal INTEGER content (contract.store.serial_key).
+
+        The three steps below in one call; the background signer calls them apart, to sign a
+        chunk's ResponseData back to back (signer.precompute).
+        """
         tbs = self.response_data(
             hash_code, serial, generalized_time(produced_at), status_and_times(status, this_update, next_update)
         )
