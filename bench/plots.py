@@ -9,6 +9,7 @@ from typing import Any
 COLORS = {
     "pki-edge": "#1f77b4",
     "pki-edge-asgi": "#aec7e8",
+    "python-floor": "#9467bd",
     "nginx": "#2ca02c",
     "cfssl": "#ff7f0e",
     "openssl": "#d62728",

@@ -12,6 +12,9 @@
   request was sent (openssl/openssl#23934), which wrk does when a run ends: it is therefore started
   afresh for every run and gets short runs. It listens on all addresses (``-port`` takes no address);
   only 127.0.0.1 is ever sent to.
+- ``python-floor``: ``bench.floor``, a uvloop + httptools server answering each request of the mixes
+  from a dict of whole answers (one lookup, no OCSP work): what Python and the event loop cost per
+  request, i.e. how close to nginx any Python server can come on this machine.
 - ``cfssl``: ``cfssl ocspserve -responses FILE`` (Debian golang-cfssl), FILE holding every stored
   response as base64, one per line. Its Debian build answers POST only (GET: 400). It finds responses
   by serial number alone, so a SHA-1 request may get the SHA-256 response of that serial.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ from pathlib import Path
 from bench.dataset import clean_env, pki_edge_bin
 from bench.process import Proc
 
-ALL_SERVERS = ("pki-edge", "pki-edge-asgi", "nginx", "cfssl", "openssl")
+ALL_SERVERS = ("pki-edge", "pki-edge-asgi", "python-floor", "nginx", "cfssl", "openssl")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ SPECS = {
         "pki-edge-asgi", frozenset({"GET", "POST"}), "pki-edge edge, 1 worker, PKI_EDGE_EDGE_FAST_LANE=false"
     ),
     "nginx": Spec("nginx", frozenset({"GET"}), "nginx static files of the same DER responses, 1 worker"),
+    "python-floor": Spec(
+        "python-floor", frozenset({"GET", "POST"}), "bench.floor: uvloop + httptools, whole answers from a dict"
+    ),
     "cfssl": Spec("cfssl", frozenset({"POST"}), "cfssl ocspserve -responses FILE (Debian build: POST only)"),
     "openssl": Spec(
         "openssl",
@@ -146,6 +153,15 @@ def start_pki_edge(
     name = name or ("pki-edge" if fast_lane else "pki-edge-asgi")
     cmd = [pki_edge_bin(), "--data", str(data), "edge", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     return Proc(name, cmd, work / f"{name}-{port}.log", cpu=cpu, env=env)
+
+
+# ------------------------------------------------------------------------------------------ python floor
+
+
+def start_floor(work: Path, answers: Path, port: int, cpu: int | None) -> Proc:
+    cmd = [sys.executable, "-m", "bench.floor", "--port", str(port), "--answers", str(answers)]
+    repo = Path(__file__).resolve().parent.parent  # bench is run from the checkout, not installed
+    return Proc("python-floor", cmd, work / "python-floor.log", cpu=cpu, env=clean_env(), cwd=repo)
 
 
 # ---------------------------------------------------------------------------------------------- openssl

@@ -26,12 +26,12 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import dataset, plots, probe, procstat, references, report, reqset, revocation, tools, wrk
+from bench import dataset, floor, plots, probe, procstat, references, report, reqset, revocation, tools, wrk
 from bench import est as est_stage
 from bench.process import Proc, free_port
 from bench.references import SPECS
@@ -199,16 +199,29 @@ class Bench:
         )
         cfssl_file = self.work / "cfssl-responses.txt"
         references.export_cfssl_responses(cfssl_file, (self.responses[(i.serial, i.hash_name)].der for i in items))
+        floor_file = self.work / "floor-answers.msgpack"
+        floor.write_answers(floor_file, self.floor_pairs(self.requests))
         ca_pem = self.work / "ca.pem"
         ca_pem.write_bytes(pem(ca.cert_der))
         self.exports = {
             "static": static,
             "cfssl": cfssl_file,
+            "floor": floor_file,
             "ca_pem": ca_pem,
             "ca_key": self.main_data / "signer" / "keys" / f"{dataset.CA_NAME}.ca.key",
             "index": self.main_data / "index.txt",
         }
         say(f"  exported {n:,} static files for nginx, {n:,} responses for cfssl, index.txt + CA for openssl")
+
+    def floor_pairs(self, rs: RequestSet) -> Iterator[tuple[bytes, bytes]]:
+        """Each request of the mixes as the floor server sees it (GET path or POST body), with its answer."""
+        for mix, path in rs.mixes.items():
+            with path.open() as lines:
+                for n, line in enumerate(lines):
+                    method, target, body = reqset.parse_line(line)
+                    item = rs.items[rs.chosen[mix][n]]
+                    der = self.responses[(item.serial, item.hash_name)].der
+                    yield (body if method == "POST" else target.encode()), der
 
     def record_build(self, build: dataset.BuildReport) -> None:
         entry = build.as_dict()
@@ -237,6 +250,8 @@ class Bench:
             proc = references.start_pki_edge(work, data or self.main_data, port, cpu, fast_lane=False)
         elif server == "nginx":
             proc = references.start_nginx(self.work, self.exports["static"], port, cpu)
+        elif server == "python-floor":
+            proc = references.start_floor(work, self.exports["floor"], port, cpu)
         elif server == "openssl":
             e = self.exports
             proc = references.start_openssl(work, e["index"], e["ca_pem"], e["ca_key"], port, cpu)
@@ -315,7 +330,7 @@ class Bench:
                 expected = self.responses[(item.serial, item.hash_name)].der
                 if reply.status != 200:
                     problems.append(f"{m}: HTTP {reply.status}")
-                elif server in ("pki-edge", "pki-edge-asgi", "nginx"):
+                elif server in ("pki-edge", "pki-edge-asgi", "python-floor", "nginx"):
                     if reply.body != expected:
                         problems.append(f"{m}: body is not the stored response")
                 elif server == "cfssl":
