@@ -17,8 +17,8 @@ from contract.jobs import CertRef
 from contract.store import StoredResponse
 from edge.clock import Clock
 from edge.metrics import Metrics
-from edge.ocsp_request import CertID, MalformedRequest, parse_ocsp_request
-from edge.source import NotFound, Source, Stale, Unavailable
+from edge.ocsp_request import CertID, MalformedRequest, common_request, issuer_part, parse_ocsp_request
+from edge.source import NotFound, Source, SourceError, Stale, Unavailable
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -81,6 +81,7 @@ NO_CONDITIONS = Conditional()
 _AUTHORITATIVE = b"cache-control: max-age=%d, public, no-transform, must-revalidate\r\n"
 _CACHE_HEAD = _AUTHORITATIVE + b"last-modified: %s\r\nexpires: %s\r\netag: %s\r\n"
 _RESPONSE_HEAD = render_head([CONTENT_TYPE]) + b"content-length: %d\r\n"
+_HIT_HEAD = _CACHE_HEAD + _RESPONSE_HEAD
 
 
 def _unsigned(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Answer:
@@ -136,14 +137,27 @@ class OCSPAnswerer:
         self.unauthorized = _unsigned(200, UNAUTHORIZED)
         self.try_later = _unsigned(503, TRY_LATER, self._retry_after)
 
-    def cache_head(self, stored: StoredResponse) -> bytes:
-        """RFC 5019bis §6.2 headers; max-age never reaches past nextUpdate or the planned refresh."""
+    def _max_age(self, stored: StoredResponse) -> int:
+        """Never past nextUpdate or the planned refresh (RFC 5019bis §6.2)."""
         now = self._clock.now()
         refresh_at = stored.refresh_at if stored.refresh_at > now else now + self._overdue_max_age
-        max_age = max(0, min(stored.next_update, refresh_at) - now)
-        return _CACHE_HEAD % (max_age, stored.last_modified, stored.expires, stored.etag)
+        return max(0, min(stored.next_update, refresh_at) - now)
+
+    def cache_head(self, stored: StoredResponse) -> bytes:
+        """RFC 5019bis §6.2 headers."""
+        return _CACHE_HEAD % (self._max_age(stored), stored.last_modified, stored.expires, stored.etag)
 
     def answer_der(self, der: bytes, conditional: Conditional = NO_CONDITIONS) -> Answer | LiveSigning:
+        # Almost every request is one CertID of a served issuer: looked up by its issuer part as
+        # sent, without reading the CertID's fields. Anything else is decided by the general way
+        # below, a failed lookup too: an unknown issuer part may be a malformed request.
+        failed: SourceError | None = None
+        common = common_request(der)
+        if common is not None:
+            try:
+                return self._found(self._source.response(*common), conditional)
+            except SourceError as exc:
+                failed = exc
         try:
             request = parse_ocsp_request(der)
         except MalformedRequest:
@@ -153,8 +167,11 @@ class OCSPAnswerer:
             # RFC 6960 §4.2.2.3: a SingleResponse for each CertID, so never the first one alone.
             self._metrics.inc("ocsp_multiple_certids")
             return self._live_signing(request.cert_ids)
+        cert_id = request.cert_ids[0]
         try:
-            stored = self._source.response(request.cert_ids[0])
+            if failed is not None:
+                raise failed  # the lookup of this very CertID, above
+            stored = self._source.response(issuer_part(cert_id), cert_id.serial_number)
         except NotFound:
             self._metrics.inc("ocsp_unauthorized")
             return self.unauthorized
@@ -165,12 +182,16 @@ class OCSPAnswerer:
         except Unavailable:
             self._metrics.inc("ocsp_unavailable")
             return self.try_later
-        head = self.cache_head(stored)
+        return self._found(stored, conditional)
+
+    def _found(self, stored: StoredResponse, conditional: Conditional) -> Answer:
         if conditional is not NO_CONDITIONS and self._not_modified(conditional, stored):
             self._metrics.inc("ocsp_not_modified")
-            return Answer(304, head, b"")
+            return Answer(304, self.cache_head(stored), b"")
         self._metrics.inc("ocsp_good" if not stored.revoked else "ocsp_revoked")
-        return Answer(200, head + _RESPONSE_HEAD % len(stored.der), stored.der)
+        der = stored.der
+        head = _HIT_HEAD % (self._max_age(stored), stored.last_modified, stored.expires, stored.etag, len(der))
+        return Answer(200, head, der)
 
     def _live_signing(self, cert_ids: tuple[CertID, ...]) -> Answer | LiveSigning:
         """What the signer workers must sign for a multi-CertID request, or the answer without signing.
@@ -183,7 +204,7 @@ class OCSPAnswerer:
         refs = []
         for cert_id in cert_ids:
             try:
-                self._source.response(cert_id)  # known, served, fresh: the same rules as a cache hit
+                self._source.response(issuer_part(cert_id), cert_id.serial_number)  # the rules of a cache hit
             except NotFound:
                 return self.unauthorized
             except (Stale, Unavailable):

@@ -14,9 +14,7 @@ from urllib.parse import unquote_to_bytes
 from edge.ocsp_request import MalformedRequest
 
 _URLSAFE_TO_STD = bytes.maketrans(b"-_ ", b"+/+")
-_COMMON_ESCAPES = tuple(
-    (b"%" + hexa, bytes.fromhex(hexa.decode())) for hexa in (b"2F", b"2f", b"2B", b"2b", b"3D", b"3d")
-)
+_PERCENT = ord("%")  # an int: `int in bytes` is a byte search; `bytes in bytes` first fails as an int (slow)
 
 
 def strip_prefix(raw_path: bytes, prefixes: tuple[bytes, ...]) -> bytes | None:
@@ -36,32 +34,31 @@ def decode_get_request(encoded: bytes, max_der_bytes: int) -> bytes:
         encoded = encoded[1:]
     if len(encoded) > 3 * max_der_bytes:  # percent-encoding triples a byte at most
         raise MalformedRequest("request path too long")
-    if b"%" not in encoded:
-        # What most clients send: plain, padded standard base64; anything else fails strict
-        # decoding and takes the tolerant way below.
-        try:
-            der = binascii.a2b_base64(encoded, strict_mode=True)
-        except binascii.Error:
-            pass
-        else:
-            if not der:
-                raise MalformedRequest("empty request")
-            if len(der) > max_der_bytes:
-                raise MalformedRequest("request too large")
-            return der
-    else:
-        # The three escapes base64 needs, directly; anything else through the general decoder.
-        for escaped, plain in _COMMON_ESCAPES:
-            encoded = encoded.replace(escaped, plain)
-        if b"%" in encoded:
+    if _PERCENT in encoded:
+        # The three escapes base64 needs, as most clients write them; anything else through the
+        # general decoder.
+        encoded = encoded.replace(b"%2F", b"/").replace(b"%2B", b"+").replace(b"%3D", b"=")
+        if _PERCENT in encoded:
             encoded = unquote_to_bytes(encoded)
+    try:
+        # What most clients send: padded standard base64. Whatever strict decoding accepts, the
+        # tolerant way would read the same; whatever it refuses takes the tolerant way.
+        der = binascii.a2b_base64(encoded, strict_mode=True)
+    except binascii.Error:
+        der = _decode_tolerantly(encoded)
+    if not der:
+        raise MalformedRequest("empty request")
+    if len(der) > max_der_bytes:
+        raise MalformedRequest("request too large")
+    return der
+
+
+def _decode_tolerantly(encoded: bytes) -> bytes:
+    """The base64url alphabet, ``+`` turned into a space, missing or partial padding."""
     encoded = encoded.translate(_URLSAFE_TO_STD).rstrip(b"=")
     if not encoded:
         raise MalformedRequest("empty request")
     try:
-        der = binascii.a2b_base64(encoded + b"=" * (-len(encoded) % 4), strict_mode=True)
+        return binascii.a2b_base64(encoded + b"=" * (-len(encoded) % 4), strict_mode=True)
     except binascii.Error:
         raise MalformedRequest("bad base64") from None
-    if len(der) > max_der_bytes:
-        raise MalformedRequest("request too large")
-    return der

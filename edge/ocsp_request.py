@@ -153,69 +153,99 @@ def _skip_explicit(buf: bytes, start: int, stop: int) -> None:
         raise MalformedRequest("trailing bytes in tagged field")
 
 
-# The AlgorithmIdentifier encodings clients send (with and without NULL parameters), by OID.
+def issuer_part_encodings(hash_algorithm: bytes, issuer_name_hash: bytes, issuer_key_hash: bytes) -> tuple[bytes, ...]:
+    """Every DER encoding of a CertID's fields before serialNumber that this parser accepts.
+
+    The AlgorithmIdentifier with NULL parameters and without (both are DER; any other parameters are
+    malformed), then the two hashes as OCTET STRINGs. Whatever the request, the parser reads one of
+    these and nothing else for the same (algorithm, name hash, key hash): the issuer part is as good
+    a key as the three fields, and cheaper to take from a request (:func:`common_request`).
+    """
+    hashes = bytes((_OCTET_STRING, len(issuer_name_hash))) + issuer_name_hash
+    hashes += bytes((_OCTET_STRING, len(issuer_key_hash))) + issuer_key_hash
+    oid = bytes((_OID, len(hash_algorithm))) + hash_algorithm
+    return (
+        bytes((_SEQUENCE, len(oid) + 2)) + oid + b"\x05\x00" + hashes,
+        bytes((_SEQUENCE, len(oid))) + oid + hashes,
+    )
+
+
+def issuer_part(cert_id: CertID) -> bytes:
+    """The issuer part of a parsed CertID (the NULL-parameters form, as OpenSSL sends it)."""
+    return issuer_part_encodings(cert_id.hash_algorithm, cert_id.issuer_name_hash, cert_id.issuer_key_hash)[0]
+
+
+# The headers of a request of the RFC 5019 shape, by its size: OCSPRequest, TBSRequest, requestList,
+# Request and CertID SEQUENCEs, each holding only the next (short-form lengths: 129 bytes at most).
+_COMMON_HEADERS = {
+    size: bytes(
+        (_SEQUENCE, size - 2, _SEQUENCE, size - 4, _SEQUENCE, size - 6, _SEQUENCE, size - 8, _SEQUENCE, size - 10)
+    )
+    for size in range(20, 130)
+}
+
+
+def common_request(der: bytes) -> tuple[bytes, bytes] | None:
+    """(issuer part, serial key) of the request shape almost every client sends, or None.
+
+    One Request of one CertID, short-form lengths, no version, requestorName, extensions or
+    signature. The issuer part (hashAlgorithm, issuerNameHash, issuerKeyHash as encoded) is
+    located, not read: it is a real one only if it equals one of :func:`issuer_part_encodings`,
+    and then the general parser reads this request as exactly that CertID (a property test
+    checks it). None means "not this shape"; it never raises.
+    """
+    size = len(der)
+    if der[:10] != _COMMON_HEADERS.get(size):
+        return None
+    try:
+        name = 12 + der[11]  # past the AlgorithmIdentifier
+        key = name + 2 + der[name + 1]
+        serial = key + 2 + der[key + 1]
+        if der[name] != _OCTET_STRING or der[key] != _OCTET_STRING or der[serial] != _INTEGER:
+            return None
+        serial_len = der[serial + 1]
+    except IndexError:
+        return None
+    if serial + 2 + serial_len != size or not 0 < serial_len <= MAX_SERIAL_BYTES:
+        return None
+    serial_number = der[serial + 2 :]
+    if serial_len > 1 and serial_number[0] in (0, 0xFF):  # maybe padded: fold onto the minimal encoding
+        serial_number = canonical_serial_key(serial_number)
+    return der[10:serial], serial_number
+
+
+# The AlgorithmIdentifier encodings of the hash algorithms served, by their length and bytes.
 _COMMON_ALGORITHMS = {
-    bytes((0x30, len(oid) + 4, 0x06, len(oid))) + oid + b"\x05\x00": oid
+    encoding[: encoding[1] + 2]: oid
     for oid in (
         bytes.fromhex("2b0e03021a"),
         bytes.fromhex("608648016503040201"),
         bytes.fromhex("608648016503040202"),
         bytes.fromhex("608648016503040203"),
     )
-} | {
-    bytes((0x30, len(oid) + 2, 0x06, len(oid))) + oid: oid
-    for oid in (
-        bytes.fromhex("2b0e03021a"),
-        bytes.fromhex("608648016503040201"),
-        bytes.fromhex("608648016503040202"),
-        bytes.fromhex("608648016503040203"),
-    )
+    for encoding in issuer_part_encodings(oid, b"", b"")
 }
 
 
 def _parse_single(der: bytes) -> OCSPRequestInfo | None:
-    """The RFC 5019 shape almost every client sends, checked byte for byte without the general walk.
+    """The RFC 5019 shape read as a CertID, or None: the general parser then decides.
 
-    One Request, one CertID, short-form lengths, no version, requestorName, extensions or
-    signature. None means "not this shape": the general parser then decides. Whatever this
-    accepts, the general parser accepts with the same result (a property test checks it).
+    Whatever this accepts, the general parser accepts with the same result (a property test checks it).
     """
-    size = len(der)
-    if size < 20 or size > 129 or der[0] != 0x30 or der[1] != size - 2:
+    common = common_request(der)
+    if common is None:
         return None
-    if der[2:9:2] != b"\x30\x30\x30\x30" or der[3] != size - 4 or der[5] != size - 6 or der[7] != size - 8:
-        return None
-    if der[9] != size - 10:
-        return None
-    alg_len = der[11] + 2
-    oid = _COMMON_ALGORITHMS.get(der[10 : 10 + alg_len])
+    part, serial_number = common
+    oid = _COMMON_ALGORITHMS.get(part[: part[1] + 2])
     if oid is None:
         return None
-    pos = 10 + alg_len
-    if der[pos] != _OCTET_STRING or pos + 2 > size:
+    name = part[1] + 2
+    name_len = part[name + 1]
+    key = name + 2 + name_len
+    key_len = part[key + 1]
+    if not (0 < name_len <= MAX_HASH_BYTES and 0 < key_len <= MAX_HASH_BYTES):
         return None
-    name_len = der[pos + 1]
-    name_start = pos + 2
-    pos = name_start + name_len
-    if pos + 2 > size or der[pos] != _OCTET_STRING:
-        return None
-    key_len = der[pos + 1]
-    key_start = pos + 2
-    pos = key_start + key_len
-    if pos + 2 > size or der[pos] != _INTEGER:
-        return None
-    serial_len = der[pos + 1]
-    if pos + 2 + serial_len != size:
-        return None
-    if not (0 < name_len <= MAX_HASH_BYTES and 0 < key_len <= MAX_HASH_BYTES and 0 < serial_len <= MAX_SERIAL_BYTES):
-        return None
-    cert_id = CertID(
-        oid,
-        der[name_start : name_start + name_len],
-        der[key_start : key_start + key_len],
-        canonical_serial_key(der[pos + 2 :]),
-    )
-    return OCSPRequestInfo((cert_id,), False)
+    return OCSPRequestInfo((CertID(oid, part[name + 2 : key], part[key + 2 :], serial_number),), False)
 
 
 def parse_ocsp_request(der: bytes) -> OCSPRequestInfo:

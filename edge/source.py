@@ -1,6 +1,7 @@
 """Where responses come from: the one-method ``Source`` seam.
 
-The HTTP layer asks a ``Source`` for the stored response of one CertID and gets
+The HTTP layer asks a ``Source`` for the stored response of one CertID, named by
+its issuer part (``edge.ocsp_request.issuer_part``) and serial number, and gets
 a ``StoredResponse`` or one of the closed set of ``SourceError`` subclasses;
 ``edge.answer`` maps those to OCSP and HTTP statuses in one place. Policies
 (staleness, expiry) are thin wrappers around the LMDB source.
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from contract import store
 from contract.store import StoredResponse
 from edge.clock import Clock
-from edge.ocsp_request import CertID
+from edge.ocsp_request import CertID, issuer_part, issuer_part_encodings
 
 MAX_LMDB_KEY = 511  # LMDB's default key size limit
 _HASHLIB_NAMES = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
@@ -46,7 +47,9 @@ class Unavailable(SourceError):
 
 
 class Source(Protocol):
-    def response(self, cert_id: CertID) -> StoredResponse: ...
+    def response(self, issuer_part: bytes, serial_number: bytes) -> StoredResponse:
+        """The stored response of the CertID whose fields before serialNumber are ``issuer_part`` (as encoded)."""
+        ...
 
 
 def issuer_hashes(cert_der: bytes, hash_name: str) -> tuple[bytes, bytes]:
@@ -63,13 +66,14 @@ def issuer_hashes(cert_der: bytes, hash_name: str) -> tuple[bytes, bytes]:
     return hashlib.new(h, subject_der).digest(), hashlib.new(h, key_bits).digest()
 
 
-def build_issuer_table(records: list[store.IssuerRecord]) -> dict[tuple[bytes, bytes, bytes], bytes]:
-    """Map (hash OID, issuerNameHash, issuerKeyHash) to the response-key prefix, for every algorithm."""
-    table: dict[tuple[bytes, bytes, bytes], bytes] = {}
+def build_issuer_table(records: list[store.IssuerRecord]) -> dict[bytes, bytes]:
+    """Map each encoding of a CertID's issuer part to the response-key prefix, for every algorithm."""
+    table: dict[bytes, bytes] = {}
     for record in records:
         for name, (code, oid) in store.HASH_ALGORITHMS.items():
             name_hash, key_hash = issuer_hashes(record.cert_der, name)
-            table[(oid, name_hash, key_hash)] = store.response_prefix(record.number, code)
+            for encoding in issuer_part_encodings(oid, name_hash, key_hash):
+                table[encoding] = store.response_prefix(record.number, code)
     return table
 
 
@@ -98,7 +102,7 @@ class LmdbSource:
         self._issuers_db: Any = None
         self._meta: Any = None
         self._generation = -1
-        self._table: dict[tuple[bytes, bytes, bytes], bytes] = {}
+        self._table: dict[bytes, bytes] = {}
         self.issuers: dict[str, store.IssuerRecord] = {}
         self._registry_listeners: list[Callable[[list[store.IssuerRecord]], None]] = []
         self._dbs: dict[bytes, Any] = {}
@@ -130,7 +134,7 @@ class LmdbSource:
 
     @property
     def issuer_count(self) -> int:
-        return len(self._table) // len(store.HASH_ALGORITHMS)
+        return len(self._table) // (2 * len(store.HASH_ALGORITHMS))  # two encodings per algorithm
 
     def refresh_issuers(self) -> bool:
         """Rebuild the issuer table if the registry changed; True if it did."""
@@ -213,24 +217,25 @@ class LmdbSource:
 
     def cert_ref(self, cert_id: CertID) -> tuple[int, int] | None:
         """(issuer number, hash code) for a CertID's issuer and algorithm, if known."""
-        prefix = self._table.get((cert_id.hash_algorithm, cert_id.issuer_name_hash, cert_id.issuer_key_hash))
+        prefix = self._table.get(issuer_part(cert_id))
         if prefix is None:
             return None
         number, _ = store.split_inventory_key(prefix[:4])
         return number, prefix[4]
 
-    def response(self, cert_id: CertID) -> StoredResponse:
+    def response(self, issuer_part: bytes, serial_number: bytes) -> StoredResponse:
         env = self._env
-        if env is None and not self.open():
-            raise Unavailable("store not created yet")
-        assert self._env is not None
-        key = (cert_id.hash_algorithm, cert_id.issuer_name_hash, cert_id.issuer_key_hash)
-        prefix = self._table.get(key)
+        if env is None:
+            if not self.open():
+                raise Unavailable("store not created yet")
+            env = self._env
+            assert env is not None
+        prefix = self._table.get(issuer_part)
         # A CA added after start: the registry generation tells, at the price of one read.
-        if prefix is None and (not self.refresh_issuers() or (prefix := self._table.get(key)) is None):
+        if prefix is None and (not self.refresh_issuers() or (prefix := self._table.get(issuer_part)) is None):
             raise NotFound("unknown issuer or hash algorithm")
-        with self._env.begin(db=self._responses) as txn:
-            value = txn.get(prefix + cert_id.serial_number)
+        with env.begin(db=self._responses) as txn:
+            value = txn.get(prefix + serial_number)
         if value is None:
             raise NotFound("unknown serial or hash algorithm not served")
         return store.RESPONSE_DECODER.decode(value)
@@ -263,8 +268,8 @@ class FreshnessPolicy:
         self._inner = inner
         self._clock = clock
 
-    def response(self, cert_id: CertID) -> StoredResponse:
-        stored = self._inner.response(cert_id)
+    def response(self, issuer_part: bytes, serial_number: bytes) -> StoredResponse:
+        stored = self._inner.response(issuer_part, serial_number)
         now = self._clock.now()
         if now >= stored.serve_until:
             raise NotFound("certificate expired past its grace period")

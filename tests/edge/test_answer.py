@@ -14,23 +14,35 @@ from collections.abc import Iterator
 from email.utils import formatdate
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from contract.config import Config
 from contract.store import HASH_ALGORITHMS, StoredResponse, serial_key
+from edge import answer as answer_module
 from edge.answer import Answer, Conditional, OCSPAnswerer, etag_matches, not_modified_since
 from edge.clock import FakeClock
 from edge.metrics import CounterMetrics
-from edge.ocsp_request import CertID
-from edge.source import FreshnessPolicy, NotFound, Source, Stale, Unavailable
+from edge.ocsp_request import CertID, common_request, parse_ocsp_request_general
+from edge.source import FreshnessPolicy, LmdbSource, NotFound, Source, Stale, Unavailable, issuer_hashes
+from signer.inventory import revoke
+from signer.registry import create_ca
+from signer.state import SignerStore
 from tests.edge.conftest import (
+    SHA1_OID,
     SHA256_OID,
+    SHA512_OID,
     algorithm_identifier,
     cert_id,
     crypto_request_by_hash,
     fake_hashes,
     integer_content,
     ocsp_request,
+    simple_request,
     single_request,
 )
+from tests.edge.test_ocsp_request import MUTATIONS, mutate
+from tests.signed_store import add_devices, drain
 
 NOW = 1_700_000_000
 MINUTE = 60
@@ -78,6 +90,21 @@ def stored(
     )
 
 
+def cert_id_of(issuer_part: bytes, serial_number: bytes) -> CertID:
+    """The CertID a Source was asked for, read back by the general parser."""
+    der = issuer_part + bytes((0x02, len(serial_number))) + serial_number
+    for _ in range(5):  # CertID, Request, requestList, TBSRequest, OCSPRequest
+        size = len(der)
+        length = (
+            bytes((size,))
+            if size < 0x80
+            else bytes((0x80 | (n := (size.bit_length() + 7) // 8),)) + size.to_bytes(n, "big")
+        )
+        der = b"\x30" + length + der
+    (read,) = parse_ocsp_request_general(der).cert_ids
+    return read
+
+
 class FakeSource:
     """Returns one outcome for every CertID and remembers what it was asked."""
 
@@ -85,8 +112,8 @@ class FakeSource:
         self.outcome = outcome
         self.calls: list[CertID] = []
 
-    def response(self, cert_id: CertID) -> StoredResponse:
-        self.calls.append(cert_id)
+    def response(self, issuer_part: bytes, serial_number: bytes) -> StoredResponse:
+        self.calls.append(cert_id_of(issuer_part, serial_number))
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return self.outcome
@@ -563,3 +590,96 @@ def test_asctime_if_modified_since_in_utc() -> None:
         pytest.skip("process time zone is not UTC")
     assert not_modified_since(asctime(THIS_UPDATE), THIS_UPDATE, LAST_MODIFIED_HEADER) is True
     assert not_modified_since(asctime(THIS_UPDATE - HOUR), THIS_UPDATE, LAST_MODIFIED_HEADER) is False
+
+
+# ------------------------------------------------- the common-request way against the general way
+# A real store, signed by the signer code: every request gets the same answer whether it is
+# looked up by its issuer part as sent (the common shape) or read field by field (the general way).
+
+
+@pytest.fixture(scope="module")
+def signed_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LmdbSource, bytes, int]]:
+    data = tmp_path_factory.mktemp("answer-store")
+    st = SignerStore(data, Config())
+    now = datetime.datetime.now(datetime.UTC)
+    issuer = create_ca(st, "ca", "ec-p256", 30, None, None, now)
+    add_devices(st, issuer, (1, 2, 0x80, 2**64 + 3), now)
+    revoke(st, issuer, 2, 1, int(now.timestamp()))
+    drain(st)
+    source = LmdbSource(lambda: st.env, logging.getLogger("test"))
+    assert source.open()
+    yield source, issuer.cert_der, int(now.timestamp())
+    st.close()
+
+
+def _store_requests(ca_der: bytes) -> list[bytes]:
+    requests = []
+    for hash_name in ("sha1", "sha256", "sha512"):
+        name_hash, key_hash = issuer_hashes(ca_der, hash_name)
+        oid_dotted = {"sha1": SHA1_OID, "sha256": SHA256_OID, "sha512": SHA512_OID}[hash_name]
+        for params in (b"\x05\x00", b""):
+            for serial_content in (
+                b"\x01",
+                b"\x02",
+                b"\x00\x80",
+                b"\x00\x00\x80",
+                b"\x09",
+                b"\x01" + b"\x00" * 7 + b"\x03",
+            ):
+                algorithm = algorithm_identifier(oid_dotted, params)
+                requests.append(
+                    simple_request(
+                        algorithm=algorithm, name_hash=name_hash, key_hash=key_hash, serial_content=serial_content
+                    )
+                )
+    return requests
+
+
+def _both_ways(source: Source, now: int, der: bytes) -> tuple[object, object]:
+    answerer = OCSPAnswerer(
+        FreshnessPolicy(source, FakeClock(now)),
+        FakeClock(now),
+        CounterMetrics(),
+        logging.getLogger("test"),
+        retry_after_seconds=RETRY_AFTER,
+        overdue_max_age_seconds=OVERDUE_MAX_AGE,
+    )
+    common = answerer.answer_der(der)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(answer_module, "common_request", lambda der: None)
+        general = answerer.answer_der(der)
+    return common, general
+
+
+def test_common_and_general_way_answer_alike_from_a_real_store(signed_store: tuple[LmdbSource, bytes, int]) -> None:
+    source, ca_der, now = signed_store
+    statuses = set()
+    requests = _store_requests(ca_der)
+    assert sum(common_request(der) is not None for der in requests) == 24  # SHA-512 ones are too long for it
+    for der in requests:
+        common, general = _both_ways(source, now, der)
+        assert common == general
+        assert isinstance(common, Answer)
+        statuses.add((common.status, common.body[:5]))
+    # Served (good, revoked), unknown serial (unauthorized): the table above reaches each outcome.
+    assert (200, UNAUTHORIZED_BODY) in statuses and len(statuses) >= 3
+
+
+def test_common_and_general_way_agree_on_stale_and_expired(signed_store: tuple[LmdbSource, bytes, int]) -> None:
+    source, ca_der, now = signed_store
+    der = _store_requests(ca_der)[0]
+    for later in (now + 40 * DAY, now + 400 * DAY):
+        common, general = _both_ways(source, later, der)
+        assert common == general
+        assert isinstance(common, Answer) and common.body in (TRY_LATER_BODY, UNAUTHORIZED_BODY)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 35), st.lists(MUTATIONS, min_size=1, max_size=3))
+def test_common_and_general_way_answer_mutants_alike(
+    signed_store: tuple[LmdbSource, bytes, int], seed: int, mutations: list[tuple[str, int, int]]
+) -> None:
+    source, ca_der, now = signed_store
+    mutant = mutate(_store_requests(ca_der)[seed], mutations)
+    common, general = _both_ways(source, now, mutant)
+    assert common == general

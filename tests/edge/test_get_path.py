@@ -7,9 +7,13 @@ way a client does, puts it behind each prefix, and must decode to exactly the sa
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Callable
+from urllib.parse import unquote_to_bytes
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.get_path import decode_get_request, strip_prefix
 from edge.ocsp_request import MalformedRequest, parse_ocsp_request
@@ -33,6 +37,7 @@ def find_awkward_request() -> bytes:
 DER = find_awkward_request()
 B64 = base64.b64encode(DER)
 URLSAFE = base64.urlsafe_b64encode(DER)
+DER_PATH_HEAD = B64[:24]  # a real request's first bytes, so that some examples decode
 
 
 def test_the_request_is_awkward_enough() -> None:
@@ -228,3 +233,34 @@ def test_path_length_limit_boundary() -> None:
     assert decode_get_request(b"/" + at_limit, MAX_DER) == bytes(MAX_DER * 3 // 4)
     with pytest.raises(MalformedRequest):
         decode_get_request(at_limit + b"AAAA", MAX_DER)  # would decode to 7503 bytes, but the path is too long
+
+
+def _documented_rules(encoded: bytes) -> bytes | None:
+    """The module's rules written plainly: one leading slash off, percent-decoding, the base64url
+    alphabet and '+'-as-space folded onto standard base64, padding optional. None: malformed."""
+    encoded = encoded.removeprefix(b"/")
+    text = unquote_to_bytes(encoded).translate(bytes.maketrans(b"-_ ", b"+/+")).rstrip(b"=")
+    try:
+        der = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        return None
+    return der or None
+
+
+PIECES = st.sampled_from(
+    [
+        *"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ %",
+        *("%2F", "%2f", "%2B", "%2b", "%3D", "%3d", "%25", "%41", "%20", "%2"),
+    ]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(PIECES, max_size=40), st.sampled_from([b"", b"/", DER_PATH_HEAD]))
+def test_decoding_follows_the_documented_rules(pieces: list[str], head: bytes) -> None:
+    encoded = head + "".join(pieces).encode()
+    try:
+        got: bytes | None = decode_get_request(encoded, MAX_DER)
+    except MalformedRequest:
+        got = None
+    assert got == _documented_rules(encoded)

@@ -29,6 +29,9 @@ from edge.ocsp_request import (
     MalformedRequest,
     OCSPRequestInfo,
     _parse_single,
+    common_request,
+    issuer_part,
+    issuer_part_encodings,
     parse_ocsp_request,
     parse_ocsp_request_general,
 )
@@ -868,3 +871,62 @@ def test_fast_path_agrees_with_the_general_parser(seed_index: int, mutations: li
         return
     event("fast path accepted")
     assert fast == parse_ocsp_request_general(mutant)
+
+
+# common_request: the issuer part as sent, trusted only when it equals a known encoding.
+KNOWN_PARTS = {
+    encoding: cert_id[:3]
+    for seed in [*SINGLE_SEEDS, LONG_FORM]
+    for cert_id in parse_ocsp_request_general(seed).cert_ids
+    for encoding in issuer_part_encodings(*cert_id[:3])
+}
+
+
+@pytest.mark.parametrize("der", SINGLE_SEEDS)
+def test_common_request_gives_the_issuer_part_as_sent_and_the_serial_key(der: bytes) -> None:
+    (cert_id,) = parse_ocsp_request_general(der).cert_ids
+    common = common_request(der)
+    assert common is not None
+    part, serial_number = common
+    assert part in issuer_part_encodings(*cert_id[:3])
+    assert der.find(part) == 10  # as sent: right after the five SEQUENCE headers
+    assert serial_number == cert_id.serial_number
+    assert issuer_part(cert_id) == issuer_part_encodings(*cert_id[:3])[0]
+
+
+def test_both_algorithm_encodings_are_issuer_parts() -> None:
+    with_null, without = issuer_part_encodings(HASH_ALGORITHMS["sha1"][1], b"\x01" * 20, b"\x02" * 20)
+    assert (
+        with_null
+        == algorithm_identifier(SHA1_OID, b"\x05\x00") + b"\x04\x14" + b"\x01" * 20 + b"\x04\x14" + b"\x02" * 20
+    )
+    assert without == algorithm_identifier(SHA1_OID, b"") + b"\x04\x14" + b"\x01" * 20 + b"\x04\x14" + b"\x02" * 20
+
+
+def test_common_request_declines_other_shapes() -> None:
+    assert common_request(BASE_WITH_NONCE) is None
+    assert common_request(ocsp_request([REQUEST, REQUEST])) is None
+    assert common_request(LONG_FORM) is None
+    assert common_request(b"") is None
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(range(len(SINGLE_SEEDS) + 1)), st.lists(MUTATIONS, min_size=1, max_size=3))
+def test_a_known_issuer_part_means_the_general_parser_reads_that_cert_id(
+    seed_index: int, mutations: list[tuple[str, int, int]]
+) -> None:
+    mutant = mutate([*SINGLE_SEEDS, LONG_FORM][seed_index], mutations)
+    common = common_request(mutant)
+    if common is None or common[0] not in KNOWN_PARTS:
+        event("declined or unknown issuer part")
+        return
+    event("known issuer part")
+    part, serial_number = common
+    assert parse_ocsp_request_general(mutant).cert_ids == (CertID(*KNOWN_PARTS[part], serial_number),)
+
+
+@given(st.binary(max_size=119))
+def test_common_request_never_raises(data: bytes) -> None:
+    common_request(data)
+    size = len(data) + 10  # random contents behind the five headers of their size
+    common_request(bytes(b for n in range(2, 11, 2) for b in (0x30, (size - n) & 0xFF)) + data)

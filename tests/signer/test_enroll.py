@@ -30,7 +30,7 @@ from contract import store
 from contract.config import CAProfile, Config, SignerConfig
 from contract.jobs import EnrollJob, Issued, IssuedWithKey, ReenrollJob, Refused, ServerKeygenJob
 from edge.clock import FakeClock as EdgeClock
-from edge.ocsp_request import parse_ocsp_request
+from edge.ocsp_request import common_request
 from edge.source import FreshnessPolicy, LmdbSource
 from signer import enroll as enroll_module
 from signer.enroll import (
@@ -665,8 +665,9 @@ def test_first_ocsp_check_is_a_cache_hit_saying_good(world: World) -> None:
     ca_cert = x509.load_der_x509_certificate(world.ca1.cert_der)
     source = FreshnessPolicy(LmdbSource(lambda: world.st.env, logging.getLogger("t")), EdgeClock(T0))
     for algorithm in (hashes.SHA1(), hashes.SHA256()):
-        request = parse_ocsp_request(ocsp_request(cert, ca_cert, algorithm))
-        stored = source.response(request.cert_ids[0])  # raises NotFound on a miss
+        common = common_request(ocsp_request(cert, ca_cert, algorithm))  # as the edge reads a request
+        assert common is not None
+        stored = source.response(*common)  # raises NotFound on a miss
         response = ocsp.load_der_ocsp_response(stored.der)
         assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
         assert response.serial_number == cert.serial_number
