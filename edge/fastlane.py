@@ -28,6 +28,7 @@ import ssl
 import weakref
 from typing import Any, ClassVar
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from edge.answer import Answer, LiveSigning, render_head
@@ -117,6 +118,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self._fast_body: list[bytes] = []
         self._fast_size = 0
         self._fast_early: Answer | LiveSigning | None = None
+        self._connection_header = False
         # Keep-alive: one timer per connection checks for activity, instead of uvicorn's
         # cancel-and-rearm per request (a TimerHandle each time); an idle connection closes
         # between one and two keep-alive timeouts after its last request.
@@ -127,8 +129,22 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self._batch = WriteBatch.of(self.loop)
 
     def data_received(self, data: bytes) -> None:
+        # uvicorn's, without a call layer per request: its keep-alive timer is armed only after an
+        # ASGI answer, and the parser's errors are handled as uvicorn handles them.
         self._active = True
-        super().data_received(data)
+        if self.timeout_keep_alive_task is not None:
+            self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_timer is not None:
@@ -146,6 +162,18 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+        self._connection_header = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's, noting a Connection header: only with one (llhttp reads Proxy-Connection as
+        # one too) can an HTTP/1.0 request ask to be kept alive, so only then is the version read
+        # (httptools formats it as a str each time).
+        name = name.lower()
+        if name == b"connection" or name == b"proxy-connection":
+            self._connection_header = True
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def _to_asgi(self) -> None:
         self._fast = False
@@ -206,7 +234,10 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         if found is None:
             found = self._ocsp.answer_post(b"".join(self._fast_body))
             self._fast_body = []
-        keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0"
+        # As uvicorn decides for ASGI answers: never kept alive after HTTP/1.0.
+        keep_alive = self.parser.should_keep_alive() and (
+            not self._connection_header or self.parser.get_http_version() != "1.0"
+        )
         if isinstance(found, Answer):
             self._write(found, keep_alive)
             return

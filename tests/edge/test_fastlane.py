@@ -371,3 +371,51 @@ def test_write_batch_writes_in_order_at_the_end_of_the_turn_and_skips_gone_clien
     during, log = _run(scenario())
     assert during == []
     assert log == [("a", b"1"), ("b", b"2"), ("b", b"<close>"), ("a", b"3")]
+
+
+def _exchange(port: int, data: bytes) -> tuple[bytes, bool]:
+    """What the server sends back for ``data``, and whether it then closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        received = b""
+        s.settimeout(1.5)
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received, False
+    return received, True
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "closes"),
+    [
+        (b"HTTP/1.0", b"", True),
+        (b"HTTP/1.0", b"Connection: keep-alive\r\n", True),  # uvicorn keeps no HTTP/1.0 connection alive
+        (b"HTTP/1.0", b"Proxy-Connection: keep-alive\r\n", True),
+        (b"HTTP/1.1", b"", False),
+        (b"HTTP/1.1", b"Connection: keep-alive\r\n", False),
+        (b"HTTP/1.1", b"Connection: close\r\n", True),
+    ],
+)
+def test_both_paths_keep_alive_alike(store, servers, version: bytes, headers: bytes, closes: bool) -> None:
+    _, ca = store
+    der = request(ca, 1)
+    path = b"/" + base64.b64encode(der).replace(b"/", b"%2F").replace(b"+", b"%2B").replace(b"=", b"%3D")
+    for method, body in ((b"GET " + path, b""), (b"POST /ocsp", der)):
+        message = method + b" " + version + b"\r\nHost: x\r\n" + headers
+        message += b"Content-Length: %d\r\n\r\n%s" % (len(body), body) if body else b"\r\n"
+        answers = [_exchange(int(url.rsplit(":", 1)[1]), message) for url in servers]
+        for received, closed in answers:
+            assert received.startswith(b"HTTP/1.1 200 OK"), received[:100]
+            assert closed is closes
+            assert (b"connection: close\r\n" in received.lower()) is closes
+        (fast, _), (asgi, _) = answers
+        assert fast.split(b"\r\n\r\n", 1)[1] == asgi.split(b"\r\n\r\n", 1)[1] != b""
+
+
+def test_both_paths_refuse_an_invalid_request_alike(servers) -> None:
+    for url in servers:
+        received, closed = _exchange(int(url.rsplit(":", 1)[1]), b"GET / HTTP/1.1\r\nHost x\r\n\r\n")
+        assert received.startswith(b"HTTP/1.1 400 Bad Request") and received.endswith(b"Invalid HTTP request received.")
+        assert closed
