@@ -13,6 +13,8 @@ from collections.abc import Callable
 from email.utils import parsedate_tz
 from typing import NamedTuple
 
+import msgspec
+
 from contract.jobs import CertRef
 from contract.store import StoredResponse
 from edge.clock import Clock
@@ -31,11 +33,12 @@ CONTENT_TYPE = (b"content-type", b"application/ocsp-response")
 NO_CACHE = (b"cache-control", b"max-age=0, no-cache")
 
 
-class Answer(NamedTuple):
+class Answer(msgspec.Struct, frozen=True, gc=False):
     """An HTTP answer; ``head`` holds its header lines ready to write (``name: value\\r\\n`` each).
 
     Rendered once, as bytes: the fast lane writes them as they are, the ASGI path reads the same
-    lines as a list (``headers``), so both paths send the very same headers.
+    lines as a list (``headers``), so both paths send the very same headers. A Struct, not a
+    NamedTuple: one is made per request, and a NamedTuple's ``__new__`` is Python (6x slower).
     """
 
     status: int

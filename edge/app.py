@@ -40,6 +40,7 @@ Send = Callable[[Message], Awaitable[None]]
 ALLOW = (b"allow", b"GET, HEAD, POST")
 STARLETTE_PATHS = frozenset({"/healthz", "/readyz"})
 STARLETTE_RAW_PATHS = frozenset(p.encode() for p in STARLETTE_PATHS)
+_LONGEST_STARLETTE_PATH = max(map(len, STARLETTE_RAW_PATHS))
 
 
 class OCSPApp:
@@ -60,6 +61,7 @@ class OCSPApp:
         self._live_slots = asyncio.Semaphore(live_inflight)
         self._live_timeout = live_timeout
         self._not_ocsp = tuple(p.encode() for p in not_ocsp)
+        self._not_ocsp_initials = frozenset(p[1:2] for p in self._not_ocsp)
         # Longest first, root last, so "/api/ocsp" wins over "/".
         self._prefixes = (*sorted((p.encode() for p in prefixes), key=len, reverse=True), b"")
         self._max = max_request_bytes
@@ -145,7 +147,11 @@ class OCSPApp:
 
     def serves(self, path: bytes) -> bool:
         """True for every path OCSP answers: all but health, readiness and EST."""
-        return path not in STARLETTE_RAW_PATHS and not path.startswith(self._not_ocsp)
+        # Cheap tests first, for the hot path: no OCSP request is as short as a health path (so a
+        # long path is not hashed), and a path can be under an EST prefix only if it starts alike.
+        if len(path) <= _LONGEST_STARLETTE_PATH and path in STARLETTE_RAW_PATHS:
+            return False
+        return path[1:2] not in self._not_ocsp_initials or not path.startswith(self._not_ocsp)
 
     async def _post(self, receive: Receive) -> Answer | LiveSigning:
         chunks = []

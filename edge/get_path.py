@@ -14,7 +14,9 @@ from urllib.parse import unquote_to_bytes
 from edge.ocsp_request import MalformedRequest
 
 _URLSAFE_TO_STD = bytes.maketrans(b"-_ ", b"+/+")
-_PERCENT = ord("%")  # an int: `int in bytes` is a byte search; `bytes in bytes` first fails as an int (slow)
+# Searched with an int and compared by slices: `bytes in bytes` first fails as an integer, and
+# bytes.startswith parses its arguments as a tuple (both slow on the hot path, Python 3.11).
+_PERCENT = ord("%")
 
 
 def strip_prefix(raw_path: bytes, prefixes: tuple[bytes, ...]) -> bytes | None:
@@ -23,14 +25,15 @@ def strip_prefix(raw_path: bytes, prefixes: tuple[bytes, ...]) -> bytes | None:
     ``prefixes`` are sorted longest first and include ``b""`` for the root.
     """
     for prefix in prefixes:
-        if raw_path.startswith(prefix) and (len(raw_path) == len(prefix) or raw_path[len(prefix)] == 0x2F):
-            return raw_path[len(prefix) + 1 :]
+        end = len(prefix)
+        if raw_path[:end] == prefix and (len(raw_path) == end or raw_path[end] == 0x2F):
+            return raw_path[end + 1 :]
     return None
 
 
 def decode_get_request(encoded: bytes, max_der_bytes: int) -> bytes:
     """The DER request from the path part after the prefix slash."""
-    if encoded.startswith(b"/"):  # AIA URLs ending in "/" produce one extra slash
+    if encoded[:1] == b"/":  # AIA URLs ending in "/" produce one extra slash
         encoded = encoded[1:]
     if len(encoded) > 3 * max_der_bytes:  # percent-encoding triples a byte at most
         raise MalformedRequest("request path too long")

@@ -218,3 +218,28 @@ def test_a_store_from_before_the_est_databases_still_serves(tmp_path):
     assert source.open()
     assert source.registration_authorities() == []
     assert source.est_user("ca", "alice") is None
+
+
+SERVES_CASES = [
+    (b"/healthz", False),
+    (b"/readyz", False),
+    (b"/healthz/", True),
+    (b"/.well-known/est/cacerts", False),
+    (b"/.well-known/est/", False),
+    (b"/.well-known/est", True),  # not under the prefix: an OCSP path (a malformed request)
+    (b"/.well-known/estx/cacerts", True),
+    (b"/api/devmanager/.well-known/est/ca1/simpleenroll", False),
+    (b"/api/devmanager/x", True),
+    (b"/api/ocsp/MEIwQDA%2BMDww", True),
+    (b"/MEIwQDA%2BMDww", True),
+    (b"/a", True),
+    (b"/", True),
+    (b"", True),
+]
+
+
+@pytest.mark.parametrize(("path", "served"), SERVES_CASES)
+def test_ocsp_serves_every_path_but_health_and_est(path: bytes, served: bool) -> None:
+    source = LmdbSource(lambda: None, logging.getLogger("t"))
+    app = build_app(source, Config(), FakeClock(0), CounterMetrics(), logging.getLogger("t"))
+    assert app.ocsp.serves(path) is served
