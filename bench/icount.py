@@ -1,0 +1,179 @@
+"""Instructions per OCSP request through the fast lane, in process: a deterministic A/B of hot-path changes.
+
+A small store signed by the signer code, the edge app, and the fast-lane protocol (``edge.fastlane``)
+fed wrk-like requests through a fake transport: no sockets, so no system calls, and under valgrind the
+count is the same from run to run where wall-clock figures on this machine drift by ±30 %. The figure
+is the difference of two runs of different lengths (start-up cancels out) over the extra requests.
+
+    python -m bench.icount get          # runs itself twice under valgrind, prints instructions/request
+    python -m bench.icount post --variant fixed   # the protocol alone: every answer a fixed one
+    python -m bench.icount get --variant floor    # bench/floor.py's protocol, for scale
+
+To compare two commits, run it in a worktree of each (``PYTHONPATH=WORKTREE``). Needs valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import logging
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from cryptography import x509
+from uvicorn.config import Config as UvicornConfig
+from uvicorn.server import ServerState
+
+from bench.conftest import ocsp_request
+from bench.floor import FloorProtocol, _Batch
+from contract.config import Config, StoreConfig
+from edge.app import build_app
+from edge.clock import SystemClock
+from edge.fastlane import OCSPHttpToolsProtocol, WriteBatch
+from edge.metrics import CounterMetrics
+from edge.source import LmdbSource
+from signer.registry import create_ca
+from signer.state import SignerStore
+from tests.signed_store import add_devices, drain
+
+SERIALS = 200
+VARIANTS = ("whole", "fixed", "floor")
+
+
+class FakeTransport:
+    """What the protocols call on a transport; keeps what they write."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name in ("peername", "sockname") else default
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def wrk_requests(ca: x509.Certificate, method: str) -> list[bytes]:
+    """One request per serial as wrk sends it: GET percent-encoded, POST with the DER body."""
+    requests = []
+    for serial in range(1, SERIALS + 1):
+        der = ocsp_request(ca, serial)
+        if method == "get":
+            path = base64.b64encode(der).replace(b"/", b"%2F").replace(b"+", b"%2B").replace(b"=", b"%3D")
+            requests.append(b"GET /" + path + b" HTTP/1.1\r\nHost: 127.0.0.1:40000\r\n\r\n")
+        else:
+            head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1:40000\r\nContent-Type: application/ocsp-request\r\n"
+            requests.append(head + b"Content-Length: %d\r\n\r\n" % len(der) + der)
+    return requests
+
+
+def feeder(data: Path, method: str, variant: str) -> tuple[Callable[[int], None], FakeTransport]:
+    """A function feeding N requests (and flushing each loop turn's answers), and the transport."""
+    config = Config(store=StoreConfig(map_size_mb=64))  # valgrind cannot map the default 64 GiB
+    st = SignerStore(data, config)
+    now = dt.datetime.now(dt.UTC)
+    issuer = create_ca(st, "icount", "ec-p256", 30, None, None, now)
+    add_devices(st, issuer, range(1, SERIALS + 1), now)
+    drain(st)
+    ca = x509.load_der_x509_certificate(issuer.cert_der)
+    requests = wrk_requests(ca, method)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    transport = FakeTransport()
+    if variant == "floor":
+        batch = _Batch(loop)
+        floor = FloorProtocol({}, batch)
+        floor.connection_made(transport)  # type: ignore[arg-type]
+        receive: Callable[[bytes], None] = floor.data_received
+        flush: Callable[[], None] = batch._flush
+    else:
+        source = LmdbSource(lambda: st.env, logging.getLogger("icount"))
+        source.open()
+        app = build_app(source, config, SystemClock(), CounterMetrics(), logging.getLogger("icount"))
+        if variant == "fixed":
+            answer = app.ocsp.answer_post(ocsp_request(ca, 1))
+            app.ocsp.answer_get = lambda *_: answer  # type: ignore[method-assign]
+            app.ocsp.answer_post = lambda *_: answer  # type: ignore[method-assign]
+        uvicorn_config = UvicornConfig(app=app, http=OCSPHttpToolsProtocol, proxy_headers=False, access_log=False)
+        uvicorn_config.load()
+        protocol = OCSPHttpToolsProtocol(config=uvicorn_config, server_state=ServerState(), app_state={}, _loop=loop)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        receive = protocol.data_received
+        flush = WriteBatch.of(loop).flush
+
+    def feed(count: int) -> None:
+        for n in range(count):
+            receive(requests[n % SERIALS])
+            flush()
+
+    return feed, transport
+
+
+def count_instructions(method: str, variant: str, short: int, long: int) -> float:
+    """Instructions per request: two runs under valgrind, the difference over the extra requests."""
+    totals = []
+    for requests in (short, long):
+        cmd = [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "bench.icount",
+            method,
+            "--variant",
+            variant,
+            "--run",
+            str(requests),
+        ]
+        repo = Path(__file__).resolve().parent.parent
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=repo).stderr
+        found = re.search(r"I\s+refs:\s+([\d,]+)", out)
+        if found is None:
+            raise RuntimeError(f"no instruction count in valgrind's output:\n{out[-2000:]}")
+        totals.append(int(found.group(1).replace(",", "")))
+    return (totals[1] - totals[0]) / (long - short)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.icount", description=__doc__.split("\n")[0])
+    parser.add_argument("method", choices=("get", "post"))
+    parser.add_argument("--variant", choices=VARIANTS, default="whole")
+    parser.add_argument("--run", type=int, metavar="N", help="feed N requests and exit (what valgrind runs)")
+    parser.add_argument("--short", type=int, default=1000)
+    parser.add_argument("--long", type=int, default=4000)
+    args = parser.parse_args(argv)
+    if args.run is not None:
+        with tempfile.TemporaryDirectory() as data:
+            feed, transport = feeder(Path(data), args.method, args.variant)
+            feed(args.run)
+            if len(transport.written) != args.run:
+                raise SystemExit(f"{len(transport.written)} answers for {args.run} requests")
+        return
+    per_request = count_instructions(args.method, args.variant, args.short, args.long)
+    print(f"{args.method} {args.variant}: {per_request:,.0f} instructions per request")
+
+
+if __name__ == "__main__":
+    main()

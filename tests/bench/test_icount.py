@@ -1,0 +1,29 @@
+"""bench/icount.py feeds the real fast lane: its answers are the store's, for every variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.x509 import ocsp
+
+from bench import icount
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_whole_variant_answers_each_request_from_the_store(tmp_path: Path, method: str) -> None:
+    feed, transport = icount.feeder(tmp_path, method, "whole")
+    feed(3)
+    assert len(transport.written) == 3
+    for serial, answer in enumerate(transport.written, start=1):
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert ocsp.load_der_ocsp_response(body).serial_number == serial
+
+
+@pytest.mark.parametrize("variant", ["fixed", "floor"])
+def test_other_variants_answer_every_request(tmp_path: Path, variant: str) -> None:
+    feed, transport = icount.feeder(tmp_path, "get", variant)
+    feed(5)
+    assert len(transport.written) == 5
+    assert len(set(transport.written)) == 1  # one fixed answer (the floor's: 404, its dict is empty)
