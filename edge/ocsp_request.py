@@ -159,7 +159,8 @@ def issuer_part_encodings(hash_algorithm: bytes, issuer_name_hash: bytes, issuer
     The AlgorithmIdentifier with NULL parameters and without (both are DER; any other parameters are
     malformed), then the two hashes as OCTET STRINGs. Whatever the request, the parser reads one of
     these and nothing else for the same (algorithm, name hash, key hash): the issuer part is as good
-    a key as the three fields, and cheaper to take from a request (:func:`common_request`).
+    a key as the three fields, and cheaper to take from a request (:func:`common_request`). Lengths
+    are short-form: the parser takes OIDs of 32 octets and hashes of 64 at most.
     """
     hashes = bytes((_OCTET_STRING, len(issuer_name_hash))) + issuer_name_hash
     hashes += bytes((_OCTET_STRING, len(issuer_key_hash))) + issuer_key_hash

@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives import serialization
 
 from contract import store
 from contract.store import StoredResponse
+from edge import ocsp_request
 from edge.clock import Clock
-from edge.ocsp_request import CertID, issuer_part, issuer_part_encodings
+from edge.ocsp_request import CertID, issuer_part_encodings
 
 MAX_LMDB_KEY = 511  # LMDB's default key size limit
 _HASHLIB_NAMES = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
@@ -217,7 +218,7 @@ class LmdbSource:
 
     def cert_ref(self, cert_id: CertID) -> tuple[int, int] | None:
         """(issuer number, hash code) for a CertID's issuer and algorithm, if known."""
-        prefix = self._table.get(issuer_part(cert_id))
+        prefix = self._table.get(ocsp_request.issuer_part(cert_id))
         if prefix is None:
             return None
         number, _ = store.split_inventory_key(prefix[:4])
