@@ -3,7 +3,7 @@
 A reference, not an OCSP server: every answer is looked up whole in a dict keyed by the request as
 sent (the GET path, or the POST body), built from the benchmark's own mixes, so a request costs one
 ``recv``, httptools' parsing, one dict lookup and one ``send``. It writes a loop turn's answers together
-as the edge's fast lane does (``edge.fastlane.WriteBatch``) and sends headers of the edge's length.
+with the edge's own ``edge.fastlane.WriteBatch`` and sends headers of the edge's length.
 What pki-edge spends beyond this row is the OCSP work and uvicorn; what this row spends beyond nginx
 is the Python runtime and the event loop, which no OCSP code can win back.
 
@@ -25,6 +25,8 @@ from typing import cast
 import httptools
 import msgspec
 import uvloop
+
+from edge.fastlane import WriteBatch
 
 # Header lines of the same length and kind as the edge's answer (uvicorn's date and server, the
 # RFC 5019bis cache headers, content type and length): only the bytes on the wire matter here.
@@ -57,25 +59,8 @@ def load_answers(path: Path) -> dict[bytes, bytes]:
     return answers
 
 
-class _Batch:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._pending: list[tuple[asyncio.Transport, bytes]] = []
-
-    def write(self, transport: asyncio.Transport, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append((transport, data))
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for transport, data in pending:
-            if not transport.is_closing():
-                transport.write(data)
-
-
 class FloorProtocol(asyncio.Protocol):
-    def __init__(self, answers: dict[bytes, bytes], batch: _Batch) -> None:
+    def __init__(self, answers: dict[bytes, bytes], batch: WriteBatch) -> None:
         self._answers = answers
         self._batch = batch
         self._parser = httptools.HttpRequestParser(self)
@@ -105,12 +90,12 @@ class FloorProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self._transport is not None
         key = self._body or self._url
-        self._batch.write(self._transport, self._answers.get(key, _NOT_FOUND))
+        self._batch.write(self._transport, self._answers.get(key, _NOT_FOUND), False)
 
 
 async def serve(port: int, answers: dict[bytes, bytes]) -> None:
     loop = asyncio.get_running_loop()
-    batch = _Batch(loop)
+    batch = WriteBatch.of(loop)
     server = await loop.create_server(lambda: FloorProtocol(answers, batch), "127.0.0.1", port, backlog=2048)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

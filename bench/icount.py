@@ -33,7 +33,7 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.server import ServerState
 
 from bench.conftest import ocsp_request
-from bench.floor import FloorProtocol, _Batch
+from bench.floor import FloorProtocol
 from contract.config import Config, StoreConfig
 from edge.app import build_app
 from edge.clock import SystemClock
@@ -100,12 +100,11 @@ def feeder(data: Path, method: str, variant: str) -> tuple[Callable[[int], None]
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     transport = FakeTransport()
+    flush = WriteBatch.of(loop).flush
     if variant == "floor":
-        batch = _Batch(loop)
-        floor = FloorProtocol({}, batch)
+        floor = FloorProtocol({}, WriteBatch.of(loop))
         floor.connection_made(transport)  # type: ignore[arg-type]
         receive: Callable[[bytes], None] = floor.data_received
-        flush: Callable[[], None] = batch._flush
     else:
         source = LmdbSource(lambda: st.env, logging.getLogger("icount"))
         source.open()
@@ -119,7 +118,6 @@ def feeder(data: Path, method: str, variant: str) -> tuple[Callable[[int], None]
         protocol = OCSPHttpToolsProtocol(config=uvicorn_config, server_state=ServerState(), app_state={}, _loop=loop)
         protocol.connection_made(transport)  # type: ignore[arg-type]
         receive = protocol.data_received
-        flush = WriteBatch.of(loop).flush
 
     def feed(count: int) -> None:
         for n in range(count):

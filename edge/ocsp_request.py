@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from contract.cert_id import issuer_part_encodings
 from contract.store import canonical_serial_key
 
 MAX_REQUEST_BYTES = 10000
@@ -153,26 +154,13 @@ def _skip_explicit(buf: bytes, start: int, stop: int) -> None:
         raise MalformedRequest("trailing bytes in tagged field")
 
 
-def issuer_part_encodings(hash_algorithm: bytes, issuer_name_hash: bytes, issuer_key_hash: bytes) -> tuple[bytes, ...]:
-    """Every DER encoding of a CertID's fields before serialNumber that this parser accepts.
-
-    The AlgorithmIdentifier with NULL parameters and without (both are DER; any other parameters are
-    malformed), then the two hashes as OCTET STRINGs. Whatever the request, the parser reads one of
-    these and nothing else for the same (algorithm, name hash, key hash): the issuer part is as good
-    a key as the three fields, and cheaper to take from a request (:func:`common_request`). Lengths
-    are short-form: the parser takes OIDs of 32 octets and hashes of 64 at most.
-    """
-    hashes = bytes((_OCTET_STRING, len(issuer_name_hash))) + issuer_name_hash
-    hashes += bytes((_OCTET_STRING, len(issuer_key_hash))) + issuer_key_hash
-    oid = bytes((_OID, len(hash_algorithm))) + hash_algorithm
-    return (
-        bytes((_SEQUENCE, len(oid) + 2)) + oid + b"\x05\x00" + hashes,
-        bytes((_SEQUENCE, len(oid))) + oid + hashes,
-    )
-
-
 def issuer_part(cert_id: CertID) -> bytes:
-    """The issuer part of a parsed CertID (the NULL-parameters form, as OpenSSL sends it)."""
+    """The issuer part of a parsed CertID (the NULL-parameters form, as OpenSSL sends it).
+
+    Whatever the request, the parser reads one of :func:`issuer_part_encodings` and nothing else
+    for the same (algorithm, name hash, key hash): the issuer part is as good a key as the three
+    fields, and cheaper to take from a request (:func:`common_request`).
+    """
     return issuer_part_encodings(cert_id.hash_algorithm, cert_id.issuer_name_hash, cert_id.issuer_key_hash)[0]
 
 

@@ -22,10 +22,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from contract import store
+from contract.cert_id import issuer_part_encodings
 from contract.store import StoredResponse
 from edge import ocsp_request
 from edge.clock import Clock
-from edge.ocsp_request import CertID, issuer_part_encodings
+from edge.ocsp_request import CertID
 
 MAX_LMDB_KEY = 511  # LMDB's default key size limit
 _HASHLIB_NAMES = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from contract.cert_id import issuer_part_encodings
 from contract.store import HASH_ALGORITHMS
 from signer.keys import SigningKey, signature_hash, signer_for
 
@@ -107,10 +108,9 @@ class ResponseSigner:
         key_bits = _public_key_bits(issuer_cert)
         self.cert_id_prefixes: dict[int, bytes] = {}
         for name, (code, oid) in HASH_ALGORITHMS.items():
-            algorithm = tlv(0x30, tlv(0x06, oid) + b"\x05\x00")
             name_hash = hashlib.new(name, subject).digest()
             key_hash = hashlib.new(name, key_bits).digest()
-            self.cert_id_prefixes[code] = algorithm + tlv(0x04, name_hash) + tlv(0x04, key_hash)
+            self.cert_id_prefixes[code] = issuer_part_encodings(oid, name_hash, key_hash)[0]  # with NULL
 
     def sign_response(
         self,

@@ -22,6 +22,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from contract.cert_id import issuer_part_encodings
 from contract.store import HASH_ALGORITHMS, serial_key
 from edge.ocsp_request import (
     MAX_REQUEST_BYTES,
@@ -31,7 +32,6 @@ from edge.ocsp_request import (
     _parse_single,
     common_request,
     issuer_part,
-    issuer_part_encodings,
     parse_ocsp_request,
     parse_ocsp_request_general,
 )
@@ -892,15 +892,6 @@ def test_common_request_gives_the_issuer_part_as_sent_and_the_serial_key(der: by
     assert der.find(part) == 10  # as sent: right after the five SEQUENCE headers
     assert serial_number == cert_id.serial_number
     assert issuer_part(cert_id) == issuer_part_encodings(*cert_id[:3])[0]
-
-
-def test_both_algorithm_encodings_are_issuer_parts() -> None:
-    with_null, without = issuer_part_encodings(HASH_ALGORITHMS["sha1"][1], b"\x01" * 20, b"\x02" * 20)
-    assert (
-        with_null
-        == algorithm_identifier(SHA1_OID, b"\x05\x00") + b"\x04\x14" + b"\x01" * 20 + b"\x04\x14" + b"\x02" * 20
-    )
-    assert without == algorithm_identifier(SHA1_OID, b"") + b"\x04\x14" + b"\x01" * 20 + b"\x04\x14" + b"\x02" * 20
 
 
 def test_common_request_declines_other_shapes() -> None:
