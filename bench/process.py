@@ -52,6 +52,10 @@ class Proc:
     def cpu_seconds(self) -> float:
         return procstat.tree_cpu_seconds(self.pid)
 
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the process tree so far."""
+        return procstat.tree_cpu_split(self.pid)
+
     def pids(self) -> list[int]:
         return [self.pid, *procstat.descendants(self.pid)]
 

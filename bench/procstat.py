@@ -76,10 +76,17 @@ def descendants(root: int, proc: Path = PROC) -> list[int]:
     return [st.pid for st in tree(root, all_stats(proc))[1:]]
 
 
+def tree_cpu_split(root: int, proc: Path = PROC) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by ``root`` and its descendants, reaped ones included."""
+    stats = tree(root, all_stats(proc))
+    user = sum(st.utime + st.cutime for st in stats)
+    system = sum(st.stime + st.cstime for st in stats)
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
 def tree_cpu_seconds(root: int, proc: Path = PROC) -> float:
     """CPU seconds (user + system) used so far by ``root`` and its descendants, reaped ones included."""
-    ticks = sum(st.utime + st.stime + st.cutime + st.cstime for st in tree(root, all_stats(proc)))
-    return ticks / CLOCK_TICKS
+    return sum(tree_cpu_split(root, proc))
 
 
 def self_cpu_seconds() -> float:

@@ -337,8 +337,27 @@ def section(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def cpu_split_line(runs: Sequence[dict[str, Any]], mix: str = "get-uniform") -> str | None:
+    """Median user and system CPU per request of each server on ``mix`` (saturated runs)."""
+    per_server: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        if run.get("mix") == mix and run.get("requests") and "server_user_s" in run:
+            per_request = (run["server_user_s"] / run["requests"], run["server_system_s"] / run["requests"])
+            per_server.setdefault(run["server"], []).append(per_request)
+    if not per_server:
+        return None
+    parts = []
+    for server, split in sorted(per_server.items(), key=lambda item: _server_order(item[0])):
+        user, system = statistics.median(u for u, _ in split), statistics.median(s for _, s in split)
+        parts.append(f"{server} {user * 1e6:.1f} + {system * 1e6:.1f}")
+    return f"- CPU per request, {mix}, user + system µs (medians over rounds): " + "; ".join(parts) + "."
+
+
 def extras(results: dict[str, Any]) -> list[str]:
     lines = []
+    split = cpu_split_line(results.get("runs", []))
+    if split is not None:
+        lines.append(split)
     for build in results.get("signer", {}).get("builds", []):
         sign = build["sign"]
         lines.append(

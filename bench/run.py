@@ -379,13 +379,14 @@ class Bench:
             delay_ms=delay_ms,
         )
         try:
-            cpu0 = proc.cpu_seconds()
+            user0, system0 = proc.cpu_split()
             result, output = wrk.run(cmd, seconds)
-            cpu1 = proc.cpu_seconds()
+            user1, system1 = proc.cpu_split()
         finally:
             if fresh:
                 proc.stop()
-        cpu = cpu1 - cpu0
+        user, system = user1 - user0, system1 - system0
+        cpu = user + system
         duration = result.duration_s or seconds
         return {
             "server": server,
@@ -395,6 +396,8 @@ class Bench:
             "duration_s": duration,
             "rps": result.rps,
             "server_cpu_s": cpu,
+            "server_user_s": user,
+            "server_system_s": system,
             "req_per_cpu_s": result.requests / cpu if cpu > 0 else None,
             "server_cpu_util": cpu / duration,
             "client_cpu_s": result.client_cpu_s,

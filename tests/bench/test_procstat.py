@@ -68,3 +68,13 @@ def test_memory_of_self():
 def test_gone_process_reads_none():
     assert procstat.read_stat(2**22 + 12345) is None
     assert procstat.tree_cpu_seconds(2**22 + 12345) == 0
+
+
+def test_split_separates_user_and_system_time_of_a_fake_tree(tmp_path):
+    # /proc/PID/stat lines: root 10 (utime 100, stime 20, reaped children 7 + 3) and child 11 (50 + 5).
+    for pid, ppid, times in ((10, 1, "100 20 7 3"), (11, 10, "50 5 0 0"), (12, 1, "999 999 0 0")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (x) S {ppid} " + "0 " * 9 + times + " 0 0\n")
+    user, system = procstat.tree_cpu_split(10, tmp_path)
+    assert (user, system) == ((100 + 7 + 50) / procstat.CLOCK_TICKS, (20 + 3 + 5) / procstat.CLOCK_TICKS)
+    assert procstat.tree_cpu_seconds(10, tmp_path) == user + system

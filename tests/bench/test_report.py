@@ -171,3 +171,20 @@ def test_json_and_plots(tmp_path: Path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png = plots.latency(results["latency"]["summary"], tmp_path / "l.png", "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_split_line_gives_median_user_and_system_per_request():
+    runs = [
+        {"server": "nginx", "mix": "get-uniform", "requests": 1000, "server_user_s": 0.007, "server_system_s": 0.02},
+        {"server": "nginx", "mix": "get-uniform", "requests": 1000, "server_user_s": 0.009, "server_system_s": 0.02},
+        {"server": "nginx", "mix": "get-uniform", "requests": 1000, "server_user_s": 0.050, "server_system_s": 0.02},
+        {"server": "pki-edge", "mix": "get-uniform", "requests": 2000, "server_user_s": 0.05, "server_system_s": 0.024},
+        {"server": "pki-edge", "mix": "post-uniform", "requests": 10, "server_user_s": 9.0, "server_system_s": 9.0},
+        {"server": "cfssl", "mix": "get-uniform", "requests": 0, "server_user_s": 1.0, "server_system_s": 1.0},
+    ]
+    line = report.cpu_split_line(runs)
+    assert line == (
+        "- CPU per request, get-uniform, user + system µs (medians over rounds): "
+        "pki-edge 25.0 + 12.0; nginx 9.0 + 20.0."
+    )
+    assert report.cpu_split_line([{"server": "nginx", "mix": "get-uniform", "requests": 5}]) is None  # older runs
