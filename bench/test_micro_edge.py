@@ -57,7 +57,7 @@ def test_header_computation(benchmark, micro_store):
 def test_whole_answer_get(benchmark, micro_store):
     _, app = _app(micro_store)
     path = b"/ocsp/" + _encoded(ocsp_request(micro_store[1], 7))
-    assert benchmark(app.ocsp.answer_get, "GET", path, [(b"host", b"x")]).status == 200
+    assert benchmark(app.ocsp.answer_get, path, [(b"host", b"x")], False).status == 200
 
 
 def test_whole_answer_post(benchmark, micro_store):

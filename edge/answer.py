@@ -143,8 +143,10 @@ class OCSPAnswerer:
     def _max_age(self, stored: StoredResponse) -> int:
         """Never past nextUpdate or the planned refresh (RFC 5019bis §6.2)."""
         now = self._clock.now()
-        refresh_at = stored.refresh_at if stored.refresh_at > now else now + self._overdue_max_age
-        return max(0, min(stored.next_update, refresh_at) - now)
+        until = stored.refresh_at if stored.refresh_at > now else now + self._overdue_max_age
+        if stored.next_update < until:
+            until = stored.next_update
+        return until - now if until > now else 0  # not min() and max(): two calls per request
 
     def cache_head(self, stored: StoredResponse) -> bytes:
         """RFC 5019bis §6.2 headers."""
@@ -158,9 +160,11 @@ class OCSPAnswerer:
         common = common_request(der)
         if common is not None:
             try:
-                return self._found(self._source.response(*common), conditional)
+                stored = self._source.response(common[0], common[1])
             except SourceError as exc:
                 failed = exc
+            else:
+                return self._found(stored, conditional)
         try:
             request = parse_ocsp_request(der)
         except MalformedRequest:
@@ -192,9 +196,9 @@ class OCSPAnswerer:
             self._metrics.inc("ocsp_not_modified")
             return Answer(304, self.cache_head(stored), b"")
         self._metrics.inc("ocsp_good" if not stored.revoked else "ocsp_revoked")
-        der = stored.der
-        head = _HIT_HEAD % (self._max_age(stored), stored.last_modified, stored.expires, stored.etag, len(der))
-        return Answer(200, head, der)
+        body = stored.der
+        head = _HIT_HEAD % (self._max_age(stored), stored.last_modified, stored.expires, stored.etag, len(body))
+        return Answer(200, head, body)
 
     def _live_signing(self, cert_ids: tuple[CertID, ...]) -> Answer | LiveSigning:
         """What the signer workers must sign for a multi-CertID request, or the answer without signing.

@@ -25,7 +25,7 @@ from contract.jobs import LiveOcspJob, OcspSigned, Refused, socket_path
 from edge.answer import NO_CONDITIONS, Answer, LiveSigning, OCSPAnswerer, render_head
 from edge.clock import Clock, SystemClock
 from edge.est import EstService, RateLimiter
-from edge.get_path import decode_get_request, strip_prefix
+from edge.get_path import GetPaths
 from edge.jobqueue import JobQueue, QueueError, UnixSocketQueue
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest
@@ -61,9 +61,8 @@ class OCSPApp:
         self._live_slots = asyncio.Semaphore(live_inflight)
         self._live_timeout = live_timeout
         self._not_ocsp = tuple(p.encode() for p in not_ocsp)
-        self._not_ocsp_initials = frozenset(p[1:2] for p in self._not_ocsp)
-        # Longest first, root last, so "/api/ocsp" wins over "/".
-        self._prefixes = (*sorted((p.encode() for p in prefixes), key=len, reverse=True), b"")
+        self._not_ocsp_initials = frozenset(p[1] for p in self._not_ocsp if len(p) > 1)
+        self._paths = GetPaths((p.encode() for p in prefixes), max_request_bytes)
         self._max = max_request_bytes
         self.method_not_allowed = Answer(405, render_head([ALLOW, (b"content-length", b"0")]), b"")
 
@@ -71,7 +70,8 @@ class OCSPApp:
         method = scope["method"]
         found: Answer | LiveSigning
         if method == "GET" or method == "HEAD":
-            found = self.answer_get(method, scope.get("raw_path") or scope["path"].encode(), scope["headers"])
+            raw_path = scope.get("raw_path") or scope["path"].encode()
+            found = self.answer_get(raw_path, scope["headers"], method == "HEAD")
         elif method == "POST":
             found = self.check_post_headers(scope["headers"]) or await self._post(receive)
         else:
@@ -83,26 +83,22 @@ class OCSPApp:
     # The methods below are the whole OCSP-over-HTTP logic, shared with the fast lane
     # (edge.fastlane) so that both paths give byte-identical answers.
 
-    def answer_get(self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -> Answer | LiveSigning:
+    def answer_get(self, raw_path: bytes, headers: list[tuple[bytes, bytes]], head: bool) -> Answer | LiveSigning:
         """GET or HEAD: decode the request from the raw path; HEAD drops the body, keeps the headers."""
         answer: Answer | LiveSigning
-        encoded = strip_prefix(raw_path, self._prefixes)
-        if encoded is None:
+        try:
+            der = self._paths.der(raw_path)
+        except MalformedRequest:
             answer = self._answerer.malformed
         else:
-            try:
-                der = decode_get_request(encoded, self._max)
-            except MalformedRequest:
-                answer = self._answerer.malformed
-            else:
-                conditional = NO_CONDITIONS
-                for name, value in headers:
-                    if name == b"if-none-match":
-                        conditional = conditional._replace(if_none_match=value)
-                    elif name == b"if-modified-since":
-                        conditional = conditional._replace(if_modified_since=value)
-                answer = self._answerer.answer_der(der, conditional)
-        if method == "HEAD" and isinstance(answer, Answer):
+            conditional = NO_CONDITIONS
+            for name, value in headers:
+                if name == b"if-none-match":
+                    conditional = conditional._replace(if_none_match=value)
+                elif name == b"if-modified-since":
+                    conditional = conditional._replace(if_modified_since=value)
+            answer = self._answerer.answer_der(der, conditional)
+        if head and isinstance(answer, Answer):
             return Answer(answer.status, answer.head, b"")
         return answer
 
@@ -149,9 +145,9 @@ class OCSPApp:
         """True for every path OCSP answers: all but health, readiness and EST."""
         # Cheap tests first, for the hot path: no OCSP request is as short as a health path (so a
         # long path is not hashed), and a path can be under an EST prefix only if it starts alike.
-        if len(path) <= _LONGEST_STARLETTE_PATH and path in STARLETTE_RAW_PATHS:
-            return False
-        return path[1:2] not in self._not_ocsp_initials or not path.startswith(self._not_ocsp)
+        if len(path) <= _LONGEST_STARLETTE_PATH:
+            return path not in STARLETTE_RAW_PATHS
+        return path[1] not in self._not_ocsp_initials or not path.startswith(self._not_ocsp)
 
     async def _post(self, receive: Receive) -> Answer | LiveSigning:
         chunks = []

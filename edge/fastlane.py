@@ -38,6 +38,7 @@ _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
 # On the hot path, bytes are searched with an int (a byte search) and compared by slices: `bytes in
 # bytes` first fails as an integer, and bytes.startswith parses its arguments as a tuple (Python 3.11).
 _QUERY = ord("?")
+_CLOSE = b"connection: close\r\n\r\n"
 
 
 class WriteBatch:
@@ -194,14 +195,14 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             ocsp is None
             or method not in _OCSP_METHODS
             or self.expect_100_continue
-            or parser.should_upgrade()
             or (self.cycle is not None and not self.cycle.response_complete)
+            or parser.should_upgrade()
         ):
             self._to_asgi()
             return
         url = self.url
         raw_path = url[: url.find(b"?")] if _QUERY in url else url
-        if raw_path[:1] != b"/" or not ocsp.serves(raw_path):
+        if raw_path[:1] != b"/" or not ocsp.serves(raw_path):  # absolute-form: uvicorn finds the path
             self._to_asgi()
             return
         self._fast = True
@@ -211,7 +212,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             self._fast_size = 0
             self._fast_early = ocsp.check_post_headers(self.headers)
         else:
-            self._fast_early = ocsp.answer_get(method.decode(), raw_path, self.headers)
+            self._fast_early = ocsp.answer_get(raw_path, self.headers, method == b"HEAD")
 
     def on_body(self, body: bytes) -> None:
         if not self._fast:
@@ -267,16 +268,19 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             self._start_asgi_task(cycle, app)
 
     def _write(self, answer: Answer, keep_alive: bool) -> None:
-        default_headers = self.server_state.default_headers
-        if default_headers is not self._default_headers:  # uvicorn renews the list (date) every second
-            self._default_headers = default_headers
-            self._default_block = render_head(default_headers)
-        end = b"\r\n" if keep_alive else b"connection: close\r\n\r\n"
-        data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, end, answer.body))
-        self._batch.write(self.transport, data, not keep_alive)
-        self.server_state.total_requests += 1
-        if keep_alive and self._idle_timer is None:
-            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+        state = self.server_state
+        if state.default_headers is not self._default_headers:  # uvicorn renews the list (date) every second
+            self._default_headers = state.default_headers
+            self._default_block = render_head(state.default_headers)
+        state.total_requests += 1
+        if keep_alive:
+            data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, b"\r\n", answer.body))
+            self._batch.write(self.transport, data, False)
+            if self._idle_timer is None:
+                self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+        else:
+            data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, _CLOSE, answer.body))
+            self._batch.write(self.transport, data, True)
 
     def _idle_check(self) -> None:
         busy = self.cycle is not None and not self.cycle.response_complete

@@ -9,6 +9,7 @@ base64, one extra leading slash, missing padding and the base64url alphabet.
 from __future__ import annotations
 
 import binascii
+from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
 from edge.ocsp_request import MalformedRequest
@@ -17,6 +18,29 @@ _URLSAFE_TO_STD = bytes.maketrans(b"-_ ", b"+/+")
 # Searched with an int and compared by slices: `bytes in bytes` first fails as an integer, and
 # bytes.startswith parses its arguments as a tuple (both slow on the hot path, Python 3.11).
 _PERCENT = ord("%")
+_SLASH = ord("/")
+
+
+class GetPaths:
+    """The OCSP prefixes of GET paths, and the request a path carries; built once per app."""
+
+    def __init__(self, prefixes: Iterable[bytes], max_der_bytes: int) -> None:
+        given = tuple(prefixes)
+        self.prefixes = (*sorted(given, key=len, reverse=True), b"")  # longest first, root last
+        # The byte after the first slash of each prefix: a path whose own differs can only be under
+        # the root, the way most AIA URLs are, and need not be compared with each prefix.
+        # A second slash is one too: the decoder drops one extra slash, the quick way does not.
+        self._initials = frozenset({_SLASH, *(prefix[1] for prefix in given if len(prefix) > 1)})
+        self._max = max_der_bytes
+
+    def der(self, raw_path: bytes) -> bytes:
+        """The DER request of a GET path, or MalformedRequest (no OCSP prefix matches too)."""
+        if len(raw_path) > 1 and raw_path[1] not in self._initials and raw_path[0] == _SLASH:
+            return _decode(raw_path[1:], self._max)
+        encoded = strip_prefix(raw_path, self.prefixes)
+        if encoded is None:
+            raise MalformedRequest("not under an OCSP prefix")
+        return decode_get_request(encoded, self._max)
 
 
 def strip_prefix(raw_path: bytes, prefixes: tuple[bytes, ...]) -> bytes | None:
@@ -26,7 +50,7 @@ def strip_prefix(raw_path: bytes, prefixes: tuple[bytes, ...]) -> bytes | None:
     """
     for prefix in prefixes:
         end = len(prefix)
-        if raw_path[:end] == prefix and (len(raw_path) == end or raw_path[end] == 0x2F):
+        if raw_path[:end] == prefix and (len(raw_path) == end or raw_path[end] == _SLASH):
             return raw_path[end + 1 :]
     return None
 
@@ -35,6 +59,10 @@ def decode_get_request(encoded: bytes, max_der_bytes: int) -> bytes:
     """The DER request from the path part after the prefix slash."""
     if encoded[:1] == b"/":  # AIA URLs ending in "/" produce one extra slash
         encoded = encoded[1:]
+    return _decode(encoded, max_der_bytes)
+
+
+def _decode(encoded: bytes, max_der_bytes: int) -> bytes:
     if len(encoded) > 3 * max_der_bytes:  # percent-encoding triples a byte at most
         raise MalformedRequest("request path too long")
     if _PERCENT in encoded:

@@ -419,3 +419,19 @@ def test_both_paths_refuse_an_invalid_request_alike(servers) -> None:
         received, closed = _exchange(int(url.rsplit(":", 1)[1]), b"GET / HTTP/1.1\r\nHost x\r\n\r\n")
         assert received.startswith(b"HTTP/1.1 400 Bad Request") and received.endswith(b"Invalid HTTP request received.")
         assert closed
+
+
+@pytest.mark.parametrize("target", [b"http://127.0.0.1{path}", b"http://127.0.0.1{path}?x=1", b"{path}?x=1"])
+def test_both_paths_answer_an_absolute_form_or_query_target(store, servers, target: bytes) -> None:
+    """RFC 9112 §3.2.2: a server accepts the absolute form (proxies send it); a query is not the request."""
+    _, ca = store
+    der = request(ca, 1)
+    path = b"/ocsp/" + base64.b64encode(der).replace(b"/", b"%2F").replace(b"+", b"%2B").replace(b"=", b"%3D")
+    message = b"GET " + target.replace(b"{path}", path) + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    bodies = []
+    for url in servers:
+        received, _ = _exchange(int(url.rsplit(":", 1)[1]), message)
+        assert received.startswith(b"HTTP/1.1 200 OK"), received[:200]
+        bodies.append(received.split(b"\r\n\r\n", 1)[1])
+        assert ocsp.load_der_ocsp_response(bodies[-1]).serial_number == 1
+    assert bodies[0] == bodies[1]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.get_path import decode_get_request, strip_prefix
+from edge.get_path import GetPaths, decode_get_request, strip_prefix
 from edge.ocsp_request import MalformedRequest, parse_ocsp_request
 from tests.edge.conftest import crypto_request_by_hash, fake_hashes
 
@@ -264,3 +264,57 @@ def test_decoding_follows_the_documented_rules(pieces: list[str], head: bytes) -
     except MalformedRequest:
         got = None
     assert got == _documented_rules(encoded)
+
+
+# ------------------------------------------------------------------ GetPaths (the app's one call)
+
+
+def _by_the_two_steps(raw_path: bytes, prefixes: tuple[bytes, ...]) -> bytes | None:
+    encoded = strip_prefix(raw_path, (*prefixes, b""))
+    if encoded is None:
+        return None
+    try:
+        return decode_get_request(encoded, MAX_DER)
+    except MalformedRequest:
+        return None
+
+
+PATH_PIECES = st.sampled_from(["/", "//", "/ocsp", "/api/ocsp", "/api", "/o", "/a", "ocsp", "%2F", "M", "E", "Qw", "="])
+PREFIX_SETS = st.sampled_from([(b"/api/ocsp", b"/ocsp"), (b"/ocsp",), (b"/MEIw",), (b"/o/p", b"/x"), ()])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(PATH_PIECES, max_size=8), st.sampled_from([b"", B64, B64[:-1], b"/" + B64]), PREFIX_SETS)
+def test_get_paths_reads_what_prefix_and_decoder_read(
+    pieces: list[str], tail: bytes, prefixes: tuple[bytes, ...]
+) -> None:
+    """The quick way under the root (no prefix to compare) changes nothing: same request or malformed."""
+    raw_path = "".join(pieces).encode() + tail
+    expected = _by_the_two_steps(raw_path, prefixes)
+    try:
+        got: bytes | None = GetPaths(prefixes, MAX_DER).der(raw_path)
+    except MalformedRequest:
+        got = None
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "expected"),
+    [
+        (b"/" + B64, DER),  # under the root, the quick way
+        (b"//" + B64, DER),  # one extra slash: dropped by the decoder
+        (b"/ocsp/" + B64, DER),
+        (b"/ocsp//" + B64, DER),
+        (b"/api/ocsp/" + B64, DER),
+        (b"ocsp/" + B64, None),  # no leading slash: no prefix matches, not even the root
+        (b"/", None),
+        (b"", None),
+    ],
+)
+def test_get_paths_table(raw_path: bytes, expected: bytes | None) -> None:
+    paths = GetPaths((b"/ocsp", b"/api/ocsp"), MAX_DER)
+    if expected is None:
+        with pytest.raises(MalformedRequest):
+            paths.der(raw_path)
+    else:
+        assert paths.der(raw_path) == expected
