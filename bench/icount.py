@@ -8,6 +8,10 @@ is the difference of two runs of different lengths (start-up cancels out) over t
     python -m bench.icount get          # runs itself twice under valgrind, prints instructions/request
     python -m bench.icount post --variant fixed   # the protocol alone: every answer a fixed one
     python -m bench.icount get --variant floor    # bench/floor.py's protocol, for scale
+    python -m bench.icount get --per-turn 10      # ten requests per event-loop turn, as under load
+
+A loop turn's end (the write batch's flush, the end of the store's read snapshot) is run by the feeder
+after every ``--per-turn`` requests (default 1: the most a turn can cost a request).
 
 To compare two commits, run it in a worktree of each (``PYTHONPATH=WORKTREE``). Needs valgrind.
 """
@@ -87,8 +91,9 @@ def wrk_requests(ca: x509.Certificate, method: str) -> list[bytes]:
     return requests
 
 
-def feeder(data: Path, method: str, variant: str) -> tuple[Callable[[int], None], FakeTransport]:
-    """A function feeding N requests (and flushing each loop turn's answers), and the transport."""
+def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Callable[[int], None], FakeTransport]:
+    """A function feeding N requests, ``per_turn`` in each loop turn (its end writes the answers and ends
+    the store's read snapshot, as the event loop would), and the transport."""
     config = Config(store=StoreConfig(map_size_mb=64))  # valgrind cannot map the default 64 GiB
     st = SignerStore(data, config)
     now = dt.datetime.now(dt.UTC)
@@ -101,12 +106,13 @@ def feeder(data: Path, method: str, variant: str) -> tuple[Callable[[int], None]
     asyncio.set_event_loop(loop)
     transport = FakeTransport()
     flush = WriteBatch.of(loop).flush
+    turn_ends: list[Callable[[], None]] = []
     if variant == "floor":
         floor = FloorProtocol({}, WriteBatch.of(loop))
         floor.connection_made(transport)  # type: ignore[arg-type]
         receive: Callable[[bytes], None] = floor.data_received
     else:
-        source = LmdbSource(lambda: st.env, logging.getLogger("icount"))
+        source = LmdbSource(lambda: st.env, logging.getLogger("icount"), turn_ends.append)
         source.open()
         app = build_app(source, config, SystemClock(), CounterMetrics(), logging.getLogger("icount"))
         if variant == "fixed":
@@ -122,12 +128,16 @@ def feeder(data: Path, method: str, variant: str) -> tuple[Callable[[int], None]
     def feed(count: int) -> None:
         for n in range(count):
             receive(requests[n % SERIALS])
-            flush()
+            if (n + 1) % per_turn == 0:
+                flush()
+                while turn_ends:
+                    turn_ends.pop()()
+        flush()
 
     return feed, transport
 
 
-def count_instructions(method: str, variant: str, short: int, long: int) -> float:
+def count_instructions(method: str, variant: str, short: int, long: int, per_turn: int = 1) -> float:
     """Instructions per request: two runs under valgrind, the difference over the extra requests."""
     totals = []
     for requests in (short, long):
@@ -142,6 +152,8 @@ def count_instructions(method: str, variant: str, short: int, long: int) -> floa
             method,
             "--variant",
             variant,
+            "--per-turn",
+            str(per_turn),
             "--run",
             str(requests),
         ]
@@ -158,19 +170,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.icount", description=__doc__.split("\n")[0])
     parser.add_argument("method", choices=("get", "post"))
     parser.add_argument("--variant", choices=VARIANTS, default="whole")
+    parser.add_argument("--per-turn", type=int, default=1, metavar="K", help="requests per event-loop turn (default 1)")
     parser.add_argument("--run", type=int, metavar="N", help="feed N requests and exit (what valgrind runs)")
     parser.add_argument("--short", type=int, default=1000)
     parser.add_argument("--long", type=int, default=4000)
     args = parser.parse_args(argv)
     if args.run is not None:
         with tempfile.TemporaryDirectory() as data:
-            feed, transport = feeder(Path(data), args.method, args.variant)
+            feed, transport = feeder(Path(data), args.method, args.variant, args.per_turn)
             feed(args.run)
             if len(transport.written) != args.run:
                 raise SystemExit(f"{len(transport.written)} answers for {args.run} requests")
         return
-    per_request = count_instructions(args.method, args.variant, args.short, args.long)
-    print(f"{args.method} {args.variant}: {per_request:,.0f} instructions per request")
+    per_request = count_instructions(args.method, args.variant, args.short, args.long, args.per_turn)
+    print(f"{args.method} {args.variant}, {args.per_turn} per turn: {per_request:,.0f} instructions per request")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from edge.get_path import GetPaths
 from edge.jobqueue import JobQueue, QueueError, UnixSocketQueue
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest
-from edge.source import FreshnessPolicy, LmdbSource, read_only_store
+from edge.source import FreshnessPolicy, LmdbSource, at_end_of_loop_turn, read_only_store
 from edge.tls_trust import ClientTrust
 
 Scope = MutableMapping[str, Any]
@@ -248,6 +248,6 @@ def create_app(config: Config | None = None) -> EdgeApp:
     data_dir = data_dir_from(os.environ.get("PKI_EDGE_DATA"))
     logger = logging.getLogger("pki_edge.edge")
     config = config or load_config(data_dir)
-    source = LmdbSource(read_only_store(data_dir, config.store.map_size_mb << 20), logger)
+    source = LmdbSource(read_only_store(data_dir, config.store.map_size_mb << 20), logger, at_end_of_loop_turn)
     queue = UnixSocketQueue(socket_path(data_dir), config.est.max_inflight, logger)
     return build_app(source, config, SystemClock(), CounterMetrics(), logger, queue)

@@ -1,0 +1,105 @@
+"""How long one LMDB read snapshot serves lookups (``edge.source``): a lookup, or a turn of the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from contract.config import Config
+from contract.store import IssuerRecord
+from edge.ocsp_request import common_request
+from edge.source import LmdbSource, NotFound, at_end_of_loop_turn, at_once, issuer_hashes
+from signer.inventory import revoke
+from signer.registry import create_ca
+from signer.state import SignerStore
+from tests.edge.conftest import crypto_request_by_hash
+from tests.signed_store import add_devices, drain
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture
+def world(tmp_path) -> Iterator[tuple[SignerStore, IssuerRecord, tuple[bytes, bytes]]]:
+    st = SignerStore(tmp_path, Config())
+    issuer = create_ca(st, "ca", "ec-p256", 30, None, None, NOW)
+    add_devices(st, issuer, (1, 2), NOW)
+    drain(st)
+    der = crypto_request_by_hash(*issuer_hashes(issuer.cert_der, "sha1"), 1)
+    lookup = common_request(der)
+    assert lookup is not None
+    yield st, issuer, lookup
+    st.close()
+
+
+def _revoke_and_sign(st: SignerStore, issuer: IssuerRecord) -> None:
+    revoke(st, issuer, 1, 1, int(NOW.timestamp()))
+    drain(st)
+
+
+def test_one_snapshot_serves_a_turn_and_the_next_turn_sees_new_responses(world) -> None:
+    st, issuer, lookup = world
+    turn_ends: list[Callable[[], None]] = []
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
+    assert source.response(*lookup).revoked is False
+    assert len(turn_ends) == 1  # one end per turn, however many lookups
+    _revoke_and_sign(st, issuer)
+    assert source.response(*lookup).revoked is False  # same turn, same snapshot
+    assert len(turn_ends) == 1
+    turn_ends.pop()()
+    assert source.response(*lookup).revoked is True
+    assert len(turn_ends) == 1
+
+
+def test_at_once_each_lookup_sees_the_newest_responses(world) -> None:
+    st, issuer, lookup = world
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), at_once)
+    assert source.response(*lookup).revoked is False
+    _revoke_and_sign(st, issuer)
+    assert source.response(*lookup).revoked is True
+
+
+def test_an_unknown_serial_ends_its_snapshot_too(world) -> None:
+    st, issuer, lookup = world
+    turn_ends: list[Callable[[], None]] = []
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
+    with pytest.raises(NotFound):
+        source.response(lookup[0], b"\x7f\x7f")
+    assert len(turn_ends) == 1
+    turn_ends.pop()()
+    _revoke_and_sign(st, issuer)
+    assert source.response(*lookup).revoked is True
+
+
+def test_at_end_of_loop_turn_runs_after_the_turn_and_at_once_without_a_loop() -> None:
+    ran: list[str] = []
+    at_end_of_loop_turn(lambda: ran.append("no loop"))
+    assert ran == ["no loop"]
+
+    async def turn() -> list[str]:
+        at_end_of_loop_turn(lambda: ran.append("end"))
+        ran.append("rest of the turn")
+        await asyncio.sleep(0)
+        return ran
+
+    assert asyncio.run(turn()) == ["no loop", "rest of the turn", "end"]
+
+
+def test_a_ca_added_during_a_turn_answers_from_the_next_turn(world) -> None:
+    """The registry is read in a second read transaction beside the turn's (py-lmdb: MDB_NOTLS)."""
+    st, _, lookup = world
+    turn_ends: list[Callable[[], None]] = []
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
+    assert source.response(*lookup).revoked is False
+    second = create_ca(st, "ca2", "ec-p256", 30, None, None, NOW)
+    add_devices(st, second, (7,), NOW)
+    drain(st)
+    second_lookup = common_request(crypto_request_by_hash(*issuer_hashes(second.cert_der, "sha1"), 7))
+    assert second_lookup is not None
+    with pytest.raises(NotFound):
+        source.response(*second_lookup)  # the issuer is known now, its responses not in this snapshot
+    turn_ends.pop()()
+    assert source.response(*second_lookup).revoked is False
