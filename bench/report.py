@@ -121,14 +121,19 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 def latency_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| server | mix | offered ≈ req/s | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |",
-        "|" + "---|" * 10,
+        "| server | mix | offered ≈ req/s | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors "
+        "| server CPU | CPU µs per request, user + system |",
+        "|" + "---|" * 12,
     ]
     for row in rows:
+        cpu = row.get("cpu_util")
+        user, system = row.get("user_us"), row.get("system_us")
+        split = f"{user:.1f} + {system:.1f}" if user is not None and system is not None else "n/a"
         lines.append(
             f"| {row['server']} | {row['mix']} | {fmt(row['target_rps'])} | {fmt(row['rps'])} | "
             f"{fmt(row['p50_ms'], '.2f')} | {fmt(row['p90_ms'], '.2f')} | {fmt(row['p99_ms'], '.2f')} | "
-            f"{fmt(row['p99.9_ms'], '.2f')} | {fmt(row['max_ms'], '.1f')} | {row['errors']} |"
+            f"{fmt(row['p99.9_ms'], '.2f')} | {fmt(row['max_ms'], '.1f')} | {row['errors']} | "
+            f"{f'{cpu:.0%}' if cpu is not None else 'n/a'} | {split} |"
         )
     return "\n".join(lines)
 
@@ -149,6 +154,13 @@ def summarize_latency(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for p in ("p50", "p75", "p90", "p99", "p99.9", "max"):
             row[f"{p}_ms"] = median(r["latency_us"].get(p, 0) / 1000 for r in mine)
+        # Where the CPU goes at this rate, beside the same figures at saturation (cpu_split_line).
+        row["cpu_util"] = (
+            median(r["server_cpu_util"] for r in mine) if all("server_cpu_util" in r for r in mine) else None
+        )
+        split = [r for r in mine if r.get("requests") and "server_user_s" in r]
+        row["user_us"] = median(r["server_user_s"] / r["requests"] * 1e6 for r in split) if split else None
+        row["system_us"] = median(r["server_system_s"] / r["requests"] * 1e6 for r in split) if split else None
         rows.append(row)
     return rows
 
@@ -207,11 +219,9 @@ def goals(results: dict[str, Any]) -> list[dict[str, str]]:
             add(f"{mix}: ≥ 3× cfssl", value, ok)
     for row in results.get("latency", {}).get("summary", []):
         if row["server"] == "pki-edge":
-            ref = next(
-                (r for r in results["latency"]["summary"] if r["mix"] == row["mix"] and r["server"] != "pki-edge"),
-                None,
-            )
-            beside = f"; {ref['server']} {fmt(ref['p99_ms'], '.2f')} ms at the same rate" if ref else ""
+            refs = [r for r in results["latency"]["summary"] if r["mix"] == row["mix"] and r["server"] != "pki-edge"]
+            beside = ", ".join(f"{ref['server']} {fmt(ref['p99_ms'], '.2f')} ms" for ref in refs)
+            beside = f"; {beside} at the same rate" if beside else ""
             add(
                 f"{row['mix']} at half of pki-edge's saturation ({fmt(row['target_rps'])} req/s): p99 ≤ 2 ms",
                 f"p99 {fmt(row['p99_ms'], '.2f')} ms{beside}",

@@ -436,7 +436,8 @@ class Bench:
         assert rs is not None
         rows = report.summarize(self.results["runs"])
         plan = []
-        for mix, others in (("get-uniform", ("nginx",)), ("post-uniform", ("cfssl",))):
+        # The floor too: whether a Python server can meet the p99 goal at this rate at all.
+        for mix, others in (("get-uniform", ("nginx", "python-floor")), ("post-uniform", ("cfssl", "python-floor"))):
             row = next((r for r in rows if r["server"] == "pki-edge" and r["mix"] == mix), None)
             if row is None or not row["rps"]:
                 continue

@@ -188,3 +188,33 @@ def test_cpu_split_line_gives_median_user_and_system_per_request():
         "pki-edge 25.0 + 12.0; nginx 9.0 + 20.0."
     )
     assert report.cpu_split_line([{"server": "nginx", "mix": "get-uniform", "requests": 5}]) is None  # older runs
+
+
+def test_latency_rows_carry_cpu_and_the_goal_names_every_reference():
+    def paced(server: str, p99: float, user_s: float, system_s: float) -> dict:
+        run = _run(server, "get-uniform", 0, 500, 2.0, requests=2500, p99=p99)
+        return {
+            **run,
+            "target_rps": 500.0,
+            "connections": 5,
+            "delay_ms": 10,
+            "server_user_s": user_s,
+            "server_system_s": system_s,
+        }
+
+    runs = [
+        paced("pki-edge", 5000.0, 0.05, 0.025),
+        paced("nginx", 1500.0, 0.01, 0.03),
+        paced("python-floor", 900.0, 0.02, 0.02),
+    ]
+    summary = report.summarize_latency(runs)
+    edge = next(row for row in summary if row["server"] == "pki-edge")
+    assert (edge["cpu_util"], edge["user_us"], edge["system_us"]) == (0.4, 20.0, 10.0)
+    table = report.latency_table(summary)
+    assert "| pki-edge | get-uniform | 500 | 500 | 0.30 | 0.00 | 5.00 |" in table
+    assert table.splitlines()[2].endswith("| 40% | 20.0 + 10.0 |")
+    older = report.summarize_latency([{k: v for k, v in runs[0].items() if not k.startswith("server_")}])
+    assert "| n/a | n/a |" in report.latency_table(older)  # runs from before the split was recorded
+    goals = report.goals({"runs": [], "summary": [], "latency": {"summary": summary}})
+    line = next(goal for goal in goals if "p99 ≤ 2 ms" in goal["goal"])
+    assert line["measured"] == "p99 5.00 ms; python-floor 0.90 ms, nginx 1.50 ms at the same rate"
