@@ -123,6 +123,7 @@ class LmdbSource:
         self._logger = logger
         self._end_of_read = end_of_read
         self._read: lmdb.Transaction | None = None
+        self._read_failed = False
         self._env: lmdb.Environment | None = None
         self._responses: Any = None
         self._issuers_db: Any = None
@@ -256,20 +257,26 @@ class LmdbSource:
                 raise Unavailable("store not created yet")
             env = self._env
             assert env is not None
-        prefix = self._table.get(issuer_part)
-        # A CA added after start: the registry generation tells, at the price of one read.
-        if prefix is None and (not self.refresh_issuers() or (prefix := self._table.get(issuer_part)) is None):
-            raise NotFound("unknown issuer or hash algorithm")
-        txn = self._read
-        if txn is not None:
-            value = txn.get(prefix + serial_number)
-        else:
-            txn = env.begin(db=self._responses)
-            try:
+        try:
+            prefix = self._table.get(issuer_part)
+            # A CA added after start: the registry generation tells, at the price of one read.
+            if prefix is None and (not self.refresh_issuers() or (prefix := self._table.get(issuer_part)) is None):
+                raise NotFound("unknown issuer or hash algorithm")
+            txn = self._read
+            if txn is not None:
                 value = txn.get(prefix + serial_number)
-            finally:
-                self._read = txn
-                self._end_of_read(self._end_read)
+            else:
+                txn = env.begin(db=self._responses)
+                try:
+                    value = txn.get(prefix + serial_number)
+                finally:
+                    self._read = txn
+                    self._end_of_read(self._end_read)
+        except lmdb.Error as exc:  # a failing store is the server's fault: tryLater, never a malformed request
+            if not self._read_failed:  # once: the answerer counts every one (ocsp_unavailable)
+                self._read_failed = True
+                self._logger.error("store read failed: %s", exc)
+            raise Unavailable("store read failed") from None
         if value is None:
             raise NotFound("unknown serial or hash algorithm not served")
         return store.RESPONSE_DECODER.decode(value)

@@ -12,7 +12,7 @@ import pytest
 from contract.config import Config
 from contract.store import IssuerRecord
 from edge.ocsp_request import common_request
-from edge.source import LmdbSource, NotFound, at_end_of_loop_turn, at_once, issuer_hashes
+from edge.source import LmdbSource, NotFound, Unavailable, at_end_of_loop_turn, at_once, issuer_hashes
 from signer.inventory import revoke
 from signer.registry import create_ca
 from signer.state import SignerStore
@@ -103,3 +103,15 @@ def test_a_ca_added_during_a_turn_answers_from_the_next_turn(world) -> None:
         source.response(*second_lookup)  # the issuer is known now, its responses not in this snapshot
     turn_ends.pop()()
     assert source.response(*second_lookup).revoked is False
+
+
+def test_a_failing_store_is_unavailable_and_logged_once(world, caplog) -> None:
+    st, _, lookup = world
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), at_once)
+    assert source.response(*lookup).revoked is False
+    st.env.close()  # every read now fails inside LMDB
+    with caplog.at_level(logging.ERROR, logger="t"):
+        for _ in range(3):
+            with pytest.raises(Unavailable):
+                source.response(*lookup)
+    assert [r.getMessage().startswith("store read failed") for r in caplog.records] == [True]
