@@ -117,7 +117,7 @@ def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Ca
         app = build_app(source, config, SystemClock(), CounterMetrics(), logging.getLogger("icount"))
         if variant == "fixed":
             answer = app.ocsp.answer_post(ocsp_request(ca, 1))
-            app.ocsp.answer_get = lambda *_, **__: answer  # type: ignore[method-assign]
+            app.ocsp.answer_get = lambda *_: answer  # type: ignore[method-assign]
             app.ocsp.answer_post = lambda *_: answer  # type: ignore[method-assign]
         uvicorn_config = UvicornConfig(app=app, http=OCSPHttpToolsProtocol, proxy_headers=False, access_log=False)
         uvicorn_config.load()
