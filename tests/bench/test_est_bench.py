@@ -328,6 +328,49 @@ def test_validate_accepts_the_right_certificate_and_names_each_problem(pki: dict
     assert "key or subject" in problems[2] and "key or subject" in problems[3]
 
 
+class _SlowFirstStage(est.Stage):
+    """A stage whose first window per CA ends before any answer (the CA key still loading into the workers)."""
+
+    windows: list[tuple[str, float]]
+    empty_windows: int
+
+    def load(self, label: str, name: str, connections: int, seconds: float, keep: int, during: Any = None) -> Any:
+        self.windows.append((label, seconds))
+        waiting = sum(1 for seen, _ in self.windows if seen == label) <= self.empty_windows
+        result = {"ok": 0, "statuses": {}, "busy": 0, "errors": {}, "late": connections} if waiting else {"ok": 3}
+        return est.LoadRun(result, [] if waiting else [(0, label)])
+
+    def check(self, ca: str, run: est.LoadRun) -> tuple[list[x509.Certificate], list[str]]:
+        return ([object()] if run.samples else [], [])  # type: ignore[list-item]
+
+
+def _slow_stage(empty_windows: int) -> _SlowFirstStage:
+    settings = est.Settings(warmup_seconds=0.5)
+    stage = _SlowFirstStage(settings, None, None, Path(), [], None, None, lambda _: None)  # type: ignore[arg-type]
+    stage.windows, stage.empty_windows = [], empty_windows
+    return stage
+
+
+def test_warm_up_tries_a_longer_window_while_nothing_has_answered() -> None:
+    stage = _slow_stage(empty_windows=2)
+    issued = stage.warm_up()
+    assert set(issued) == {ca for _, ca in est.KEYS}
+    assert [seconds for label, seconds in stage.windows if label == "est-ec"] == [0.5, 1.0, 2.0]
+
+
+def test_warm_up_gives_up_after_its_last_window() -> None:
+    stage = _slow_stage(empty_windows=est.WARMUP_ATTEMPTS)
+    with pytest.raises(RuntimeError, match="EST warm-up on est-ec"):
+        stage.warm_up()
+    assert len(stage.windows) == est.WARMUP_ATTEMPTS
+
+
+def test_nothing_answered_counts_every_kind_of_answer() -> None:
+    assert est.nothing_answered({"ok": 0, "statuses": {}, "busy": 0, "errors": {}, "late": 4})
+    for answered in ({"ok": 1}, {"statuses": {"500": 1}}, {"busy": 2}, {"errors": {"reset": 1}}):
+        assert not est.nothing_answered(answered)
+
+
 # ---------------------------------------------------------------------------------------- a real run
 
 
