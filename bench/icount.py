@@ -10,8 +10,9 @@ is the difference of two runs of different lengths (start-up cancels out) over t
     python -m bench.icount get --variant floor    # bench/floor.py's protocol, for scale
     python -m bench.icount get --per-turn 10      # ten requests per event-loop turn, as under load
 
-A loop turn's end (the write batch's flush, the end of the store's read snapshot) is run by the feeder
-after every ``--per-turn`` requests (default 1: the most a turn can cost a request).
+A loop turn's ends (the write batch's flush, the end of the store's read snapshot and of the clock's
+reading) are run by the feeder after every ``--per-turn`` requests (default 1: the most a turn can cost
+a request).
 
 To compare two commits, run it in a worktree of each (``PYTHONPATH=WORKTREE``). Needs valgrind.
 """
@@ -40,8 +41,9 @@ from bench.conftest import ocsp_request
 from bench.floor import FloorProtocol
 from contract.config import Config, StoreConfig
 from edge.app import build_app
-from edge.clock import SystemClock
+from edge.clock import LoopTurnClock
 from edge.fastlane import OCSPHttpToolsProtocol, WriteBatch
+from edge.loop_turn import LoopTurn
 from edge.metrics import CounterMetrics
 from edge.source import LmdbSource
 from signer.registry import create_ca
@@ -105,16 +107,16 @@ def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Ca
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     transport = FakeTransport()
-    flush = WriteBatch.of(loop).flush
-    turn_ends: list[Callable[[], None]] = []
+    turn = LoopTurn.of(loop)  # its ends are run here, as the loop would at the end of a turn
     if variant == "floor":
         floor = FloorProtocol({}, WriteBatch.of(loop))
         floor.connection_made(transport)  # type: ignore[arg-type]
         receive: Callable[[bytes], None] = floor.data_received
     else:
-        source = LmdbSource(lambda: st.env, logging.getLogger("icount"), turn_ends.append)
+        source = LmdbSource(lambda: st.env, logging.getLogger("icount"), turn.at_end)
         source.open()
-        app = build_app(source, config, SystemClock(), CounterMetrics(), logging.getLogger("icount"))
+        clock = LoopTurnClock(turn.at_end)
+        app = build_app(source, config, clock, CounterMetrics(), logging.getLogger("icount"))
         if variant == "fixed":
             answer = app.ocsp.answer_post(ocsp_request(ca, 1))
             app.ocsp.answer_get = lambda *_: answer  # type: ignore[method-assign]
@@ -129,10 +131,8 @@ def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Ca
         for n in range(count):
             receive(requests[n % SERIALS])
             if (n + 1) % per_turn == 0:
-                flush()
-                while turn_ends:
-                    turn_ends.pop()()
-        flush()
+                turn.run_ends()
+        turn.run_ends()
 
     return feed, transport
 

@@ -23,13 +23,14 @@ from starlette.routing import Route
 from contract.config import Config, data_dir_from, load_config
 from contract.jobs import LiveOcspJob, OcspSigned, Refused, socket_path
 from edge.answer import NO_CONDITIONS, Answer, LiveSigning, OCSPAnswerer, render_head
-from edge.clock import Clock, SystemClock
+from edge.clock import Clock, LoopTurnClock
 from edge.est import EstService, RateLimiter
 from edge.get_path import GetPaths
 from edge.jobqueue import JobQueue, QueueError, UnixSocketQueue
+from edge.loop_turn import at_end_of_loop_turn
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest
-from edge.source import FreshnessPolicy, LmdbSource, at_end_of_loop_turn, read_only_store
+from edge.source import FreshnessPolicy, LmdbSource, read_only_store
 from edge.tls_trust import ClientTrust
 
 Scope = MutableMapping[str, Any]
@@ -250,4 +251,4 @@ def create_app(config: Config | None = None) -> EdgeApp:
     config = config or load_config(data_dir)
     source = LmdbSource(read_only_store(data_dir, config.store.map_size_mb << 20), logger, at_end_of_loop_turn)
     queue = UnixSocketQueue(socket_path(data_dir), config.est.max_inflight, logger)
-    return build_app(source, config, SystemClock(), CounterMetrics(), logger, queue)
+    return build_app(source, config, LoopTurnClock(at_end_of_loop_turn), CounterMetrics(), logger, queue)

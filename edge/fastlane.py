@@ -33,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from edge.answer import Answer, LiveSigning, render_head
 from edge.app import OCSPApp
+from edge.loop_turn import LoopTurn
 
 _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
 # On the hot path, bytes are searched with an int (a byte search) and compared by slices: `bytes in
@@ -47,8 +48,9 @@ class WriteBatch:
     _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch]] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._turn = LoopTurn.of(loop)
         self._pending: list[tuple[asyncio.Transport, bytes, bool]] = []
+        self._flush = self.flush  # bound once, not once per turn
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> WriteBatch:
@@ -59,7 +61,7 @@ class WriteBatch:
 
     def write(self, transport: asyncio.Transport, data: bytes, close: bool) -> None:
         if not self._pending:
-            self._loop.call_soon(self.flush)  # runs once the loop has dispatched this turn's reads
+            self._turn.at_end(self._flush)
         self._pending.append((transport, data, close))
 
     def flush(self) -> None:

@@ -9,7 +9,6 @@ a ``StoredResponse`` or one of the closed set of ``SourceError`` subclasses;
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
@@ -102,14 +101,6 @@ def at_once(end: Callable[[], None]) -> None:
     end()
 
 
-def at_end_of_loop_turn(end: Callable[[], None]) -> None:
-    """A read snapshot serves every lookup of this turn of the running event loop (one lookup without one)."""
-    try:
-        asyncio.get_running_loop().call_soon(end)
-    except RuntimeError:
-        end()
-
-
 class LmdbSource:
     """Reads the signer's LMDB store. One instance per worker process.
 
@@ -123,6 +114,7 @@ class LmdbSource:
         self._logger = logger
         self._end_of_read = end_of_read
         self._read: lmdb.Transaction | None = None
+        self._end_this_read = self._end_read  # bound once, not once per snapshot
         self._read_failed = False
         self._env: lmdb.Environment | None = None
         self._responses: Any = None
@@ -271,7 +263,7 @@ class LmdbSource:
                     value = txn.get(prefix + serial_number)
                 finally:
                     self._read = txn
-                    self._end_of_read(self._end_read)
+                    self._end_of_read(self._end_this_read)
         except lmdb.Error as exc:  # a failing store is the server's fault: tryLater, never a malformed request
             if not self._read_failed:  # once: the answerer counts every one (ocsp_unavailable)
                 self._read_failed = True

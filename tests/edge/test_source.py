@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ import pytest
 from contract.config import Config
 from contract.store import IssuerRecord
 from edge.ocsp_request import common_request
-from edge.source import LmdbSource, NotFound, Unavailable, at_end_of_loop_turn, at_once, issuer_hashes
+from edge.source import LmdbSource, NotFound, Unavailable, at_once, issuer_hashes
 from signer.inventory import revoke
 from signer.registry import create_ca
 from signer.state import SignerStore
@@ -72,20 +71,6 @@ def test_an_unknown_serial_ends_its_snapshot_too(world) -> None:
     turn_ends.pop()()
     _revoke_and_sign(st, issuer)
     assert source.response(*lookup).revoked is True
-
-
-def test_at_end_of_loop_turn_runs_after_the_turn_and_at_once_without_a_loop() -> None:
-    ran: list[str] = []
-    at_end_of_loop_turn(lambda: ran.append("no loop"))
-    assert ran == ["no loop"]
-
-    async def turn() -> list[str]:
-        at_end_of_loop_turn(lambda: ran.append("end"))
-        ran.append("rest of the turn")
-        await asyncio.sleep(0)
-        return ran
-
-    assert asyncio.run(turn()) == ["no loop", "rest of the turn", "end"]
 
 
 def test_a_ca_added_during_a_turn_answers_from_the_next_turn(world) -> None:
