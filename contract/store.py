@@ -80,10 +80,12 @@ class CertRecord(msgspec.Struct, frozen=True, array_like=True):
     cert_der: bytes | None = None
 
 
-class StoredResponse(msgspec.Struct, frozen=True, array_like=True):
+class StoredResponse(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A signed OCSPResponse and everything the edge needs to serve it without parsing it.
 
-    Header values are stored ready to write (bytes), computed once at signing time.
+    Header values are stored ready to write (bytes), computed once at signing time. Not tracked by
+    the garbage collector (``gc=False``: bytes, ints and a bool cannot make a cycle): the edge decodes
+    one per request, and each tracked one would bring the next collection nearer.
     """
 
     der: bytes

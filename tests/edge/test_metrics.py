@@ -1,0 +1,22 @@
+"""The edge's per-process counters (``edge.metrics``)."""
+
+from __future__ import annotations
+
+from edge.metrics import CounterMetrics
+
+
+def test_counts_each_name_from_its_first_increment() -> None:
+    metrics = CounterMetrics()
+    assert metrics.snapshot() == {}
+    for name in ("ocsp_good", "ocsp_good", "ocsp_revoked", "ocsp_good"):
+        metrics.inc(name)
+    assert metrics.snapshot() == {"ocsp_good": 3, "ocsp_revoked": 1}
+
+
+def test_a_snapshot_is_a_copy() -> None:
+    metrics = CounterMetrics()
+    metrics.inc("ocsp_good")
+    taken = metrics.snapshot()
+    metrics.inc("ocsp_good")
+    taken["ocsp_good"] = 99
+    assert metrics.snapshot() == {"ocsp_good": 2}
