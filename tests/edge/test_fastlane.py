@@ -435,3 +435,76 @@ def test_both_paths_answer_an_absolute_form_or_query_target(store, servers, targ
         bodies.append(received.split(b"\r\n\r\n", 1)[1])
         assert ocsp.load_der_ocsp_response(bodies[-1]).serial_number == 1
     assert bodies[0] == bodies[1]
+
+
+def test_a_store_failing_under_a_running_server_answers_try_later_on_both_paths(tmp_path) -> None:
+    """Reads failing inside LMDB (the environment closed under the server): 503 tryLater, never a 400."""
+    import asyncio
+    import logging
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from edge.answer import TRY_LATER
+    from edge.app import build_app
+    from edge.clock import SystemClock
+    from edge.fastlane import OCSPHttpToolsProtocol
+    from edge.metrics import CounterMetrics
+    from edge.source import LmdbSource
+
+    st = SignerStore(tmp_path, Config())
+    now = dt.datetime.now(dt.UTC)
+    issuer = create_ca(st, "ca", "ec-p256", 30, None, None, now)
+    add_devices(st, issuer, (1,), now)
+    drain(st)
+    der = request(x509.load_der_x509_certificate(issuer.cert_der), 1)
+    logger = logging.getLogger("test.failing_store")
+    app = build_app(LmdbSource(lambda: st.env, logger), Config(), SystemClock(), CounterMetrics(), logger)
+    path = b"/" + base64.b64encode(der)
+    requests = {
+        "GET": b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path,
+        "POST": b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(der), der),
+    }
+
+    async def ask(port: int, data: bytes) -> tuple[bytes, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.close()
+        return head, body
+
+    async def scenario() -> dict[tuple[str, str, bool], tuple[bytes, bytes]]:
+        loop = asyncio.get_running_loop()
+        ports = {}
+        for path_name, protocol_class in (("fast lane", OCSPHttpToolsProtocol), ("ASGI", HttpToolsProtocol)):
+            edge = _InProcessEdge(app, keep_alive=5)
+            edge.protocol_class = protocol_class
+            server = await loop.create_server(_factory(edge, loop), "127.0.0.1", 0)
+            ports[path_name] = server.sockets[0].getsockname()[1]
+        answers = {}
+        for failing in (False, True):
+            if failing:
+                st.env.close()  # every read now fails inside LMDB
+            for path_name, port in ports.items():
+                for method, data in requests.items():
+                    answers[(path_name, method, failing)] = await ask(port, data)
+        return answers
+
+    answers = _run(scenario())
+    for (path_name, method, failing), (head, body) in answers.items():
+        if not failing:
+            assert head.startswith(b"HTTP/1.1 200"), (path_name, method, head)
+            assert ocsp.load_der_ocsp_response(body).certificate_status == ocsp.OCSPCertStatus.GOOD
+            continue
+        assert head.startswith(b"HTTP/1.1 503"), (path_name, method, head)
+        assert body == TRY_LATER and b"retry-after: " in head.lower(), (path_name, method, head)
+
+
+def _factory(edge: _InProcessEdge, loop):
+    """Protocols of ``edge.protocol_class`` (the fast lane's, or uvicorn's own for the ASGI path)."""
+
+    def make():
+        return edge.protocol_class(config=edge.config, server_state=edge.state, app_state={}, _loop=loop)
+
+    return make
