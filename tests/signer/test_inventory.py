@@ -208,6 +208,20 @@ def test_parse_index_expiry_formats(expiry: str, expected: int) -> None:
     assert entries[0].record.not_after == expected
 
 
+def test_index_times_read_as_strptime_reads_them() -> None:
+    """The slice reader against the strptime reading it replaced, over days, hours and both forms."""
+    import datetime as dt
+
+    rng = random.Random(5280)
+    for _ in range(2000):
+        when = dt.datetime(1950, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=rng.randrange(100 * 365 * 86400))
+        generalized = when.strftime("%Y%m%d%H%M%S") + "Z"
+        reference = int(dt.datetime.strptime(generalized[:-1], "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC).timestamp())
+        assert inventory._index_time(generalized) == reference
+        if when.year < 2050:
+            assert inventory._index_time(generalized[2:]) == reference  # UTCTime
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
@@ -219,6 +233,11 @@ def test_parse_index_expiry_formats(expiry: str, expected: int) -> None:
         ("V\t2612290042Z\t\t1004\tunknown\t/CN=a", "malformed index line"),
         ("V\t261229004234\t\t1004\tunknown\t/CN=a", "malformed index line"),
         ("V\t261329004234Z\t\t1004\tunknown\t/CN=a", "malformed index line"),  # month 13
+        ("V\t260230004234Z\t\t1004\tunknown\t/CN=a", "malformed index line"),  # February 30
+        ("V\t261229244234Z\t\t1004\tunknown\t/CN=a", "malformed index line"),  # hour 24
+        ("V\t261229004260Z\t\t1004\tunknown\t/CN=a", "malformed index line"),  # second 60
+        ("V\t٢٦1229004234Z\t\t1004\tunknown\t/CN=a", "malformed index line"),  # non-ASCII digits
+        ("V\t2612290042345\t\t1004\tunknown\t/CN=a", "malformed index line"),  # no Z
         ("V\t261229004234Z\t\tXYZ\tunknown\t/CN=a", "malformed index line"),
         ("V\t261229004234Z\t\t\tunknown\t/CN=a", "malformed index line"),  # empty serial
         ("R\t261229004234Z\t\t1004\tunknown\t/CN=a", "malformed revocation field"),  # R without a date
