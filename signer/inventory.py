@@ -84,12 +84,15 @@ def reason_name(code: int | None) -> str | None:
     return None if code is None else _CANONICAL_REASON_NAMES.get(code, str(code))
 
 
+_HEX_DIGITS = re.compile(r"[0-9a-f]+")
+
+
 def parse_serial(text: str) -> int:
     """Hexadecimal as ``openssl x509 -noout -serial`` prints it; case, colons, ``serial=`` and 0x tolerated."""
     cleaned = text.strip().lower().removeprefix("serial=").replace(":", "")
     negative = cleaned.startswith("-")
     cleaned = cleaned.removeprefix("-").removeprefix("0x")
-    if not cleaned or not re.fullmatch(r"[0-9a-f]+", cleaned) or len(cleaned) > 128:
+    if not cleaned or len(cleaned) > 128 or not _HEX_DIGITS.fullmatch(cleaned):
         raise SignerError(f"invalid serial {text!r}: expected hexadecimal, e.g. 1A2B or 1a:2b")
     value = int(cleaned, 16)
     return -value if negative else value
