@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Protocol
+
+from edge.loop_turn import AtEnd
 
 
 class Clock(Protocol):
@@ -26,7 +27,7 @@ class LoopTurnClock:
     ends (``edge.loop_turn.at_end_of_loop_turn``: at once, so a fresh reading each time, without a loop).
     """
 
-    def __init__(self, at_end: Callable[[Callable[[], None]], object]) -> None:
+    def __init__(self, at_end: AtEnd) -> None:
         self._at_end = at_end
         self._now = 0  # no reading in this turn yet (no real reading is 0)
         self._forget_reading = self._forget  # bound once, not once per turn

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 End = Callable[[], None]
+AtEnd = Callable[[End], object]  # when an end runs: at_end_of_loop_turn, LoopTurn.at_end, or at once
 
 
 class LoopTurn:

@@ -26,6 +26,7 @@ from contract.cert_id import issuer_part_encodings
 from contract.store import StoredResponse
 from edge import ocsp_request
 from edge.clock import Clock
+from edge.loop_turn import AtEnd, End
 from edge.ocsp_request import CertID
 
 MAX_LMDB_KEY = 511  # LMDB's default key size limit
@@ -93,10 +94,7 @@ def read_only_store(data_dir: Path, map_size: int) -> EnvOpener:
     return opener
 
 
-EndOfRead = Callable[[Callable[[], None]], object]
-
-
-def at_once(end: Callable[[], None]) -> None:
+def at_once(end: End) -> None:
     """A read snapshot serves one lookup."""
     end()
 
@@ -109,7 +107,7 @@ class LmdbSource:
     serves many requests), so a revocation shows from the next turn on, a few milliseconds at most.
     """
 
-    def __init__(self, opener: EnvOpener, logger: logging.Logger, end_of_read: EndOfRead = at_once) -> None:
+    def __init__(self, opener: EnvOpener, logger: logging.Logger, end_of_read: AtEnd = at_once) -> None:
         self._opener = opener
         self._logger = logger
         self._end_of_read = end_of_read
