@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from contract import store
 from contract.store import CertRecord, IssuerRecord
+from signer import key_order
 from signer.certs import check_directly_issued
 from signer.state import SignerError, SignerStore
 
@@ -133,17 +134,20 @@ def _merge(old: CertRecord | None, new: CertRecord) -> CertRecord | None:
 def write_entries(
     st: SignerStore, issuer: IssuerRecord, entries: Iterable[Entry], report: ImportReport, progress: Progress | None
 ) -> ImportReport:
-    """Write entries in batched transactions; each changed serial is queued for signing."""
+    """Write entries in batched transactions, in serial order; each changed serial is queued for signing.
+
+    Entries for one serial are applied in the order given (``signer.key_order`` sorts stably).
+    """
     done = 0
-    batch: list[Entry] = []
+    batch: list[key_order.Pair] = []
 
     def flush() -> None:
         with st.env.begin(write=True) as txn:
-            for entry in batch:
-                key = store.inventory_key(issuer.number, store.serial_key(entry.serial))
+            for serial_k, raw_record in batch:
+                key = store.inventory_key(issuer.number, serial_k)
                 raw = txn.get(key, db=st.inventory)
                 old = store.CERT_DECODER.decode(raw) if raw is not None else None
-                merged = _merge(old, entry.record)
+                merged = _merge(old, store.CERT_DECODER.decode(raw_record))
                 if merged is None:
                     report.unchanged += 1
                     continue
@@ -156,8 +160,9 @@ def write_entries(
                 else:
                     report.updated += 1
 
-    for entry in entries:
-        batch.append(entry)
+    keyed = ((store.serial_key(entry.serial), store.CERT_ENCODER.encode(entry.record)) for entry in entries)
+    for pair in key_order.in_key_order(keyed):
+        batch.append(pair)
         if len(batch) >= BATCH:
             flush()
             done += len(batch)

@@ -8,6 +8,7 @@ import random
 import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from contract import store
 from contract.store import CertRecord
-from signer import inventory
+from signer import inventory, key_order
 from signer.inventory import (
     ImportReport,
     add_certificates,
@@ -463,6 +464,42 @@ def test_revocation_is_sticky_across_reimport(st: SignerStore, ca: Ca, tmp_path:
     assert report.updated == 1
     record = inventory_db(st)[inv_key(n, 0x1000)]
     assert (record.revoked_at, record.reason, record.cert_der) == (revoked.revoked_at, 1, der(cert))
+
+
+def test_index_in_random_order_imported_through_spilled_runs(
+    st: SignerStore, ca: Ca, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs of ~40 rows: 500 rows are sorted through a dozen spilled runs and merged.
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(inventory, "BATCH", 64)
+    spilled: list[int] = []
+    sort = key_order.in_key_order
+
+    def small_runs(pairs: Iterator[key_order.Pair]) -> Iterator[key_order.Pair]:
+        result = sort(pairs, run_bytes=40 * 150, tmp_dir=spill)
+        first = next(result)
+        spilled.append(len(list(spill.glob("*/run-*"))))
+        yield first
+        yield from result
+
+    monkeypatch.setattr(key_order, "in_key_order", small_runs)
+    rng = random.Random(5019)
+    serials = [rng.getrandbits(64) | 1 for _ in range(500)]
+    rows = [f"V\t301231235959Z\t\t{s:X}\tunknown\t/CN=s\n" for s in serials]
+    # The first serial again at the end, later expiry and revoked: the later row is applied last.
+    rows.append(f"R\t401231235959Z\t251231235959Z,superseded\t{serials[0]:X}\tunknown\t/CN=s\n")
+    index = tmp_path / "index.txt"
+    index.write_text("".join(rows))
+    report = import_openssl_index(st, ca.record, index, None)
+    assert (report.added, report.updated, report.unchanged) == (500, 1, 0)
+    db = inventory_db(st)
+    assert set(db) == {inv_key(ca.record.number, s) for s in serials}
+    later = CertRecord(ts(2040, 12, 31, 23, 59, 59), ts(2025, 12, 31, 23, 59, 59), 4)
+    assert db[inv_key(ca.record.number, serials[0])] == later
+    assert db[inv_key(ca.record.number, serials[1])] == CertRecord(ts(2030, 12, 31, 23, 59, 59))
+    assert spilled == [12]
+    assert list(spill.iterdir()) == []
 
 
 def test_index_import_progress_in_batches(
