@@ -95,9 +95,11 @@ def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     return 0
 
 
-def _progress(label: str) -> Callable[[int], None]:
-    def report(done: int) -> None:
-        print(f"\r{label}: {done} entries", end="", file=sys.stderr, flush=True)
+def _progress(label: str) -> Callable[[str, int], None]:
+    width = len(label) + 30  # pads over a longer line before it: "\r" only moves the cursor
+
+    def report(what: str, done: int) -> None:
+        print(f"\r{f'{label}: {done} entries {what}':<{width}}", end="", file=sys.stderr, flush=True)
 
     return report
 

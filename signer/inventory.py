@@ -24,7 +24,8 @@ from signer.certs import check_directly_issued
 from signer.state import SignerError, SignerStore
 
 BATCH = 10000
-Progress = Callable[[int], None]
+# Called with ("read", rows) every BATCH rows read and sorted, then ("written", entries) after each batch.
+Progress = Callable[[str, int], None]
 
 # RFC 5280 §5.3.1 CRLReason codes, with the spellings openssl's index.txt uses.
 REASONS: dict[str, int] = {
@@ -160,20 +161,25 @@ def write_entries(
                 else:
                     report.updated += 1
 
-    keyed = ((store.serial_key(entry.serial), store.CERT_ENCODER.encode(entry.record)) for entry in entries)
-    for pair in key_order.in_key_order(keyed):
+    def keyed() -> Iterator[key_order.Pair]:
+        for read, entry in enumerate(entries, 1):
+            yield store.serial_key(entry.serial), store.CERT_ENCODER.encode(entry.record)
+            if progress and read % BATCH == 0:
+                progress("read", read)
+
+    for pair in key_order.in_key_order(keyed()):
         batch.append(pair)
         if len(batch) >= BATCH:
             flush()
             done += len(batch)
             batch.clear()
             if progress:
-                progress(done)
+                progress("written", done)
     if batch:
         flush()
         done += len(batch)
         if progress:
-            progress(done)
+            progress("written", done)
     return report
 
 

@@ -508,10 +508,10 @@ def test_index_import_progress_in_batches(
     monkeypatch.setattr(inventory, "BATCH", 3)
     index = tmp_path / "index.txt"
     index.write_text("".join(f"V\t301231235959Z\t\t{s:04X}\tunknown\t/CN=s{s}\n" for s in range(1, 8)))
-    seen: list[int] = []
-    report = import_openssl_index(st, ca.record, index, seen.append)
+    seen: list[tuple[str, int]] = []
+    report = import_openssl_index(st, ca.record, index, lambda what, done: seen.append((what, done)))
     assert report.added == 7
-    assert seen == [3, 6, 7]
+    assert seen == [("read", 3), ("read", 6), ("written", 3), ("written", 6), ("written", 7)]
     assert len(inventory_db(st)) == 7
 
 
