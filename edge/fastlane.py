@@ -133,6 +133,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self._default_headers: list[tuple[bytes, bytes]] | None = None
         self._default_block = b""
         self._batch = WriteBatch.of(self.loop)
+        self._next_message()
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, without a call layer per request: its keep-alive timer is armed only after an
@@ -162,9 +163,12 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self._batch.flush()  # answers of this turn go out before a graceful shutdown closes connections
         super().shutdown()
 
-    def on_message_begin(self) -> None:
-        # uvicorn builds the ASGI scope here; the fast lane needs none, so it is built
-        # in on_headers_complete only for requests that go the ASGI way.
+    # uvicorn builds the ASGI scope when a message begins; the fast lane needs none, so it is built in
+    # on_headers_complete only for requests that go the ASGI way. What a message reads is reset when
+    # the one before it completes instead: httptools makes no callback that is None (one less a request).
+    on_message_begin = None  # type: ignore[assignment]
+
+    def _next_message(self) -> None:
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -232,6 +236,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
     def on_message_complete(self) -> None:
         if not self._fast:
             super().on_message_complete()
+            self._next_message()
             return
         self._fast = False
         assert self._ocsp is not None
@@ -243,6 +248,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         keep_alive = self.parser.should_keep_alive() and (
             not self._connection_header or self.parser.get_http_version() != "1.0"
         )
+        self._next_message()
         if isinstance(found, Answer):
             self._write(found, keep_alive)
             return
