@@ -37,7 +37,9 @@ def test_expiry_grace_and_sticky_revocation(shared: Shared) -> None:
     ]
     index = shared.work / "exp-index.txt"
     index.write_text("".join(f"{f}\t{_utctime(t)}\t{r}\t{s}\tunknown\t/CN={s}\n" for f, t, r, s in rows))
-    assert "exp: added 4, updated 0, unchanged 0" in shared.run("import", "exp", "--openssl-index", index).stdout
+    imported = shared.run("import", "exp", "--openssl-index", index, "--progress")
+    assert "exp: added 4, updated 0, unchanged 0" in imported.stdout
+    assert imported.stderr.rstrip().endswith("importing into exp: 4 entries written")
 
     wait_ocsp_status(shared.base_url, ocsp_request_by_serial(ca, 0x0D), "revoked")
     wait_drained(shared.data_dir)
