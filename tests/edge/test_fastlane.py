@@ -166,6 +166,23 @@ def test_fast_lane_closes_after_answering_connection_close(store, servers):
     assert ocsp.load_der_ocsp_response(data.split(b"\r\n\r\n", 1)[1]).serial_number == 1
 
 
+def test_fast_lane_reads_a_post_body_arriving_in_pieces(store, servers):
+    _, ca = store
+    port = int(servers[0].rsplit(":", 1)[1])
+    der = request(ca, 2)
+    head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(der)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in (head + der[:1], der[1:30], der[30:]):  # three reads, so three body callbacks
+            s.sendall(piece)
+            time.sleep(0.1)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK"), data
+    assert ocsp.load_der_ocsp_response(data.split(b"\r\n\r\n", 1)[1]).serial_number == 2
+
+
 class _InProcessEdge:
     """The fast lane protocol under a real event loop and sockets, with a short keep-alive."""
 
