@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import os
 import socket
 import subprocess
@@ -152,33 +153,33 @@ def test_fast_lane_keeps_connections_alive_and_pipelines(store, servers):
     assert data.rstrip().endswith(b"ok"), data
 
 
-def test_fast_lane_closes_after_answering_connection_close(store, servers):
-    _, ca = store
-    port = int(servers[0].rsplit(":", 1)[1])
-    der = request(ca, 1)
+def post_closing(server: str, der: bytes, cuts: tuple[int, ...] = ()) -> bytes:
+    """A POST with ``Connection: close``, its body sent in pieces cut at ``cuts``; all the server wrote."""
     head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(der)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(head + der)
+    bounds = (0, *cuts, len(der))
+    pieces = [der[start:end] for start, end in itertools.pairwise(bounds)]
+    with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1])), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(head + pieces[0])
+        for piece in pieces[1:]:  # each read apart, so each a body callback of its own
+            time.sleep(0.1)
+            s.sendall(piece)
         data = b""
         while chunk := s.recv(65536):  # ends only when the server closes
             data += chunk
+    return data
+
+
+def test_fast_lane_closes_after_answering_connection_close(store, servers):
+    _, ca = store
+    data = post_closing(servers[0], request(ca, 1))
     assert data.startswith(b"HTTP/1.1 200 OK") and b"connection: close\r\n" in data
     assert ocsp.load_der_ocsp_response(data.split(b"\r\n\r\n", 1)[1]).serial_number == 1
 
 
 def test_fast_lane_reads_a_post_body_arriving_in_pieces(store, servers):
     _, ca = store
-    port = int(servers[0].rsplit(":", 1)[1])
-    der = request(ca, 2)
-    head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(der)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for piece in (head + der[:1], der[1:30], der[30:]):  # three reads, so three body callbacks
-            s.sendall(piece)
-            time.sleep(0.1)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+    data = post_closing(servers[0], request(ca, 2), cuts=(1, 30))
     assert data.startswith(b"HTTP/1.1 200 OK"), data
     assert ocsp.load_der_ocsp_response(data.split(b"\r\n\r\n", 1)[1]).serial_number == 2
 
