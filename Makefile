@@ -42,11 +42,14 @@ clean:
 # The benchmark against nginx, cfssl and openssl (bench/README.md): `make bench` is the quick mode (a few
 # minutes), `make bench-full` the full one (1,000,000 serials; about an hour). Missing tools (wrk,
 # nginx-light, golang-cfssl) are installed with apt-get when run as root, otherwise the command is printed.
+# The interpreter's build matters (bench/README.md): PYTHON=/usr/bin/python3.11 VENV=.venv-opt measures
+# pki-edge under that one; BENCH_ARGS passes options to bench.run (e.g. --alt-python .venv/bin/python).
+BENCH_ARGS ?=
 .PHONY: bench bench-full
 bench: $(STAMP)
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet 'matplotlib>=3.8'
-	$(BIN)/python -m bench.run --mode quick --install-tools
+	$(BIN)/python -m bench.run --mode quick --install-tools $(BENCH_ARGS)
 
 bench-full: $(STAMP)
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet 'matplotlib>=3.8'
-	$(BIN)/python -m bench.run --mode full --install-tools
+	$(BIN)/python -m bench.run --mode full --install-tools $(BENCH_ARGS)

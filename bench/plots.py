@@ -9,6 +9,7 @@ from typing import Any
 COLORS = {
     "pki-edge": "#1f77b4",
     "pki-edge-asgi": "#aec7e8",
+    "pki-edge-alt": "#17becf",
     "python-floor": "#9467bd",
     "nginx": "#2ca02c",
     "cfssl": "#ff7f0e",

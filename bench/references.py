@@ -2,6 +2,8 @@
 
 - ``pki-edge``: ``pki-edge edge --workers 1`` (uvicorn, the OCSP fast lane on);
 - ``pki-edge-asgi``: the same with ``PKI_EDGE_EDGE_FAST_LANE=false`` (every request through ASGI);
+- ``pki-edge-alt``: ``pki-edge`` from another interpreter's environment (``--alt-python``), so that two
+  builds of Python are compared in the same rounds;
 - ``nginx``: nginx-light serving the very same DER responses as static files (one worker, access log
   off, keep-alive without a request limit, open_file_cache): the HTTP serving limit. A file's path is
   the decoded GET path, i.e. the standard base64 of the request, whose ``/`` make directories, so
@@ -53,6 +55,7 @@ SPECS = {
     "pki-edge-asgi": Spec(
         "pki-edge-asgi", frozenset({"GET", "POST"}), "pki-edge edge, 1 worker, PKI_EDGE_EDGE_FAST_LANE=false"
     ),
+    "pki-edge-alt": Spec("pki-edge-alt", frozenset({"GET", "POST"}), "pki-edge as pki-edge, under --alt-python"),
     "nginx": Spec("nginx", frozenset({"GET"}), "nginx static files of the same DER responses, 1 worker"),
     "python-floor": Spec(
         "python-floor", frozenset({"GET", "POST"}), "bench.floor: uvloop + httptools, whole answers from a dict"
@@ -145,17 +148,34 @@ def start_nginx(work: Path, root: Path, port: int, cpu: int | None) -> Proc:
 
 
 def start_pki_edge(
-    work: Path, data: Path, port: int, cpu: int | None, *, fast_lane: bool = True, name: str = ""
+    work: Path,
+    data: Path,
+    port: int,
+    cpu: int | None,
+    *,
+    fast_lane: bool = True,
+    name: str = "",
+    executable: str = "",
 ) -> Proc:
+    """``executable``: the ``pki-edge`` to run (default: the one beside this interpreter)."""
     env = clean_env()
     if not fast_lane:
         env["PKI_EDGE_EDGE_FAST_LANE"] = "false"
     name = name or ("pki-edge" if fast_lane else "pki-edge-asgi")
-    cmd = [pki_edge_bin(), "--data", str(data), "edge", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [executable or pki_edge_bin(), "--data", str(data), "edge"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     return Proc(name, cmd, work / f"{name}-{port}.log", cpu=cpu, env=env)
 
 
 # ------------------------------------------------------------------------------------------ python floor
+
+
+def alt_pki_edge(python: Path) -> str:
+    """The ``pki-edge`` of the environment whose interpreter is ``python`` (a venv's bin/python)."""
+    executable = python.with_name("pki-edge")  # beside it, not beside the file a symlink points to
+    if not executable.exists():
+        raise SystemExit(f"{executable} not found: install pki-edge into that environment (pip install -e .)")
+    return str(executable)
 
 
 def start_floor(work: Path, answers: Path, port: int, cpu: int | None) -> Proc:

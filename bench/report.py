@@ -73,7 +73,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-SERVER_ORDER = ("pki-edge", "pki-edge-asgi", "python-floor", "nginx", "cfssl", "openssl")
+SERVER_ORDER = ("pki-edge", "pki-edge-alt", "pki-edge-asgi", "python-floor", "nginx", "cfssl", "openssl")
 
 
 def _server_order(name: str) -> int:

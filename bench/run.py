@@ -152,6 +152,8 @@ class Bench:
         self.out = out
         self.server_cpu, self.load_cpu = (0, 1) if (os.cpu_count() or 1) >= 2 else (0, 0)
         self.servers: list[str] = [s for s in args.servers if s in SPECS]
+        if args.alt_python is not None:
+            self.servers.insert(self.servers.index("pki-edge") + 1 if "pki-edge" in self.servers else 0, "pki-edge-alt")
         self.procs: dict[str, Proc] = {}
         self.ports: dict[str, int] = {}
         self.started = time.monotonic()
@@ -166,6 +168,15 @@ class Bench:
             "runs": [],
             "signer": {"builds": [], "rates": [], "refresh": []},
         }
+        if args.alt_python is not None:
+            self.results["versions"]["python of pki-edge-alt"] = tools.python_of(args.alt_python)
+        if tools.UNOPTIMIZED in self.results["versions"]["python"]:
+            note = (
+                f"Python {self.results['versions']['python']}: pki-edge's figures here are lower than on a "
+                "distribution's or the Docker image's build (bench/README.md, the interpreter)"
+            )
+            say(note)
+            self.results["notes"].append(note)
         self.main_data = work / "main"
         self.requests: RequestSet | None = None
         self.responses: dict[tuple[int, str], Any] = {}
@@ -248,6 +259,9 @@ class Bench:
             proc = references.start_pki_edge(work, data or self.main_data, port, cpu, name=name or server)
         elif server == "pki-edge-asgi":
             proc = references.start_pki_edge(work, data or self.main_data, port, cpu, fast_lane=False)
+        elif server == "pki-edge-alt":
+            executable = references.alt_pki_edge(self.args.alt_python)
+            proc = references.start_pki_edge(work, self.main_data, port, cpu, name=server, executable=executable)
         elif server == "nginx":
             proc = references.start_nginx(self.work, self.exports["static"], port, cpu)
         elif server == "python-floor":
@@ -330,7 +344,7 @@ class Bench:
                 expected = self.responses[(item.serial, item.hash_name)].der
                 if reply.status != 200:
                     problems.append(f"{m}: HTTP {reply.status}")
-                elif server in ("pki-edge", "pki-edge-asgi", "python-floor", "nginx"):
+                elif server in ("pki-edge", "pki-edge-alt", "pki-edge-asgi", "python-floor", "nginx"):
                     if reply.body != expected:
                         problems.append(f"{m}: body is not the stored response")
                 elif server == "cfssl":
@@ -705,12 +719,7 @@ class Bench:
         results["duration_s"] = time.monotonic() - self.started
         results["summary"] = report.summarize(results["runs"])
         results["goals"] = report.goals(results)
-        reproduce = {"quick": "make bench", "full": "make bench-full"}.get(self.mode.name, "")
-        results["command"] = (
-            (f"{reproduce}   # = " if reproduce and not self.args.custom else "")
-            + "python -m bench.run "
-            + " ".join(argv)
-        )
+        results["command"] = reproduce_command(self.mode.name, argv, self.args.custom, Path(sys.prefix))
         # latest.json and the PNGs beside it are the committed results; every run (and any run with
         # custom settings, only) also goes to runs/ (not committed).
         runs_dir = self.out / "runs"
@@ -759,6 +768,30 @@ def answers_ocsp(port: int, method: str, path: str, body: bytes) -> bool:
     """True once the server gives a successful OCSP answer (good or revoked) to this request."""
     reply = probe.answers(port, method, path, body, timeout=1.0)
     return reply is not None and reply.status == 200 and probe.cert_status(reply.body)[0] in ("good", "revoked")
+
+
+def reproduce_command(mode: str, argv: Sequence[str], custom: bool, venv: Path) -> str:
+    """The command a reader runs to measure this again: the make target when there is one.
+
+    A venv other than the checkout's ``.venv`` was made by ``make ... PYTHON=... VENV=...`` (the
+    interpreter's build matters); options beyond the target's own are its ``BENCH_ARGS``.
+    """
+    direct = "python -m bench.run " + " ".join(argv)
+    target = {"quick": "bench", "full": "bench-full"}.get(mode)
+    if target is None or custom:
+        return direct
+    make = f"make {target}"
+    repo = HERE.parent
+    if venv.resolve() != (repo / ".venv").resolve():
+        python = os.path.realpath(venv / "bin" / "python")
+        make += f" PYTHON={python} VENV={os.path.relpath(venv, repo)}"
+    extra = [arg for arg in argv if arg != "--install-tools"]
+    if "--mode" in extra[:-1]:
+        at = extra.index("--mode")
+        del extra[at : at + 2]
+    if extra:
+        make += " BENCH_ARGS='" + " ".join(extra) + "'"
+    return f"{make}   # = {direct}"
 
 
 def paced_connections(target_rps: float, delay_ms: int = PACED_DELAY_MS, latency_ms: float = 0.5) -> tuple[int, int]:
@@ -811,6 +844,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--long", action="store_true", help=f"also the {LONG_SERIALS:,}-serial scale (full mode; disk checked first)"
     )
     parser.add_argument("--servers", nargs="+", default=list(references.ALL_SERVERS), choices=references.ALL_SERVERS)
+    parser.add_argument(
+        "--alt-python",
+        type=Path,
+        metavar="PYTHON",
+        help="also run pki-edge (as pki-edge-alt) from the environment of this interpreter (a venv's "
+        "bin/python with pki-edge installed), interleaved with the others: two Python builds compared",
+    )
     parser.add_argument("--rounds", type=int, help="override the mode's rounds")
     parser.add_argument("--seconds", type=float, help="override the mode's seconds per run")
     parser.add_argument("--serials", type=int, help="override the comparison dataset size")

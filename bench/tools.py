@@ -7,7 +7,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
+from pathlib import Path
 
 # executable -> Debian package
 TOOLS = {
@@ -112,7 +114,7 @@ def machine() -> dict[str, object]:
 
 def versions() -> dict[str, str]:
     return {
-        "python": sys.version.split()[0],
+        "python": f"{platform.python_version()} ({os.path.realpath(sys.executable)}, {python_build()})",
         "pki-edge": _package("pki-edge"),
         "uvicorn": _package("uvicorn"),
         "uvloop": _package("uvloop"),
@@ -125,3 +127,43 @@ def versions() -> dict[str, str]:
         f"(Debian golang-cfssl {debian_version('golang-cfssl')})",
         "wrk": _first_line(["wrk", "-v"]).split(" [")[0].removeprefix("wrk ").replace("debian/", "Debian "),
     }
+
+
+UNOPTIMIZED = "built without --enable-optimizations"
+
+
+def python_build(config_args: str | None = None, libpython_shared: bool | None = None) -> str:
+    """How the running CPython was built, as far as it tells: the build decides much of pki-edge's speed.
+
+    A build without profile-guided optimisation (``./configure`` without ``--enable-optimizations``,
+    pyenv's default) runs pki-edge's hot path markedly slower than a distribution's or the Docker image's
+    build (bench/README.md). Debian and Ubuntu ship a static executable built with PGO and LTO whose
+    sysconfig describes the shared library beside it, so there ``CONFIG_ARGS`` cannot tell.
+    """
+    args = (sysconfig.get_config_var("CONFIG_ARGS") or "") if config_args is None else config_args
+    shared = _libpython_mapped() if libpython_shared is None else libpython_shared
+    linkage = "shared libpython" if shared else "static executable"
+    if "--enable-optimizations" in args:
+        return f"{linkage}, --enable-optimizations" + (" --with-lto" if "--with-lto" in args else "")
+    if not shared and "--enable-shared" in args:
+        return f"{linkage}, a distribution's build"
+    return f"{linkage}, {UNOPTIMIZED}"
+
+
+def python_of(python: Path) -> str:
+    """What ``versions()`` says of the interpreter ``python`` (another environment's)."""
+    repo = Path(__file__).resolve().parent.parent
+    code = "from bench.tools import versions; print(versions()['python'])"
+    try:
+        proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, cwd=repo)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"? ({exc})"
+    return proc.stdout.strip() or f"? ({proc.stderr.strip()[-200:]})"
+
+
+def _libpython_mapped() -> bool:
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+            return any("/libpython" in line for line in maps)
+    except OSError:
+        return False

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from bench import references, reqset, run
@@ -46,10 +47,27 @@ def test_nginx_conf(tmp_path: Path):
 
 
 def test_specs_cover_every_server():
-    assert set(references.SPECS) == set(references.ALL_SERVERS)
+    assert set(references.SPECS) == {*references.ALL_SERVERS, "pki-edge-alt"}  # that one by --alt-python only
     assert references.SPECS["nginx"].methods == {"GET"}
     assert references.SPECS["cfssl"].methods == {"POST"}
     assert references.SPECS["openssl"].fresh_per_run
+
+
+def test_alt_pki_edge_is_the_one_beside_the_venv_python(tmp_path: Path):
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (tmp_path / "python3.11").touch()
+    (bin_dir / "python").symlink_to(tmp_path / "python3.11")  # as venv makes it: not followed
+    with pytest.raises(SystemExit, match="pip install"):
+        references.alt_pki_edge(bin_dir / "python")
+    (bin_dir / "pki-edge").touch()
+    assert references.alt_pki_edge(bin_dir / "python") == str(bin_dir / "pki-edge")
+
+
+def test_alt_python_adds_a_server_without_making_the_run_custom():
+    args = run.parse_args(["--mode", "full", "--alt-python", "/opt/venv/bin/python"])
+    assert args.alt_python == Path("/opt/venv/bin/python")
+    assert not args.custom
 
 
 def test_paced_connections():
@@ -74,3 +92,21 @@ def test_request_set_files(tmp_path: Path):
         lines = rs.mixes[mix].read_text().splitlines()
         assert len(lines) == 100 == len(rs.chosen[mix])
         assert all(line.startswith(mix.split("-")[0].upper() + " /") for line in lines)
+
+
+def test_reproduce_command_names_the_make_target_and_its_variables(tmp_path: Path):
+    repo = Path(run.__file__).resolve().parent.parent
+    argv = ["--mode", "full", "--install-tools"]
+    assert run.reproduce_command("full", argv, False, repo / ".venv") == (
+        "make bench-full   # = python -m bench.run --mode full --install-tools"
+    )
+    other = tmp_path / "venv"
+    (other / "bin").mkdir(parents=True)
+    (other / "bin" / "python").symlink_to("/usr/bin/python3")
+    command = run.reproduce_command("quick", [*argv[2:], "--alt-python", ".venv/bin/python"], False, other)
+    python = str(Path("/usr/bin/python3").resolve())
+    assert command.startswith(f"make bench PYTHON={python} VENV=")
+    assert " BENCH_ARGS='--alt-python .venv/bin/python'   # = python -m bench.run --install-tools --alt" in command
+    assert run.reproduce_command("full", [*argv, "--rounds", "1"], True, repo / ".venv") == (
+        "python -m bench.run --mode full --install-tools --rounds 1"
+    )
