@@ -96,6 +96,28 @@ def self_cpu_seconds() -> float:
     return (st.utime + st.stime) / CLOCK_TICKS
 
 
+def parse_steal(text: str, cpu: int) -> int | None:
+    """Steal ticks of one CPU from /proc/stat: time the hypervisor gave that virtual CPU to others.
+
+    The eighth number of a ``cpuN`` line (proc(5)); None when the line or the field is missing.
+    """
+    name = f"cpu{cpu}"
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == name:
+            return int(fields[8]) if len(fields) > 8 else None
+    return None
+
+
+def steal_seconds(cpu: int, proc: Path = PROC) -> float | None:
+    """Steal time of ``cpu`` so far, in seconds (None where the kernel does not count it)."""
+    try:
+        ticks = parse_steal((proc / "stat").read_text(), cpu)
+    except OSError:
+        return None
+    return ticks / CLOCK_TICKS if ticks is not None else None
+
+
 def memory_kb(pid: int, proc: Path = PROC) -> dict[str, int]:
     """VmRSS, RssAnon, RssFile, RssShmem of one process in kB (empty if it is gone)."""
     wanted = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")

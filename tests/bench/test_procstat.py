@@ -78,3 +78,25 @@ def test_split_separates_user_and_system_time_of_a_fake_tree(tmp_path):
     user, system = procstat.tree_cpu_split(10, tmp_path)
     assert (user, system) == ((100 + 7 + 50) / procstat.CLOCK_TICKS, (20 + 3 + 5) / procstat.CLOCK_TICKS)
     assert procstat.tree_cpu_seconds(10, tmp_path) == user + system
+
+
+STAT = """cpu  4778503 86044 1196561 6021030 208917 0 476892 93904 0 0
+cpu0 2389251 43022 598280 3010515 104458 0 238446 46952 0 0
+cpu1 2389252 43022 598281 3010515 104459 0 238446 46953 0 0
+intr 1 2 3
+"""
+
+
+def test_parse_steal_reads_the_eighth_number_of_that_cpu():
+    assert procstat.parse_steal(STAT, 0) == 46952
+    assert procstat.parse_steal(STAT, 1) == 46953
+    assert procstat.parse_steal(STAT, 2) is None
+    assert procstat.parse_steal("cpu0 1 2 3 4 5 6 7\n", 0) is None  # a kernel older than steal counting
+
+
+def test_steal_of_this_machine_is_seconds_or_none(tmp_path):
+    steal = procstat.steal_seconds(0)
+    assert steal is None or steal >= 0
+    (tmp_path / "stat").write_text(STAT)
+    assert procstat.steal_seconds(1, tmp_path) == 46953 / procstat.CLOCK_TICKS
+    assert procstat.steal_seconds(0, tmp_path / "missing") is None

@@ -110,3 +110,20 @@ def test_reproduce_command_names_the_make_target_and_its_variables(tmp_path: Pat
     assert run.reproduce_command("full", [*argv, "--rounds", "1"], True, repo / ".venv") == (
         "python -m bench.run --mode full --install-tools --rounds 1"
     )
+
+
+def test_describe_shows_steal_when_the_kernel_counts_it():
+    runs = {
+        "round": 2,
+        "mix": "get-uniform",
+        "server": "pki-edge",
+        "rps": 1000.0,
+        "req_per_cpu_s": 1100.0,
+        "server_cpu_util": 0.9,
+        "client_cpu_util": 0.5,
+        "latency_us": {"p50": 400.0, "p99": 2000.0},
+        "error_count": 0,
+    }
+    assert "steal" not in run.describe(runs)
+    line = run.describe({**runs, "server_core_steal": 0.125})
+    assert "steal  12%  p50   0.40 ms  p99   2.00 ms" in line

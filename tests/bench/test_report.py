@@ -218,3 +218,44 @@ def test_latency_rows_carry_cpu_and_the_goal_names_every_reference():
     goals = report.goals({"runs": [], "summary": [], "latency": {"summary": summary}})
     line = next(goal for goal in goals if "p99 ≤ 2 ms" in goal["goal"])
     assert line["measured"] == "p99 5.00 ms; python-floor 0.90 ms, nginx 1.50 ms at the same rate"
+
+
+def test_steal_line_names_the_median_and_the_worst_run():
+    runs = [
+        {**_run("pki-edge", "get-uniform", 0, 100, 1.0), "server_core_steal": 0.02},
+        {**_run("nginx", "get-uniform", 0, 100, 1.0), "server_core_steal": 0.30},
+        {**_run("nginx", "get-zipf", 1, 100, 1.0), "server_core_steal": 0.04},
+        _run("cfssl", "post-uniform", 1, 100, 1.0),  # older results: no steal recorded
+    ]
+    assert report.steal_line(runs) == (
+        "Steal time on the server core (the hypervisor running other guests there): median 4.0% of a run, "
+        "highest 30.0% (round 0, get-uniform, nginx)."
+    )
+    assert report.steal_line(runs[3:]) == ""
+    assert report.steal_line(runs[:1]) in report.section({**_results(), "runs": [*RUNS, *runs[:1]]})
+
+
+def test_the_tenth_rate_rows_are_context_of_the_p99_goal_not_a_goal():
+    def paced(server: str, mix: str, target: float, p99: float) -> dict:
+        run = _run(server, "get-uniform", 0, target, 1.0, p99=p99)
+        return {**run, "mix": mix, "target_rps": target, "connections": 5, "delay_ms": 10}
+
+    runs = [
+        paced("pki-edge", "get-uniform", 500.0, 5000.0),
+        paced("nginx", "get-uniform", 500.0, 1500.0),
+        paced("pki-edge", "get-uniform/10", 50.0, 3000.0),
+        paced("nginx", "get-uniform/10", 50.0, 2500.0),
+    ]
+    summary = report.summarize_latency(runs)
+    assert [(row["server"], row["mix"]) for row in summary] == [
+        ("pki-edge", "get-uniform"),
+        ("nginx", "get-uniform"),
+        ("pki-edge", "get-uniform/10"),
+        ("nginx", "get-uniform/10"),
+    ]
+    goals = report.goals({"runs": [], "summary": [], "latency": {"summary": summary}})
+    p99 = [goal for goal in goals if "p99 ≤ 2 ms" in goal["goal"]]
+    assert len(p99) == 1 and p99[0]["goal"].startswith("get-uniform at half")
+    assert p99[0]["measured"] == (
+        "p99 5.00 ms; nginx 1.50 ms at the same rate; at 50 req/s: pki-edge 3.00 ms, nginx 2.50 ms"
+    )
