@@ -172,7 +172,7 @@ def start_pki_edge(
 
 def alt_pki_edge(python: Path) -> str:
     """The ``pki-edge`` of the environment whose interpreter is ``python`` (a venv's bin/python)."""
-    executable = python.with_name("pki-edge")  # beside it, not beside the file a symlink points to
+    executable = python.absolute().with_name("pki-edge")  # beside it, not beside what a symlink points to
     if not executable.exists():
         raise SystemExit(f"{executable} not found: install pki-edge into that environment (pip install -e .)")
     return str(executable)
