@@ -174,7 +174,7 @@ class Bench:
         if tools.UNOPTIMIZED in self.results["versions"]["python"]:
             note = (
                 f"Python {self.results['versions']['python']}: pki-edge's figures here are lower than on a "
-                "distribution's or the Docker image's build (bench/README.md, the interpreter)"
+                "distribution's or the Docker image's build (bench/README.md, \"The interpreter\")"
             )
             say(note)
             self.results["notes"].append(note)

@@ -114,7 +114,7 @@ def machine() -> dict[str, object]:
 
 def versions() -> dict[str, str]:
     return {
-        "python": f"{platform.python_version()} ({os.path.realpath(sys.executable)}, {python_build()})",
+        "python": interpreter(),
         "pki-edge": _package("pki-edge"),
         "uvicorn": _package("uvicorn"),
         "uvloop": _package("uvloop"),
@@ -132,12 +132,17 @@ def versions() -> dict[str, str]:
 UNOPTIMIZED = "built without --enable-optimizations"
 
 
+def interpreter() -> str:
+    """The running Python: version, executable and build."""
+    return f"{platform.python_version()} ({os.path.realpath(sys.executable)}, {python_build()})"
+
+
 def python_build(config_args: str | None = None, libpython_shared: bool | None = None) -> str:
     """How the running CPython was built, as far as it tells: the build decides much of pki-edge's speed.
 
     A build without profile-guided optimisation (``./configure`` without ``--enable-optimizations``,
-    pyenv's default) runs pki-edge's hot path markedly slower than a distribution's or the Docker image's
-    build (bench/README.md). Debian and Ubuntu ship a static executable built with PGO and LTO whose
+    pyenv's default) served GET about a tenth fewer requests per CPU-second than Debian's in the same
+    rounds (bench/README.md, "The interpreter"). Debian and Ubuntu ship a static executable built with PGO and LTO whose
     sysconfig describes the shared library beside it, so there ``CONFIG_ARGS`` cannot tell.
     """
     args = (sysconfig.get_config_var("CONFIG_ARGS") or "") if config_args is None else config_args
@@ -151,9 +156,9 @@ def python_build(config_args: str | None = None, libpython_shared: bool | None =
 
 
 def python_of(python: Path) -> str:
-    """What ``versions()`` says of the interpreter ``python`` (another environment's)."""
+    """What :func:`interpreter` says in the interpreter ``python`` (another environment's)."""
     repo = Path(__file__).resolve().parent.parent
-    code = "from bench.tools import versions; print(versions()['python'])"
+    code = "from bench.tools import interpreter; print(interpreter())"
     try:
         proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, cwd=repo)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -29,14 +30,14 @@ def test_python_build(config_args: str, shared: bool, build: str) -> None:
     assert tools.python_build(config_args, shared) == build
 
 
-def test_versions_name_this_interpreter() -> None:
-    python = tools.versions()["python"]
+def test_interpreter_names_version_executable_and_build() -> None:
+    python = tools.interpreter()
     assert python.split()[0].count(".") == 2  # 3.11.7
-    assert tools.python_build() in python
+    assert os.path.realpath(sys.executable) in python and tools.python_build() in python
 
 
 def test_python_of_another_interpreter_says_what_it_says_itself() -> None:
-    assert tools.python_of(Path(sys.executable)) == tools.versions()["python"]
+    assert tools.python_of(Path(sys.executable)) == tools.interpreter()
 
 
 def test_python_of_a_missing_interpreter() -> None:
