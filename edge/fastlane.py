@@ -152,6 +152,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+                self._next_message()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_timer is not None:
@@ -236,7 +237,8 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
     def on_message_complete(self) -> None:
         if not self._fast:
             super().on_message_complete()
-            self._next_message()
+            if not self.parser.should_upgrade():  # an upgrade is handed over from what this message read
+                self._next_message()
             return
         self._fast = False
         assert self._ocsp is not None

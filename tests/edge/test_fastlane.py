@@ -526,3 +526,47 @@ def _factory(edge: _InProcessEdge, loop):
         return edge.protocol_class(config=edge.config, server_state=edge.state, app_state={}, _loop=loop)
 
     return make
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        # uvicorn hands a WebSocket upgrade to its WebSocket protocol, which refuses this one
+        (b"Connection: Upgrade\r\nUpgrade: websocket\r\n", b"HTTP/1.1 400 Bad Request"),
+        # an upgrade uvicorn does not support: answered as HTTP, by the ASGI way
+        (b"Connection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n", b"HTTP/1.1 200 OK"),
+        (b"Proxy-Connection: upgrade\r\nUpgrade: h2c\r\n", b"HTTP/1.1 200 OK"),  # llhttp reads it as Connection
+        (b"Upgrade: h2c\r\n", b"HTTP/1.1 200 OK"),  # no Connection header: no upgrade (RFC 9110 §7.8)
+    ],
+)
+def test_both_paths_answer_an_upgrade_request_alike(store, servers, headers: bytes, status: bytes) -> None:
+    _, ca = store
+    path = b"/ocsp/" + base64.b64encode(request(ca, 1)).replace(b"/", b"%2F").replace(b"+", b"%2B")
+    message = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+    bodies = []
+    for url in servers:
+        received, _ = _exchange(int(url.rsplit(":", 1)[1]), message)
+        assert received.startswith(status), received[:200]
+        bodies.append(received.split(b"\r\n\r\n", 1)[1])
+    assert bodies[0] == bodies[1]
+    if status.endswith(b"200 OK"):
+        assert ocsp.load_der_ocsp_response(bodies[0]).serial_number == 1
+
+
+def test_both_paths_go_on_after_an_upgrade_they_do_not_support(store, servers) -> None:
+    _, ca = store
+    path = b"/ocsp/" + base64.b64encode(request(ca, 1)).replace(b"/", b"%2F").replace(b"+", b"%2B")
+    first = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    second = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    for url in servers:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(first)
+            time.sleep(0.3)
+            s.sendall(second)
+            received = b""
+            while chunk := s.recv(65536):
+                received += chunk
+        answers = received.split(b"HTTP/1.1 ")[1:]
+        assert [answer[:6] for answer in answers] == [b"200 OK"] * 2, received[:300]
+        assert ocsp.load_der_ocsp_response(answers[1].split(b"\r\n\r\n", 1)[1]).serial_number == 1
