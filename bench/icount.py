@@ -9,6 +9,7 @@ is the difference of two runs of different lengths (start-up cancels out) over t
     python -m bench.icount post --variant fixed   # the protocol alone: every answer a fixed one
     python -m bench.icount get --variant floor    # bench/floor.py's protocol, for scale
     python -m bench.icount get --per-turn 10      # ten requests per event-loop turn, as under load
+    python -m bench.icount get --store /tmp/ic    # one store (and CA key) for every run: A/B of commits
 
 A loop turn's ends (the write batch's flush, the end of the store's read snapshot and of the clock's
 reading) are run by the feeder after every ``--per-turn`` requests (default 1: the most a turn can cost
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -98,11 +100,14 @@ def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Ca
     the store's read snapshot, as the event loop would), and the transport."""
     config = Config(store=StoreConfig(map_size_mb=64))  # valgrind cannot map the default 64 GiB
     st = SignerStore(data, config)
-    now = dt.datetime.now(dt.UTC)
-    issuer = create_ca(st, "icount", "ec-p256", 30, None, None, now)
-    add_devices(st, issuer, range(1, SERIALS + 1), now)
-    drain(st)
-    ca = x509.load_der_x509_certificate(issuer.cert_der)
+    ca_file = data / "icount-ca.der"
+    if not ca_file.exists():  # a store kept with --store is reused as it is
+        now = dt.datetime.now(dt.UTC)
+        issuer = create_ca(st, "icount", "ec-p256", 30, None, None, now)
+        add_devices(st, issuer, range(1, SERIALS + 1), now)
+        drain(st)
+        ca_file.write_bytes(issuer.cert_der)
+    ca = x509.load_der_x509_certificate(ca_file.read_bytes())
     requests = wrk_requests(ca, method)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -137,8 +142,18 @@ def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Ca
     return feed, transport
 
 
-def count_instructions(method: str, variant: str, short: int, long: int, per_turn: int = 1) -> float:
-    """Instructions per request: two runs under valgrind, the difference over the extra requests."""
+def count_instructions(
+    method: str, variant: str, short: int, long: int, per_turn: int = 1, store: Path | None = None
+) -> float:
+    """Instructions per request: two runs under valgrind, the difference over the extra requests.
+
+    Each run builds its own store, with a new CA key: the requests' base64, and so their escapes,
+    differ from run to run (about 1 % of a GET). With ``store`` both runs, and any later ones, use
+    the same store and requests: what an A/B of two commits wants.
+    """
+    if store is not None and not (store / "icount-ca.der").exists():
+        with contextlib.redirect_stdout(sys.stderr):
+            main([method, "--run", "1", "--store", str(store)])  # built once, outside valgrind
     totals = []
     for requests in (short, long):
         cmd = [
@@ -156,6 +171,7 @@ def count_instructions(method: str, variant: str, short: int, long: int, per_tur
             str(per_turn),
             "--run",
             str(requests),
+            *(["--store", str(store)] if store is not None else []),
         ]
         repo = Path(__file__).resolve().parent.parent
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=repo).stderr
@@ -174,15 +190,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=int, metavar="N", help="feed N requests and exit (what valgrind runs)")
     parser.add_argument("--short", type=int, default=1000)
     parser.add_argument("--long", type=int, default=4000)
+    parser.add_argument(
+        "--store",
+        type=Path,
+        metavar="DIR",
+        help="build the store here once and reuse it (the same requests in every run: for comparing commits)",
+    )
     args = parser.parse_args(argv)
     if args.run is not None:
-        with tempfile.TemporaryDirectory() as data:
-            feed, transport = feeder(Path(data), args.method, args.variant, args.per_turn)
+        with contextlib.ExitStack() as stack:
+            data = args.store or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            data.mkdir(parents=True, exist_ok=True)
+            feed, transport = feeder(data, args.method, args.variant, args.per_turn)
             feed(args.run)
             if len(transport.written) != args.run:
                 raise SystemExit(f"{len(transport.written)} answers for {args.run} requests")
         return
-    per_request = count_instructions(args.method, args.variant, args.short, args.long, args.per_turn)
+    store = args.store.resolve() if args.store else None
+    per_request = count_instructions(args.method, args.variant, args.short, args.long, args.per_turn, store)
     print(f"{args.method} {args.variant}, {args.per_turn} per turn: {per_request:,.0f} instructions per request")
 
 

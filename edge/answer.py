@@ -132,6 +132,9 @@ class OCSPAnswerer:
         self._source = source
         self._clock = clock
         self._metrics = metrics
+        self._good_hits = 0  # cache hits are counted here, read by the metrics (see edge.metrics)
+        self._revoked_hits = 0
+        metrics.collect(self._hit_counts)
         self._logger = logger
         self._retry_after = (b"retry-after", b"%d" % retry_after_seconds)
         self._overdue_max_age = overdue_max_age_seconds
@@ -140,17 +143,8 @@ class OCSPAnswerer:
         self.unauthorized = _unsigned(200, UNAUTHORIZED)
         self.try_later = _unsigned(503, TRY_LATER, self._retry_after)
 
-    def _max_age(self, stored: StoredResponse) -> int:
-        """Never past nextUpdate or the planned refresh (RFC 5019bis §6.2)."""
-        now = self._clock.now()
-        until = stored.refresh_at if stored.refresh_at > now else now + self._overdue_max_age
-        if stored.next_update < until:
-            until = stored.next_update
-        return until - now if until > now else 0  # not min() and max(): two calls per request
-
-    def cache_head(self, stored: StoredResponse) -> bytes:
-        """RFC 5019bis §6.2 headers."""
-        return _CACHE_HEAD % (self._max_age(stored), stored.last_modified, stored.expires, stored.etag)
+    def _hit_counts(self) -> dict[str, int]:
+        return {"ocsp_good": self._good_hits, "ocsp_revoked": self._revoked_hits}
 
     def answer_der(self, der: bytes, conditional: Conditional = NO_CONDITIONS) -> Answer | LiveSigning:
         # Almost every request is one CertID of a served issuer: looked up by its issuer part as
@@ -164,7 +158,7 @@ class OCSPAnswerer:
             except SourceError as exc:
                 failed = exc
             else:
-                return self._found(stored, conditional)
+                return self.answer_stored(stored, conditional)
         try:
             request = parse_ocsp_request(der)
         except MalformedRequest:
@@ -189,15 +183,26 @@ class OCSPAnswerer:
         except Unavailable:
             self._metrics.inc("ocsp_unavailable")
             return self.try_later
-        return self._found(stored, conditional)
+        return self.answer_stored(stored, conditional)
 
-    def _found(self, stored: StoredResponse, conditional: Conditional) -> Answer:
+    def answer_stored(self, stored: StoredResponse, conditional: Conditional = NO_CONDITIONS) -> Answer:
+        """The answer of a stored response: 200 with RFC 5019bis §6.2 cache headers, or 304 for a met condition."""
+        # max-age: never past nextUpdate or the planned refresh (RFC 5019bis §6.2); not min() and
+        # max(), and not a method of its own: calls cost more than these lines, on every request.
+        now = self._clock.now()
+        until = stored.refresh_at if stored.refresh_at > now else now + self._overdue_max_age
+        if stored.next_update < until:
+            until = stored.next_update
+        max_age = until - now if until > now else 0
         if conditional is not NO_CONDITIONS and self._not_modified(conditional, stored):
             self._metrics.inc("ocsp_not_modified")
-            return Answer(304, self.cache_head(stored), b"")
-        self._metrics.inc("ocsp_good" if not stored.revoked else "ocsp_revoked")
+            return Answer(304, _CACHE_HEAD % (max_age, stored.last_modified, stored.expires, stored.etag), b"")
+        if stored.revoked:
+            self._revoked_hits += 1
+        else:
+            self._good_hits += 1
         body = stored.der
-        head = _HIT_HEAD % (self._max_age(stored), stored.last_modified, stored.expires, stored.etag, len(body))
+        head = _HIT_HEAD % (max_age, stored.last_modified, stored.expires, stored.etag, len(body))
         return Answer(200, head, body)
 
     def _live_signing(self, cert_ids: tuple[CertID, ...]) -> Answer | LiveSigning:

@@ -203,7 +203,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             or method not in _OCSP_METHODS
             or self.expect_100_continue
             or (self.cycle is not None and not self.cycle.response_complete)
-            or parser.should_upgrade()
+            or (self._connection_header and parser.should_upgrade())  # llhttp upgrades only with one
         ):
             self._to_asgi()
             return
@@ -241,16 +241,19 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
                 self._next_message()
             return
         self._fast = False
-        assert self._ocsp is not None
         found = self._fast_early
         if found is None:
+            assert self._ocsp is not None
             found = self._ocsp.answer_post(b"".join(self._fast_body))
             self._fast_body = []
         # As uvicorn decides for ASGI answers: never kept alive after HTTP/1.0.
-        keep_alive = self.parser.should_keep_alive() and (
-            not self._connection_header or self.parser.get_http_version() != "1.0"
-        )
-        self._next_message()
+        parser = self.parser
+        keep_alive = parser.should_keep_alive() and (not self._connection_header or parser.get_http_version() != "1.0")
+        # _next_message, inline: once per request
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._connection_header = False
         if isinstance(found, Answer):
             self._write(found, keep_alive)
             return

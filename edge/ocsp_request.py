@@ -186,11 +186,13 @@ def common_request(der: bytes) -> tuple[bytes, bytes] | None:
     size = len(der)
     if der[:10] != _COMMON_HEADERS.get(size):
         return None
+    # The two OCTET STRING tags are not checked here: a part equal to a real encoding has them
+    # where these lengths put them, and any other part is looked up in vain (_parse_single checks).
     try:
         name = 12 + der[11]  # past the AlgorithmIdentifier
         key = name + 2 + der[name + 1]
         serial = key + 2 + der[key + 1]
-        if der[name] != _OCTET_STRING or der[key] != _OCTET_STRING or der[serial] != _INTEGER:
+        if der[serial] != _INTEGER:
             return None
         serial_len = der[serial + 1]
     except IndexError:
@@ -232,6 +234,8 @@ def _parse_single(der: bytes) -> OCSPRequestInfo | None:
     name_len = part[name + 1]
     key = name + 2 + name_len
     key_len = part[key + 1]
+    if part[name] != _OCTET_STRING or part[key] != _OCTET_STRING:
+        return None
     if not (0 < name_len <= MAX_HASH_BYTES and 0 < key_len <= MAX_HASH_BYTES):
         return None
     return OCSPRequestInfo((CertID(oid, part[name + 2 : key], part[key + 2 :], serial_number),), False)

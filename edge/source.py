@@ -113,6 +113,7 @@ class LmdbSource:
         self._end_of_read = end_of_read
         self._read: lmdb.Transaction | None = None
         self._end_this_read = self._end_read  # bound once, not once per snapshot
+        self._decode = store.RESPONSE_DECODER.decode
         self._read_failed = False
         self._env: lmdb.Environment | None = None
         self._responses: Any = None
@@ -269,7 +270,7 @@ class LmdbSource:
             raise Unavailable("store read failed") from None
         if value is None:
             raise NotFound("unknown serial or hash algorithm not served")
-        return store.RESPONSE_DECODER.decode(value)
+        return self._decode(value)
 
     def _end_read(self) -> None:
         # Aborted, not committed: for a read, the same end at half the cost (py-lmdb 3.0).

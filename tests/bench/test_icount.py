@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from cryptography.x509 import ocsp
 
 from bench import icount
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("method", ["get", "post"])
@@ -27,3 +31,13 @@ def test_other_variants_answer_every_request(tmp_path: Path, variant: str) -> No
     feed(5)
     assert len(transport.written) == 5
     assert len(set(transport.written)) == 1  # one fixed answer (the floor's: 404, its dict is empty)
+
+
+def test_a_kept_store_is_reused_by_later_runs(tmp_path: Path) -> None:
+    """What --store is for: runs in separate processes (as under valgrind) on the same store and CA."""
+    store = tmp_path / "kept"
+    run = [sys.executable, "-m", "bench.icount", "get", "--run", "3", "--store", str(store)]
+    subprocess.run(run, check=True, cwd=REPO, capture_output=True)
+    ca = (store / "icount-ca.der").read_bytes()
+    subprocess.run(run, check=True, cwd=REPO, capture_output=True)  # create_ca would refuse a second key
+    assert (store / "icount-ca.der").read_bytes() == ca

@@ -20,3 +20,16 @@ def test_a_snapshot_is_a_copy() -> None:
     metrics.inc("ocsp_good")
     taken["ocsp_good"] = 99
     assert metrics.snapshot() == {"ocsp_good": 2}
+
+
+def test_tallies_are_read_at_each_snapshot_and_added_to_the_counts() -> None:
+    metrics = CounterMetrics()
+    hits = {"ocsp_good": 0, "ocsp_revoked": 0}
+    metrics.collect(lambda: dict(hits))
+    assert metrics.snapshot() == {}  # a name appears from its first count on, as with inc
+    metrics.inc("ocsp_good")
+    hits["ocsp_good"] = 2
+    assert metrics.snapshot() == {"ocsp_good": 3}
+    hits["ocsp_revoked"] = 1
+    metrics.collect(lambda: {"ocsp_revoked": 4})
+    assert metrics.snapshot() == {"ocsp_good": 3, "ocsp_revoked": 5}
