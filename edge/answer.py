@@ -150,15 +150,16 @@ class OCSPAnswerer:
         # Almost every request is one CertID of a served issuer: looked up by its issuer part as
         # sent, without reading the CertID's fields. Anything else is decided by the general way
         # below, a failed lookup too: an unknown issuer part may be a malformed request.
+        now = self._clock.now()  # one time for every check of this request
         failed: SourceError | None = None
         common = common_request(der)
         if common is not None:
             try:
-                stored = self._source.response(common[0], common[1])
+                stored = self._source.response(common[0], common[1], now)
             except SourceError as exc:
                 failed = exc
             else:
-                return self.answer_stored(stored, conditional)
+                return self.answer_stored(stored, now, conditional)
         try:
             request = parse_ocsp_request(der)
         except MalformedRequest:
@@ -167,12 +168,12 @@ class OCSPAnswerer:
         if len(request.cert_ids) != 1:
             # RFC 6960 §4.2.2.3: a SingleResponse for each CertID, so never the first one alone.
             self._metrics.inc("ocsp_multiple_certids")
-            return self._live_signing(request.cert_ids)
+            return self._live_signing(request.cert_ids, now)
         cert_id = request.cert_ids[0]
         try:
             if failed is not None:
                 raise failed  # the lookup of this very CertID, above
-            stored = self._source.response(issuer_part(cert_id), cert_id.serial_number)
+            stored = self._source.response(issuer_part(cert_id), cert_id.serial_number, now)
         except NotFound:
             self._metrics.inc("ocsp_unauthorized")
             return self.unauthorized
@@ -183,13 +184,12 @@ class OCSPAnswerer:
         except Unavailable:
             self._metrics.inc("ocsp_unavailable")
             return self.try_later
-        return self.answer_stored(stored, conditional)
+        return self.answer_stored(stored, now, conditional)
 
-    def answer_stored(self, stored: StoredResponse, conditional: Conditional = NO_CONDITIONS) -> Answer:
-        """The answer of a stored response: 200 with RFC 5019bis §6.2 cache headers, or 304 for a met condition."""
+    def answer_stored(self, stored: StoredResponse, now: int, conditional: Conditional = NO_CONDITIONS) -> Answer:
+        """The answer of a stored response at ``now``: 200 with RFC 5019bis §6.2 cache headers, or 304."""
         # max-age: never past nextUpdate or the planned refresh (RFC 5019bis §6.2); not min() and
         # max(), and not a method of its own: calls cost more than these lines, on every request.
-        now = self._clock.now()
         until = stored.refresh_at if stored.refresh_at > now else now + self._overdue_max_age
         if stored.next_update < until:
             until = stored.next_update
@@ -205,7 +205,7 @@ class OCSPAnswerer:
         head = _HIT_HEAD % (max_age, stored.last_modified, stored.expires, stored.etag, len(body))
         return Answer(200, head, body)
 
-    def _live_signing(self, cert_ids: tuple[CertID, ...]) -> Answer | LiveSigning:
+    def _live_signing(self, cert_ids: tuple[CertID, ...], now: int) -> Answer | LiveSigning:
         """What the signer workers must sign for a multi-CertID request, or the answer without signing.
 
         Only when every CertID is of one known issuer and a known, served serial: attacker-chosen
@@ -216,7 +216,7 @@ class OCSPAnswerer:
         refs = []
         for cert_id in cert_ids:
             try:
-                self._source.response(issuer_part(cert_id), cert_id.serial_number)  # the rules of a cache hit
+                self._source.response(issuer_part(cert_id), cert_id.serial_number, now)  # the rules of a cache hit
             except NotFound:
                 return self.unauthorized
             except (Stale, Unavailable):

@@ -192,7 +192,7 @@ def build_app(
 ) -> EdgeApp:
     """The edge application. Without a ``queue`` (tests of OCSP alone), EST answers 503."""
     answerer = OCSPAnswerer(
-        FreshnessPolicy(source, clock),
+        FreshnessPolicy(source),
         clock,
         metrics,
         logger,

@@ -25,7 +25,6 @@ from contract import store
 from contract.cert_id import issuer_part_encodings
 from contract.store import StoredResponse
 from edge import ocsp_request
-from edge.clock import Clock
 from edge.loop_turn import AtEnd, End
 from edge.ocsp_request import CertID
 
@@ -50,8 +49,12 @@ class Unavailable(SourceError):
 
 
 class Source(Protocol):
-    def response(self, issuer_part: bytes, serial_number: bytes) -> StoredResponse:
-        """The stored response of the CertID whose fields before serialNumber are ``issuer_part`` (as encoded)."""
+    def response(self, issuer_part: bytes, serial_number: bytes, now: int) -> StoredResponse:
+        """The stored response of the CertID whose fields before serialNumber are ``issuer_part`` (as encoded).
+
+        ``now`` is the time of the answer (Unix seconds), read once by the answerer for every check
+        of one request: policies judge by it, the store itself has no use for it.
+        """
         ...
 
 
@@ -241,7 +244,7 @@ class LmdbSource:
         number, _ = store.split_inventory_key(prefix[:4])
         return number, prefix[4]
 
-    def response(self, issuer_part: bytes, serial_number: bytes) -> StoredResponse:
+    def response(self, issuer_part: bytes, serial_number: bytes, now: int) -> StoredResponse:
         env = self._env
         if env is None:
             if not self.open():
@@ -302,13 +305,11 @@ def _directly_issued(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 class FreshnessPolicy:
     """Never serve a response at or past nextUpdate, nor one for a certificate past its grace."""
 
-    def __init__(self, inner: Source, clock: Clock) -> None:
+    def __init__(self, inner: Source) -> None:
         self._inner = inner
-        self._clock = clock
 
-    def response(self, issuer_part: bytes, serial_number: bytes) -> StoredResponse:
-        stored = self._inner.response(issuer_part, serial_number)
-        now = self._clock.now()
+    def response(self, issuer_part: bytes, serial_number: bytes, now: int) -> StoredResponse:
+        stored = self._inner.response(issuer_part, serial_number, now)
         if now >= stored.serve_until:
             raise NotFound("certificate expired past its grace period")
         if now >= stored.next_update:

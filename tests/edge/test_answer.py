@@ -112,7 +112,7 @@ class FakeSource:
         self.outcome = outcome
         self.calls: list[CertID] = []
 
-    def response(self, issuer_part: bytes, serial_number: bytes) -> StoredResponse:
+    def response(self, issuer_part: bytes, serial_number: bytes, now: int) -> StoredResponse:
         self.calls.append(cert_id_of(issuer_part, serial_number))
         if isinstance(self.outcome, Exception):
             raise self.outcome
@@ -126,7 +126,7 @@ class Harness:
         self.metrics = CounterMetrics()
         inner: Source = self.source
         self.answerer = OCSPAnswerer(
-            FreshnessPolicy(inner, self.clock) if policy else inner,
+            FreshnessPolicy(inner) if policy else inner,
             self.clock,
             self.metrics,
             logging.getLogger("test"),
@@ -637,7 +637,7 @@ def _store_requests(ca_der: bytes) -> list[bytes]:
 
 def _both_ways(source: Source, now: int, der: bytes) -> tuple[object, object]:
     answerer = OCSPAnswerer(
-        FreshnessPolicy(source, FakeClock(now)),
+        FreshnessPolicy(source),
         FakeClock(now),
         CounterMetrics(),
         logging.getLogger("test"),

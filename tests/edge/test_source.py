@@ -19,6 +19,7 @@ from tests.edge.conftest import crypto_request_by_hash
 from tests.signed_store import add_devices, drain
 
 NOW = dt.datetime.now(dt.UTC)
+AT = int(NOW.timestamp())  # the time a lookup is asked at: the store itself ignores it
 
 
 @pytest.fixture
@@ -43,22 +44,22 @@ def test_one_snapshot_serves_a_turn_and_the_next_turn_sees_new_responses(world) 
     st, issuer, lookup = world
     turn_ends: list[Callable[[], None]] = []
     source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
-    assert source.response(*lookup).revoked is False
+    assert source.response(*lookup, AT).revoked is False
     assert len(turn_ends) == 1  # one end per turn, however many lookups
     _revoke_and_sign(st, issuer)
-    assert source.response(*lookup).revoked is False  # same turn, same snapshot
+    assert source.response(*lookup, AT).revoked is False  # same turn, same snapshot
     assert len(turn_ends) == 1
     turn_ends.pop()()
-    assert source.response(*lookup).revoked is True
+    assert source.response(*lookup, AT).revoked is True
     assert len(turn_ends) == 1
 
 
 def test_at_once_each_lookup_sees_the_newest_responses(world) -> None:
     st, issuer, lookup = world
     source = LmdbSource(lambda: st.env, logging.getLogger("t"), at_once)
-    assert source.response(*lookup).revoked is False
+    assert source.response(*lookup, AT).revoked is False
     _revoke_and_sign(st, issuer)
-    assert source.response(*lookup).revoked is True
+    assert source.response(*lookup, AT).revoked is True
 
 
 def test_an_unknown_serial_ends_its_snapshot_too(world) -> None:
@@ -66,11 +67,11 @@ def test_an_unknown_serial_ends_its_snapshot_too(world) -> None:
     turn_ends: list[Callable[[], None]] = []
     source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
     with pytest.raises(NotFound):
-        source.response(lookup[0], b"\x7f\x7f")
+        source.response(lookup[0], b"\x7f\x7f", AT)
     assert len(turn_ends) == 1
     turn_ends.pop()()
     _revoke_and_sign(st, issuer)
-    assert source.response(*lookup).revoked is True
+    assert source.response(*lookup, AT).revoked is True
 
 
 def test_a_ca_added_during_a_turn_answers_from_the_next_turn(world) -> None:
@@ -78,25 +79,25 @@ def test_a_ca_added_during_a_turn_answers_from_the_next_turn(world) -> None:
     st, _, lookup = world
     turn_ends: list[Callable[[], None]] = []
     source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
-    assert source.response(*lookup).revoked is False
+    assert source.response(*lookup, AT).revoked is False
     second = create_ca(st, "ca2", "ec-p256", 30, None, None, NOW)
     add_devices(st, second, (7,), NOW)
     drain(st)
     second_lookup = common_request(crypto_request_by_hash(*issuer_hashes(second.cert_der, "sha1"), 7))
     assert second_lookup is not None
     with pytest.raises(NotFound):
-        source.response(*second_lookup)  # the issuer is known now, its responses not in this snapshot
+        source.response(*second_lookup, AT)  # the issuer is known now, its responses not in this snapshot
     turn_ends.pop()()
-    assert source.response(*second_lookup).revoked is False
+    assert source.response(*second_lookup, AT).revoked is False
 
 
 def test_a_failing_store_is_unavailable_and_logged_once(world, caplog) -> None:
     st, _, lookup = world
     source = LmdbSource(lambda: st.env, logging.getLogger("t"), at_once)
-    assert source.response(*lookup).revoked is False
+    assert source.response(*lookup, AT).revoked is False
     st.env.close()  # every read now fails inside LMDB
     with caplog.at_level(logging.ERROR, logger="t"):
         for _ in range(3):
             with pytest.raises(Unavailable):
-                source.response(*lookup)
+                source.response(*lookup, AT)
     assert [r.getMessage().startswith("store read failed") for r in caplog.records] == [True]

@@ -29,7 +29,6 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from contract import store
 from contract.config import CAProfile, Config, SignerConfig
 from contract.jobs import EnrollJob, Issued, IssuedWithKey, ReenrollJob, Refused, ServerKeygenJob
-from edge.clock import FakeClock as EdgeClock
 from edge.ocsp_request import common_request
 from edge.source import FreshnessPolicy, LmdbSource
 from signer import enroll as enroll_module
@@ -663,11 +662,11 @@ def test_first_ocsp_check_is_a_cache_hit_saying_good(world: World) -> None:
     assert isinstance(result, Issued)
     cert = x509.load_der_x509_certificate(result.cert_der)
     ca_cert = x509.load_der_x509_certificate(world.ca1.cert_der)
-    source = FreshnessPolicy(LmdbSource(lambda: world.st.env, logging.getLogger("t")), EdgeClock(T0))
+    source = FreshnessPolicy(LmdbSource(lambda: world.st.env, logging.getLogger("t")))
     for algorithm in (hashes.SHA1(), hashes.SHA256()):
         common = common_request(ocsp_request(cert, ca_cert, algorithm))  # as the edge reads a request
         assert common is not None
-        stored = source.response(*common)  # raises NotFound on a miss
+        stored = source.response(*common, T0)  # raises NotFound on a miss
         response = ocsp.load_der_ocsp_response(stored.der)
         assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
         assert response.serial_number == cert.serial_number
