@@ -10,6 +10,7 @@ is the difference of two runs of different lengths (start-up cancels out) over t
     python -m bench.icount get --variant floor    # bench/floor.py's protocol, for scale
     python -m bench.icount get --per-turn 10      # ten requests per event-loop turn, as under load
     python -m bench.icount get --store /tmp/ic    # one store (and CA key) for every run: A/B of commits
+    python -m bench.icount get --cdn              # with the nine headers a CDN adds (wrk sends Host only)
 
 A loop turn's ends (the write batch's flush, the end of the store's read snapshot and of the clock's
 reading) are run by the feeder after every ``--per-turn`` requests (default 1: the most a turn can cost
@@ -82,21 +83,32 @@ class FakeTransport:
         pass
 
 
-def wrk_requests(ca: x509.Certificate, method: str) -> list[bytes]:
+# What a CDN's cache miss carries besides Host (wrk sends Host alone): nine header lines.
+CDN_HEADERS = (
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) ocsp-check/1.0\r\nAccept: */*\r\nAccept-Encoding: gzip\r\n"
+    b"Via: 1.1 cdn-edge-42\r\nX-Forwarded-For: 203.0.113.7\r\nCDN-Loop: cdn; count=1\r\n"
+    b"X-Request-Id: 4f1c2a9e8d7b6c5a\r\nCache-Control: max-age=0\r\nTrue-Client-IP: 203.0.113.7\r\n"
+)
+
+
+def wrk_requests(ca: x509.Certificate, method: str, extra_headers: bytes = b"") -> list[bytes]:
     """One request per serial as wrk sends it: GET percent-encoded, POST with the DER body."""
     requests = []
+    host = b"Host: 127.0.0.1:40000\r\n" + extra_headers
     for serial in range(1, SERIALS + 1):
         der = ocsp_request(ca, serial)
         if method == "get":
             path = base64.b64encode(der).replace(b"/", b"%2F").replace(b"+", b"%2B").replace(b"=", b"%3D")
-            requests.append(b"GET /" + path + b" HTTP/1.1\r\nHost: 127.0.0.1:40000\r\n\r\n")
+            requests.append(b"GET /" + path + b" HTTP/1.1\r\n" + host + b"\r\n")
         else:
-            head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1:40000\r\nContent-Type: application/ocsp-request\r\n"
+            head = b"POST / HTTP/1.1\r\n" + host + b"Content-Type: application/ocsp-request\r\n"
             requests.append(head + b"Content-Length: %d\r\n\r\n" % len(der) + der)
     return requests
 
 
-def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Callable[[int], None], FakeTransport]:
+def feeder(
+    data: Path, method: str, variant: str, per_turn: int = 1, cdn: bool = False
+) -> tuple[Callable[[int], None], FakeTransport]:
     """A function feeding N requests, ``per_turn`` in each loop turn (its end writes the answers and ends
     the store's read snapshot, as the event loop would), and the transport."""
     config = Config(store=StoreConfig(map_size_mb=64))  # valgrind cannot map the default 64 GiB
@@ -109,7 +121,7 @@ def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Ca
         drain(st)
         ca_file.write_bytes(issuer.cert_der)
     ca = x509.load_der_x509_certificate(ca_file.read_bytes())
-    requests = wrk_requests(ca, method)
+    requests = wrk_requests(ca, method, CDN_HEADERS if cdn else b"")
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     transport = FakeTransport()
@@ -149,7 +161,13 @@ def feeder(data: Path, method: str, variant: str, per_turn: int = 1) -> tuple[Ca
 
 
 def count_instructions(
-    method: str, variant: str, short: int, long: int, per_turn: int = 1, store: Path | None = None
+    method: str,
+    variant: str,
+    short: int,
+    long: int,
+    per_turn: int = 1,
+    store: Path | None = None,
+    cdn: bool = False,
 ) -> float:
     """Instructions per request: two runs under valgrind, the difference over the extra requests.
 
@@ -178,6 +196,7 @@ def count_instructions(
             "--run",
             str(requests),
             *(["--store", str(store)] if store is not None else []),
+            *(["--cdn"] if cdn else []),
         ]
         repo = Path(__file__).resolve().parent.parent
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=repo).stderr
@@ -202,19 +221,21 @@ def main(argv: list[str] | None = None) -> None:
         metavar="DIR",
         help="build the store here once and reuse it (the same requests in every run: for comparing commits)",
     )
+    parser.add_argument("--cdn", action="store_true", help="requests with the nine headers a CDN adds (CDN_HEADERS)")
     args = parser.parse_args(argv)
     if args.run is not None:
         with contextlib.ExitStack() as stack:
             data = args.store or Path(stack.enter_context(tempfile.TemporaryDirectory()))
             data.mkdir(parents=True, exist_ok=True)
-            feed, transport = feeder(data, args.method, args.variant, args.per_turn)
+            feed, transport = feeder(data, args.method, args.variant, args.per_turn, args.cdn)
             feed(args.run)
             if len(transport.written) != args.run:
                 raise SystemExit(f"{len(transport.written)} answers for {args.run} requests")
         return
     store = args.store.resolve() if args.store else None
-    per_request = count_instructions(args.method, args.variant, args.short, args.long, args.per_turn, store)
-    print(f"{args.method} {args.variant}, {args.per_turn} per turn: {per_request:,.0f} instructions per request")
+    per_request = count_instructions(args.method, args.variant, args.short, args.long, args.per_turn, store, args.cdn)
+    shape = ", as a CDN sends it" if args.cdn else ""
+    print(f"{args.method} {args.variant}{shape}, {args.per_turn} per turn: {per_request:,.0f} instructions per request")
 
 
 if __name__ == "__main__":

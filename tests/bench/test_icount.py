@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.x509 import ocsp
 
 from bench import icount
@@ -55,3 +56,16 @@ def test_a_kept_store_is_reused_by_later_runs(tmp_path: Path) -> None:
     ca = (store / "icount-ca.der").read_bytes()
     subprocess.run(run, check=True, cwd=REPO, capture_output=True)  # create_ca would refuse a second key
     assert (store / "icount-ca.der").read_bytes() == ca
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_requests_as_a_cdn_sends_them_are_answered_alike(tmp_path: Path, method: str) -> None:
+    feed, transport = icount.feeder(tmp_path, method, "whole", cdn=True)
+    feed(2)
+    for serial, answer in enumerate(transport.written, start=1):
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert ocsp.load_der_ocsp_response(body).serial_number == serial
+    ca = x509.load_der_x509_certificate((tmp_path / "icount-ca.der").read_bytes())
+    request = icount.wrk_requests(ca, method, icount.CDN_HEADERS)[0]
+    assert request.count(b"\r\n") == (12 if method == "get" else 14)  # request line, Host, nine, (POST: two), end
