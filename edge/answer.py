@@ -78,6 +78,18 @@ class Conditional(NamedTuple):
 
 
 NO_CONDITIONS = Conditional()
+CONDITIONAL_HEADERS = frozenset({b"if-none-match", b"if-modified-since"})
+
+
+def conditional_of(headers: Headers) -> Conditional:
+    """The validators among a request's headers (lower-case names, as uvicorn gives them)."""
+    conditional = NO_CONDITIONS
+    for name, value in headers:
+        if name == b"if-none-match":
+            conditional = conditional._replace(if_none_match=value)
+        elif name == b"if-modified-since":
+            conditional = conditional._replace(if_modified_since=value)
+    return conditional
 
 
 # The headers of an authoritative answer, in this order (a 304 has the cache lines only).

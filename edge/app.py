@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from contract.config import Config, data_dir_from, load_config
 from contract.jobs import LiveOcspJob, OcspSigned, Refused, socket_path
-from edge.answer import NO_CONDITIONS, Answer, LiveSigning, OCSPAnswerer, render_head
+from edge.answer import Answer, Conditional, LiveSigning, OCSPAnswerer, conditional_of, render_head
 from edge.clock import Clock, LoopTurnClock
 from edge.est import EstService, RateLimiter
 from edge.get_path import GetPaths
@@ -72,7 +72,7 @@ class OCSPApp:
         found: Answer | LiveSigning
         if method == "GET" or method == "HEAD":
             raw_path = scope.get("raw_path") or scope["path"].encode()
-            found = self.answer_get(raw_path, scope["headers"], method == "HEAD")
+            found = self.answer_get(raw_path, conditional_of(scope["headers"]), method == "HEAD")
         elif method == "POST":
             found = self.check_post_headers(scope["headers"]) or await self._post(receive)
         else:
@@ -84,20 +84,17 @@ class OCSPApp:
     # The methods below are the whole OCSP-over-HTTP logic, shared with the fast lane
     # (edge.fastlane) so that both paths give byte-identical answers.
 
-    def answer_get(self, raw_path: bytes, headers: list[tuple[bytes, bytes]], head: bool) -> Answer | LiveSigning:
-        """GET or HEAD: decode the request from the raw path; HEAD drops the body, keeps the headers."""
+    def answer_get(self, raw_path: bytes, conditional: Conditional, head: bool) -> Answer | LiveSigning:
+        """GET or HEAD: decode the request from the raw path; HEAD drops the body, keeps the headers.
+
+        ``conditional``: the request's validators (``conditional_of`` its headers).
+        """
         answer: Answer | LiveSigning
         try:
             der = self._paths.der(raw_path)
         except MalformedRequest:
             answer = self._answerer.malformed
         else:
-            conditional = NO_CONDITIONS
-            for name, value in headers:
-                if name == b"if-none-match":
-                    conditional = conditional._replace(if_none_match=value)
-                elif name == b"if-modified-since":
-                    conditional = conditional._replace(if_modified_since=value)
             answer = self._answerer.answer_der(der, conditional)
         if head and isinstance(answer, Answer):
             return Answer(answer.status, answer.head, b"")

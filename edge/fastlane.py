@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from edge.answer import Answer, LiveSigning, render_head
+from edge.answer import CONDITIONAL_HEADERS, NO_CONDITIONS, Answer, LiveSigning, conditional_of, render_head
 from edge.app import OCSPApp
 from edge.loop_turn import LoopTurn
 
@@ -40,6 +40,9 @@ _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
 # bytes` first fails as an integer, and bytes.startswith parses its arguments as a tuple (Python 3.11).
 _QUERY = ord("?")
 _CLOSE = b"connection: close\r\n\r\n"
+# The header names the fast lane acts on: one set lookup a header, not a comparison with each.
+_CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection"})
+_NOTED_HEADERS = _CONNECTION_HEADERS | CONDITIONAL_HEADERS | {b"expect"}
 
 
 class WriteBatch:
@@ -125,6 +128,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self._fast_size = 0
         self._fast_early: Answer | LiveSigning | None = None
         self._connection_header = False
+        self._conditional = False
         # Keep-alive: one timer per connection checks for activity, instead of uvicorn's
         # cancel-and-rearm per request (a TimerHandle each time); an idle connection closes
         # between one and two keep-alive timeouts after its last request.
@@ -174,16 +178,22 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self.expect_100_continue = False
         self.headers = []
         self._connection_header = False
+        self._conditional = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # uvicorn's, noting a Connection header: only with one (llhttp reads Proxy-Connection as
-        # one too) can an HTTP/1.0 request ask to be kept alive, so only then is the version read
-        # (httptools formats it as a str each time).
+        # uvicorn's, noting what the fast lane acts on. A Connection header: only with one (llhttp
+        # reads Proxy-Connection as one too) can an HTTP/1.0 request ask to be kept alive or upgrade,
+        # so only then are the version and the upgrade flag read (httptools formats the version as a
+        # str each time). Validators: only then are the headers searched for them.
         name = name.lower()
-        if name == b"connection" or name == b"proxy-connection":
-            self._connection_header = True
-        elif name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
+        if name in _NOTED_HEADERS:
+            if name in _CONNECTION_HEADERS:
+                self._connection_header = True
+            elif name == b"expect":
+                if value.lower() == b"100-continue":
+                    self.expect_100_continue = True
+            else:
+                self._conditional = True
         self.headers.append((name, value))
 
     def _to_asgi(self) -> None:
@@ -219,7 +229,8 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             self._fast_size = 0
             self._fast_early = ocsp.check_post_headers(self.headers)
         else:
-            self._fast_early = ocsp.answer_get(raw_path, self.headers, method == b"HEAD")
+            conditional = conditional_of(self.headers) if self._conditional else NO_CONDITIONS
+            self._fast_early = ocsp.answer_get(raw_path, conditional, method == b"HEAD")
 
     def on_body(self, body: bytes) -> None:
         if not self._fast:
@@ -254,6 +265,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self.expect_100_continue = False
         self.headers = []
         self._connection_header = False
+        self._conditional = False
         if isinstance(found, Answer):
             self._write(found, keep_alive)
             return
