@@ -260,7 +260,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         # As uvicorn decides for ASGI answers: never kept alive after HTTP/1.0.
         parser = self.parser
         keep_alive = parser.should_keep_alive() and (not self._connection_header or parser.get_http_version() != "1.0")
-        # _next_message, inline: once per request
+        # _next_message's resets, inline (its call cost 0.6k instructions a request): keep them alike
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
