@@ -1,10 +1,11 @@
 """Where responses come from: the one-method ``Source`` seam.
 
 The HTTP layer asks a ``Source`` for the stored response of one CertID, named by
-its issuer part (``edge.ocsp_request.issuer_part``) and serial number, and gets
-a ``StoredResponse`` or one of the closed set of ``SourceError`` subclasses;
-``edge.answer`` maps those to OCSP and HTTP statuses in one place. Policies
-(staleness, expiry) are thin wrappers around the LMDB source.
+its issuer part (``edge.ocsp_request.issuer_part``) and serial number, at the
+answer's time, and gets a ``StoredResponse`` or one of the closed set of
+``SourceError`` subclasses; ``edge.answer`` maps those to OCSP and HTTP statuses
+in one place. Policies (staleness, expiry) are thin wrappers around the LMDB
+source that judge by that time.
 """
 
 from __future__ import annotations

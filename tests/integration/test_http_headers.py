@@ -221,6 +221,20 @@ def test_healthz_and_readyz(client: httpx.Client) -> None:
     assert body["issuers"] >= 1
 
 
+def test_readyz_counts_the_answers_of_its_worker(shared: Shared, client: httpx.Client) -> None:
+    """Cache hits are tallied by the answerer and read at each snapshot; the rest through Metrics.inc.
+
+    One keep-alive connection: its requests and /readyz reach the same worker (counters are per worker).
+    """
+    before = client.get("/readyz").json()["counters"]
+    assert client.get(_get_path(ocsp_request_der(shared.good, shared.ca))).status_code == 200
+    assert client.get(_get_path(ocsp_request_der(shared.revoked, shared.ca))).status_code == 200
+    assert client.post("/ocsp", content=b"\x30\x00").status_code == 400
+    after = client.get("/readyz").json()["counters"]
+    for name in ("ocsp_good", "ocsp_revoked", "ocsp_malformed"):
+        assert after.get(name, 0) - before.get(name, 0) == 1, (name, before, after)
+
+
 def _tlv(tag: int, content: bytes) -> bytes:
     n = len(content)
     length = (
