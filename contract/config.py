@@ -41,6 +41,9 @@ class SignerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     poll_interval_ms: int = 50
 
 
+DEFAULT_MAX_HEAD_BYTES = 65536
+
+
 class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -48,6 +51,8 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # OCSP is answered at "/" and under each prefix.
     ocsp_prefixes: list[str] = msgspec.field(default_factory=lambda: ["/ocsp", "/api/ocsp"])
     max_request_bytes: int = 10000
+    # A request's line and headers (edge.http_protocol): past it, 414 or 431 and the connection closes.
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
     retry_after_seconds: int = 60
     # When the signer lags past a response's planned refresh, caches keep it this long at most.
     overdue_max_age_seconds: int = 60
@@ -202,6 +207,11 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"edge.ocsp_prefixes: {prefix!r} must start with '/' and not end with '/'")
     if config.edge.max_request_bytes < 64:
         raise ConfigError("edge.max_request_bytes is too small for any OCSP request")
+    if config.edge.max_head_bytes < 3 * config.edge.max_request_bytes + 1024:
+        raise ConfigError(
+            "edge.max_head_bytes must hold a GET path as long as the decoder reads (three times"
+            f" max_request_bytes) and its headers: at least {3 * config.edge.max_request_bytes + 1024}"
+        )
     for name, profile in config.profiles.items():
         _validate_profile(f"profiles.{name}", profile)
     if config.workers.count < 1 or config.workers.max_queue < 1 or config.est.max_inflight < 1:

@@ -167,10 +167,11 @@ class OCSPApp:
 class EdgeApp:
     """Sends OCSP straight to ``OCSPApp``; health, readiness and lifespan to Starlette."""
 
-    def __init__(self, ocsp: OCSPApp, starlette: Starlette, client_trust: ClientTrust) -> None:
+    def __init__(self, ocsp: OCSPApp, starlette: Starlette, client_trust: ClientTrust, max_head_bytes: int) -> None:
         self.ocsp = ocsp  # also reached by the fast lane (edge.fastlane)
         self._starlette = starlette
         self.client_trust = client_trust  # the HTTPS port's ssl_context_factory (edge.main)
+        self.max_head_bytes = max_head_bytes  # read by the HTTP protocol (edge.http_protocol)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.ocsp.serves(scope.get("raw_path") or scope["path"].encode()):
@@ -238,7 +239,7 @@ def build_app(
         live_timeout=config.est.job_timeout_seconds,
     )
     extra_trust = [path for path in (config.est.client_ca, config.est.ra_trust_anchors) if path]
-    return EdgeApp(ocsp, starlette, ClientTrust(source, extra_trust, logger))
+    return EdgeApp(ocsp, starlette, ClientTrust(source, extra_trust, logger), config.edge.max_head_bytes)
 
 
 def create_app(config: Config | None = None) -> EdgeApp:

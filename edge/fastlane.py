@@ -15,7 +15,8 @@ between two Python request handlers (measured: +50 % requests per CPU-second
 under load). An answer waits at most for the other requests of the same turn.
 
 Enabled with ``uvicorn --http edge.fastlane:OCSPHttpToolsProtocol`` (what
-``pki-edge edge`` passes). Anything unusual (an upgrade, a pipelined request
+``pki-edge edge`` passes). Its connections are bounded in size and time as every connection of the
+edge is (``edge.http_protocol``, whose hot methods it inlines). Anything unusual (an upgrade, a pipelined request
 behind a running ASGI cycle or a live-signed answer, ``Expect: 100-continue``)
 goes the ASGI way, queued by uvicorn behind what is running: answers on a
 connection always leave in the order of the requests.
@@ -24,15 +25,15 @@ connection always leave in the order of the requests.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import weakref
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from edge.answer import CONDITIONAL_HEADERS, NO_CONDITIONS, Answer, LiveSigning, conditional_of, render_head
 from edge.app import OCSPApp
+from edge.http_protocol import EdgeHttpProtocol
 from edge.loop_turn import LoopTurn
 
 _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
@@ -82,42 +83,14 @@ class _LiveInFlight:
 
     def __init__(self) -> None:
         self.response_complete = False
+        self.response_started = False
+        self.more_body = False  # the request arrived whole
         self.keep_alive = True  # uvicorn's graceful shutdown sets it to False
         self.disconnected = False
         self.message_event = asyncio.Event()
 
 
-class TlsScopeProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ASGI ``tls`` scope extension on TLS connections.
-
-    uvicorn verifies the client certificate (``ssl_cert_reqs``) but does not pass it to the
-    application; this adds ``scope["extensions"]["tls"]`` as the ASGI TLS extension defines it
-    (``client_cert_chain`` as PEM strings, the leaf first; ``tls_version``; ``cipher_suite``).
-    """
-
-    _tls_extension: dict[str, Any] | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            peer = ssl_object.getpeercert(binary_form=True)
-            self._tls_extension = {
-                "server_cert": None,
-                "client_cert_chain": [ssl.DER_cert_to_PEM_cert(peer)] if peer else [],
-                "client_cert_name": None,
-                "client_cert_error": None,
-                "tls_version": None,
-                "cipher_suite": None,
-            }
-
-    def on_headers_complete(self) -> None:
-        if self._tls_extension is not None:
-            self.scope["extensions"] = {"tls": self._tls_extension}  # type: ignore[dict-item]
-        super().on_headers_complete()
-
-
-class OCSPHttpToolsProtocol(TlsScopeProtocol):
+class OCSPHttpToolsProtocol(EdgeHttpProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         ocsp = getattr(self.app, "ocsp", None)
@@ -129,19 +102,14 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         self._fast_early: Answer | LiveSigning | None = None
         self._connection_header = False
         self._conditional = False
-        # Keep-alive: one timer per connection checks for activity, instead of uvicorn's
-        # cancel-and-rearm per request (a TimerHandle each time); an idle connection closes
-        # between one and two keep-alive timeouts after its last request.
-        self._active = False
-        self._idle_timer: asyncio.TimerHandle | None = None
         self._default_headers: list[tuple[bytes, bytes]] | None = None
         self._default_block = b""
         self._batch = WriteBatch.of(self.loop)
         self._next_message()
 
     def data_received(self, data: bytes) -> None:
-        # uvicorn's, without a call layer per request: its keep-alive timer is armed only after an
-        # ASGI answer, and the parser's errors are handled as uvicorn handles them.
+        # EdgeHttpProtocol's, without a call layer per request: uvicorn's keep-alive timer is armed
+        # only after an ASGI answer. Keep alike with it.
         self._active = True
         if self.timeout_keep_alive_task is not None:
             self._unset_keepalive_if_required()
@@ -151,18 +119,16 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
             self.send_400_response(msg)
+            return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
                 self._next_message()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        super().connection_lost(exc)
+            return
+        if self.url:  # a read ended inside a request's head
+            self._head_grew(data)
 
     def shutdown(self) -> None:
         self._batch.flush()  # answers of this turn go out before a graceful shutdown closes connections
@@ -222,6 +188,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         if raw_path[:1] != b"/" or not ocsp.serves(raw_path):  # absolute-form: uvicorn finds the path
             self._to_asgi()
             return
+        self.url = b""  # the head is complete
         self._fast = True
         self._fast_method = method
         if method == b"POST":
@@ -261,7 +228,7 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         parser = self.parser
         keep_alive = parser.should_keep_alive() and (not self._connection_header or parser.get_http_version() != "1.0")
         # _next_message's resets, inline (its call cost 0.6k instructions a request): keep them alike
-        self.url = b""
+        # (the URL was emptied when the head was complete)
         self.expect_100_continue = False
         self.headers = []
         self._connection_header = False
@@ -287,6 +254,9 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         in_flight.response_complete = True
         if not keep_alive:
             return
+        if self._refusal is not None and not self.pipeline:  # a head after it was refused
+            self._send_refusal()
+            return
         self.flow.resume_reading()
         if self.pipeline:  # what arrived meanwhile, in order (uvicorn queues with appendleft)
             cycle, app = self.pipeline.pop()
@@ -301,17 +271,13 @@ class OCSPHttpToolsProtocol(TlsScopeProtocol):
         if keep_alive:
             data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, b"\r\n", answer.body))
             self._batch.write(self.transport, data, False)
-            if self._idle_timer is None:
-                self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
         else:
             data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, _CLOSE, answer.body))
             self._batch.write(self.transport, data, True)
 
-    def _idle_check(self) -> None:
-        busy = self.cycle is not None and not self.cycle.response_complete
-        if self._active or busy:
-            self._active = False
-            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
-            return
-        self._idle_timer = None
-        self.timeout_keep_alive_handler()
+    def _write_and_close(self, data: bytes) -> None:
+        self._batch.flush()  # the answers gathered in this turn first: they may be this connection's
+        super()._write_and_close(data)
+
+    def _request_incomplete(self) -> bool:
+        return self._fast or super()._request_incomplete()

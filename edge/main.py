@@ -21,12 +21,16 @@ from uvicorn.supervisors import multiprocess
 from contract.config import ENV_DATA, Config, ConfigError
 from edge.est_codec import csrattrs_der
 
+_FAST_LANE = "edge.fastlane:OCSPHttpToolsProtocol"
+_ASGI_ONLY = "edge.http_protocol:EdgeHttpProtocol"
+
 
 def _options(config: Config, log_level: str) -> dict[str, Any]:
     return {
         "loop": "uvloop",
-        # The fast lane answers OCSP straight from the parser; everything else is ASGI as usual.
-        "http": "edge.fastlane:OCSPHttpToolsProtocol" if config.edge.fast_lane else "edge.fastlane:TlsScopeProtocol",
+        # The fast lane answers OCSP straight from the parser; everything else is ASGI as usual. Both
+        # bound a request's size and time (edge.http_protocol).
+        "http": _FAST_LANE if config.edge.fast_lane else _ASGI_ONLY,
         "lifespan": "on",
         "access_log": False,
         "server_header": False,

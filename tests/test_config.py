@@ -220,6 +220,14 @@ def test_env_override_on_a_malformed_section_is_a_config_error(tmp_path: Path) -
 # ---------------------------------------------------------------------------- validation
 
 
+def test_the_head_bound_must_hold_the_longest_get_the_edge_reads(tmp_path: Path) -> None:
+    assert Config().edge.max_head_bytes == 65536
+    write(tmp_path, "[edge]\nmax_request_bytes = 30000\n")  # GET paths up to 90,000 bytes
+    with pytest.raises(ConfigError, match=r"edge\.max_head_bytes .* at least 91024"):
+        load_config(tmp_path, {})
+    assert load_config(tmp_path, {"PKI_EDGE_EDGE_MAX_HEAD_BYTES": "91024"}).edge.max_head_bytes == 91024
+
+
 @pytest.mark.parametrize("algorithms", [["md5"], ["sha1", "sha224"], ["SHA256"], [""], []])
 def test_invalid_hash_algorithms(tmp_path: Path, algorithms: list[str]) -> None:
     write(tmp_path, f"[signer]\nhash_algorithms = {algorithms!r}\n")

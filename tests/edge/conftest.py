@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asn1crypto import core as asn1_core
@@ -227,3 +230,38 @@ def make_pki() -> Pki:
 @pytest.fixture(scope="session")
 def pki() -> Pki:
     return make_pki()
+
+
+# ---------------------------------------------------------------------------- running edges
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, x509.Certificate]:
+    """A signed store (serial 1 good, 2 revoked) and its CA, one per test module."""
+    from tests.edge.edges import signed_store
+
+    data = tmp_path_factory.mktemp("edges")
+    return data, signed_store(data)
+
+
+@pytest.fixture(scope="module")
+def servers(store: tuple[Path, x509.Certificate]) -> Iterator[list[str]]:
+    """The fast lane's and the ASGI path's edge on ``store``, in subprocesses."""
+    from tests.edge.edges import edge_servers
+
+    yield from edge_servers(store[0])
+
+
+@pytest.fixture(scope="module")
+def app(store: tuple[Path, x509.Certificate]) -> Iterator[Any]:
+    """One application for the in-process tests: LMDB allows one environment per file and process."""
+    from contract.config import Config
+    from edge.app import create_app
+
+    saved = os.environ.get("PKI_EDGE_DATA")
+    os.environ["PKI_EDGE_DATA"] = str(store[0])
+    try:
+        yield create_app(Config())
+    finally:
+        if saved is None:
+            os.environ.pop("PKI_EDGE_DATA")
+        else:
+            os.environ["PKI_EDGE_DATA"] = saved

@@ -5,80 +5,20 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import itertools
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
 
 from contract.config import Config
-from signer.inventory import revoke
 from signer.registry import create_ca
 from signer.state import SignerStore
+from tests.edge.edges import InProcessEdge, exchange, read_answers, request, run
 from tests.signed_store import add_devices, drain
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    data = tmp_path_factory.mktemp("fastlane")
-    st = SignerStore(data, Config())
-    now = dt.datetime.now(dt.UTC)
-    issuer = create_ca(st, "ca", "ec-p256", 30, None, None, now)
-    add_devices(st, issuer, (1, 2), now)
-    revoke(st, issuer, 2, 1, int(now.timestamp()))
-    drain(st)
-    st.close()
-    return data, x509.load_der_x509_certificate(issuer.cert_der)
-
-
-@pytest.fixture(scope="module")
-def servers(store):
-    data, _ = store
-    procs, urls = [], []
-    for fast in ("true", "false"):
-        port = free_port()
-        env = {**os.environ, "PKI_EDGE_EDGE_FAST_LANE": fast}
-        cmd = [sys.executable, "-m", "signer.cli", "--data", str(data), "edge", "--port", str(port)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        urls.append(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 20
-    for url in urls:
-        while True:
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "edge did not start"
-            time.sleep(0.1)
-    yield urls
-    for p in procs:
-        p.terminate()
-        assert p.wait(15) in (0, -15)  # uvicorn re-raises SIGTERM after its graceful shutdown
-
-
-def request(ca, serial, algorithm=None, nonce=False) -> bytes:
-    algorithm = algorithm or hashes.SHA1()
-    cert_like = ocsp.OCSPRequestBuilder()
-    from edge.source import issuer_hashes
-
-    name_hash, key_hash = issuer_hashes(ca.public_bytes(serialization.Encoding.DER), algorithm.name)
-    builder = cert_like.add_certificate_by_hash(name_hash, key_hash, serial, algorithm)
-    if nonce:
-        builder = builder.add_extension(x509.OCSPNonce(b"n" * 16), critical=False)
-    return builder.build().public_bytes(serialization.Encoding.DER)
 
 
 def comparable(headers: httpx.Headers) -> dict[str, str]:
@@ -185,114 +125,16 @@ def test_fast_lane_reads_a_post_body_arriving_in_pieces(store, servers):
     assert ocsp.load_der_ocsp_response(data.split(b"\r\n\r\n", 1)[1]).serial_number == 2
 
 
-class _InProcessEdge:
-    """The fast lane protocol under a real event loop and sockets, with a short keep-alive."""
-
-    def __init__(self, app, keep_alive: float) -> None:
-        from uvicorn.config import Config as UvicornConfig
-        from uvicorn.server import ServerState
-
-        from edge.fastlane import OCSPHttpToolsProtocol
-
-        self.config = UvicornConfig(app, timeout_keep_alive=keep_alive, proxy_headers=False, log_level="warning")
-        self.config.load()
-        self.state = ServerState()
-        self.protocol_class = OCSPHttpToolsProtocol
-        self.protocols: list[OCSPHttpToolsProtocol] = []
-
-    def factory(self, loop):
-        def make():
-            protocol = self.protocol_class(config=self.config, server_state=self.state, app_state={}, _loop=loop)
-            assert protocol._ocsp is not None  # the fast lane, not the ASGI way
-            self.protocols.append(protocol)
-            return protocol
-
-        return make
-
-
-@pytest.fixture(scope="module")
-def app(store):
-    """One application for the in-process tests: LMDB allows one environment per file and process."""
-    from edge.app import create_app
-
-    data, _ = store
-    saved = os.environ.get("PKI_EDGE_DATA")
-    os.environ["PKI_EDGE_DATA"] = str(data)
-    try:
-        yield create_app(Config())
-    finally:
-        if saved is None:
-            os.environ.pop("PKI_EDGE_DATA")
-        else:
-            os.environ["PKI_EDGE_DATA"] = saved
-
-
-def _run(coro):
-    import asyncio
-
-    return asyncio.run(coro)
-
-
-def test_idle_connections_close_between_one_and_two_keep_alive_timeouts(store, app):
-    import asyncio
-
-    _, ca = store
-    der = request(ca, 1)
-    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(der), der)
-    edge = _InProcessEdge(app, keep_alive=0.3)
-
-    async def answer(reader, writer) -> bytes:
-        writer.write(post)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
-        await reader.readexactly(length)
-        return head
-
-    async def scenario() -> tuple[float, float, bool]:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(edge.factory(loop), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
-        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
-        assert (await answer(idle_reader, idle_writer)).startswith(b"HTTP/1.1 200")
-        idle_since = loop.time()
-
-        async def closed_at() -> float:
-            assert await idle_reader.read() == b""  # the server closed it
-            return loop.time()
-
-        watcher = asyncio.create_task(closed_at())
-        # The busy connection asks every 0.1 s for about three keep-alive periods and stays open.
-        busy_until = idle_since + 0.9
-        while loop.time() < busy_until:
-            await answer(busy_reader, busy_writer)
-            await asyncio.sleep(0.1)
-        idle_closed = await asyncio.wait_for(watcher, 5)
-        busy_open = not busy_reader.at_eof()
-        for w in (idle_writer, busy_writer):
-            w.close()
-        server.close()
-        return idle_since, idle_closed, busy_open
-
-    idle_since, idle_closed, busy_open = _run(scenario())
-    assert busy_open
-    # Closed after one keep-alive period of silence at the earliest, two at the latest (with slack
-    # for a loaded machine on the late side only).
-    assert 0.3 <= idle_closed - idle_since < 0.6 + 0.3, idle_closed - idle_since
-
-
 def test_graceful_shutdown_sends_the_answers_already_gathered(store, app):
     import asyncio
 
     _, ca = store
     der = request(ca, 1)
     post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(der), der)
-    edge = _InProcessEdge(app, keep_alive=5)
+    edge = InProcessEdge(app, keep_alive=5)
 
     async def scenario() -> bytes:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(edge.factory(loop), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        server, port = await edge.serve()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(post * 2)
         await writer.drain()
@@ -305,28 +147,8 @@ def test_graceful_shutdown_sends_the_answers_already_gathered(store, app):
         server.close()
         return received
 
-    received = _run(scenario())
+    received = run(scenario())
     assert received.count(b"HTTP/1.1 200 OK") == 2
-
-
-def _read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
-    """``count`` HTTP answers (head, body) read off ``sock`` in order, by their Content-Length."""
-    data, answers = b"", []
-    deadline = time.monotonic() + 15
-    while len(answers) < count:
-        head_end = data.find(b"\r\n\r\n")
-        if head_end >= 0:
-            head = data[:head_end]
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            if len(data) >= head_end + 4 + length:
-                answers.append((head, data[head_end + 4 : head_end + 4 + length]))
-                data = data[head_end + 4 + length :]
-                continue
-        assert time.monotonic() < deadline, (answers, data)
-        chunk = sock.recv(65536)
-        assert chunk, (answers, data)
-        data += chunk
-    return answers
 
 
 def test_requests_behind_a_live_signed_one_are_answered_after_it(store, servers):
@@ -346,7 +168,7 @@ def test_requests_behind_a_live_signed_one_are_answered_after_it(store, servers)
         s.sendall(
             post % (len(several), several) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + post % (len(single), single)
         )
-        answers = _read_answers(s, 3)
+        answers = read_answers(s, 3)
     (live_head, live_body), (health_head, health_body), (single_head, single_body) = answers
     assert live_head.startswith(b"HTTP/1.1 503") and live_body == bytes.fromhex("30030a0103"), answers[0]
     assert health_head.startswith(b"HTTP/1.1 200") and health_body.strip() == b"ok", answers[1]
@@ -387,23 +209,9 @@ def test_write_batch_writes_in_order_at_the_end_of_the_turn_and_skips_gone_clien
         await asyncio.sleep(0)
         return during, log
 
-    during, log = _run(scenario())
+    during, log = run(scenario())
     assert during == []
     assert log == [("a", b"1"), ("b", b"2"), ("b", b"<close>"), ("a", b"3")]
-
-
-def _exchange(port: int, data: bytes) -> tuple[bytes, bool]:
-    """What the server sends back for ``data``, and whether it then closed the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        received = b""
-        s.settimeout(1.5)
-        try:
-            while chunk := s.recv(65536):
-                received += chunk
-        except TimeoutError:
-            return received, False
-    return received, True
 
 
 @pytest.mark.parametrize(
@@ -424,7 +232,7 @@ def test_both_paths_keep_alive_alike(store, servers, version: bytes, headers: by
     for method, body in ((b"GET " + path, b""), (b"POST /ocsp", der)):
         message = method + b" " + version + b"\r\nHost: x\r\n" + headers
         message += b"Content-Length: %d\r\n\r\n%s" % (len(body), body) if body else b"\r\n"
-        answers = [_exchange(int(url.rsplit(":", 1)[1]), message) for url in servers]
+        answers = [exchange(int(url.rsplit(":", 1)[1]), message) for url in servers]
         for received, closed in answers:
             assert received.startswith(b"HTTP/1.1 200 OK"), received[:100]
             assert closed is closes
@@ -435,7 +243,7 @@ def test_both_paths_keep_alive_alike(store, servers, version: bytes, headers: by
 
 def test_both_paths_refuse_an_invalid_request_alike(servers) -> None:
     for url in servers:
-        received, closed = _exchange(int(url.rsplit(":", 1)[1]), b"GET / HTTP/1.1\r\nHost x\r\n\r\n")
+        received, closed = exchange(int(url.rsplit(":", 1)[1]), b"GET / HTTP/1.1\r\nHost x\r\n\r\n")
         assert received.startswith(b"HTTP/1.1 400 Bad Request") and received.endswith(b"Invalid HTTP request received.")
         assert closed
 
@@ -449,7 +257,7 @@ def test_both_paths_answer_an_absolute_form_or_query_target(store, servers, targ
     message = b"GET " + target.replace(b"{path}", path) + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     bodies = []
     for url in servers:
-        received, _ = _exchange(int(url.rsplit(":", 1)[1]), message)
+        received, _ = exchange(int(url.rsplit(":", 1)[1]), message)
         assert received.startswith(b"HTTP/1.1 200 OK"), received[:200]
         bodies.append(received.split(b"\r\n\r\n", 1)[1])
         assert ocsp.load_der_ocsp_response(bodies[-1]).serial_number == 1
@@ -461,12 +269,11 @@ def test_a_store_failing_under_a_running_server_answers_try_later_on_both_paths(
     import asyncio
     import logging
 
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
     from edge.answer import TRY_LATER
     from edge.app import build_app
     from edge.clock import SystemClock
     from edge.fastlane import OCSPHttpToolsProtocol
+    from edge.http_protocol import EdgeHttpProtocol
     from edge.metrics import CounterMetrics
     from edge.source import LmdbSource
 
@@ -494,13 +301,9 @@ def test_a_store_failing_under_a_running_server_answers_try_later_on_both_paths(
         return head, body
 
     async def scenario() -> dict[tuple[str, str, bool], tuple[bytes, bytes]]:
-        loop = asyncio.get_running_loop()
         ports = {}
-        for path_name, protocol_class in (("fast lane", OCSPHttpToolsProtocol), ("ASGI", HttpToolsProtocol)):
-            edge = _InProcessEdge(app, keep_alive=5)
-            edge.protocol_class = protocol_class
-            server = await loop.create_server(_factory(edge, loop), "127.0.0.1", 0)
-            ports[path_name] = server.sockets[0].getsockname()[1]
+        for path_name, protocol_class in (("fast lane", OCSPHttpToolsProtocol), ("ASGI", EdgeHttpProtocol)):
+            _, ports[path_name] = await InProcessEdge(app, 5, protocol_class).serve()
         answers = {}
         for failing in (False, True):
             if failing:
@@ -510,7 +313,7 @@ def test_a_store_failing_under_a_running_server_answers_try_later_on_both_paths(
                     answers[(path_name, method, failing)] = await ask(port, data)
         return answers
 
-    answers = _run(scenario())
+    answers = run(scenario())
     for (path_name, method, failing), (head, body) in answers.items():
         if not failing:
             assert head.startswith(b"HTTP/1.1 200"), (path_name, method, head)
@@ -518,15 +321,6 @@ def test_a_store_failing_under_a_running_server_answers_try_later_on_both_paths(
             continue
         assert head.startswith(b"HTTP/1.1 503"), (path_name, method, head)
         assert body == TRY_LATER and b"retry-after: " in head.lower(), (path_name, method, head)
-
-
-def _factory(edge: _InProcessEdge, loop):
-    """Protocols of ``edge.protocol_class`` (the fast lane's, or uvicorn's own for the ASGI path)."""
-
-    def make():
-        return edge.protocol_class(config=edge.config, server_state=edge.state, app_state={}, _loop=loop)
-
-    return make
 
 
 @pytest.mark.parametrize(
@@ -547,7 +341,7 @@ def test_both_paths_answer_an_upgrade_request_alike(store, servers, headers: byt
     message = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
     bodies = []
     for url in servers:
-        received, _ = _exchange(int(url.rsplit(":", 1)[1]), message)
+        received, _ = exchange(int(url.rsplit(":", 1)[1]), message)
         assert received.startswith(status), received[:200]
         bodies.append(received.split(b"\r\n\r\n", 1)[1])
     assert bodies[0] == bodies[1]

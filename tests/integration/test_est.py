@@ -218,6 +218,15 @@ def test_ra_not_authorised_for_a_label_is_refused(est: Est) -> None:
     assert status == 403 and b"may not enroll" in answer
 
 
+def test_https_refuses_headers_past_the_bound_with_431(est: Est) -> None:
+    """Over TLS too (no half-close there: the refusal is read before the connection closes)."""
+    headers = est.work / "big-headers.txt"
+    headers.write_bytes(b"".join(b"X-Filler-%d: %s\n" % (n, b"f" * 1000) for n in range(500)))
+    url = f"https://127.0.0.1:{est.tls_port}/.well-known/est/root/cacerts"
+    assert est.curl(url, "-H", f"@{headers}", expect_status=None)[0] == 431
+    assert est.curl(url)[0] == 200  # the edge serves on
+
+
 def test_https_with_several_edge_workers(est: Est) -> None:
     """--workers 2 with --tls-port: each worker serves both ports; SIGTERM stops them all."""
     http_port, tls_port = free_port(), free_port()

@@ -1,0 +1,204 @@
+"""The edge's HTTP/1.1 connections: uvicorn's httptools protocol, bounded in size and time.
+
+uvicorn with httptools bounds neither a request's head nor the time a connection may take to send one
+(measured on one edge worker: a 1 GB header block took 1.2 GB of its memory; a 200 MB URL sent in pieces
+took 21 s of its CPU, every other client waiting; a connection that sent nothing, or half a request,
+stayed open for good). Every connection of the edge, on either port and either path, gets here:
+
+- a bound on a request's head (request line and headers, ``edge.max_head_bytes``): past it the request
+  is answered 414 (the URL alone is past it) or 431 and the connection closed. It is counted for each
+  read a head does not end in, so a head that arrives whole in one read (at most what the event loop
+  reads at once, 256 kB) is not refused: memory and time stay bounded either way;
+- one timer per connection, every keep-alive timeout: a connection silent for a whole period with no
+  request in progress is closed (keep-alive); a request still incomplete at two checks in a row (after
+  one to two periods) is answered 408 and the connection closed;
+- a refusal (those and uvicorn's 400 for a request it cannot parse) is followed by a lingering close
+  (RFC 9112 §9.6): the write side is shut and what the client still sends is read and dropped for up
+  to ``LINGER_SECONDS``, so that it reads the answer instead of a connection reset;
+- the ASGI ``tls`` scope extension on TLS connections (uvicorn verifies a client certificate but does
+  not pass it on).
+
+A request's head is "in progress" while ``url`` holds anything: uvicorn's parser callbacks fill it, and
+this protocol empties it when the head is complete (unless the connection is handed to WebSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from contract.config import DEFAULT_MAX_HEAD_BYTES
+from edge.answer import render_head
+
+LINGER_SECONDS = 5.0
+
+
+class EdgeHttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_head_bytes: int = getattr(self.app, "max_head_bytes", DEFAULT_MAX_HEAD_BYTES)
+        self.url = b""
+        self.headers = []
+        self._tls_extension: dict[str, Any] | None = None
+        self._counted_head: list[tuple[bytes, bytes]] | None = None  # the headers list of the head counted
+        self._head_bytes = 0
+        self._active = False  # data arrived since the timer's last check
+        self._incomplete_at_check: list[tuple[bytes, bytes]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._refusal: bytes | None = None  # written once the answers under way are
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._timer = self.loop.call_later(self.timeout_keep_alive, self._check)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            peer = ssl_object.getpeercert(binary_form=True)
+            self._tls_extension = {
+                "server_cert": None,
+                "client_cert_chain": [ssl.DER_cert_to_PEM_cert(peer)] if peer else [],
+                "client_cert_name": None,
+                "client_cert_error": None,
+                "tls_version": None,
+                "cipher_suite": None,
+            }
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._active = True
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self.url:
+            self._head_grew(data)
+
+    def on_headers_complete(self) -> None:
+        if self._tls_extension is not None:
+            self.scope["extensions"] = {"tls": self._tls_extension}  # type: ignore[dict-item]
+        super().on_headers_complete()
+        if not (self.parser.should_upgrade() and self._should_upgrade()):  # WebSocket's handover reads it
+            self.url = b""
+
+    def _head_grew(self, data: bytes) -> None:
+        """A read ended inside a request's head: count it, and refuse the request past the bound."""
+        if self.headers is not self._counted_head:
+            # The first read this head does not end in may hold earlier requests too: what is known
+            # to be this head's is counted.
+            self._counted_head = self.headers
+            self._head_bytes = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
+        else:
+            self._head_bytes += len(data)
+        if self._head_bytes > self.max_head_bytes:
+            if len(self.url) > self.max_head_bytes:
+                self._refuse(414, "Request target too long.")
+            else:
+                self._refuse(431, "Request head too large.")
+
+    def _request_incomplete(self) -> bool:
+        """A request has begun to arrive and has not arrived whole."""
+        cycle = self.cycle
+        return bool(self.url) or (cycle is not None and cycle.more_body and not cycle.response_complete)
+
+    def _check(self) -> None:
+        """The connection's timer, every keep-alive timeout (see the module docstring)."""
+        incomplete = self._request_incomplete()
+        if incomplete and self.headers is self._incomplete_at_check:
+            self._timer = None
+            self._refuse(408, "Request not received in time.")
+            return
+        self._incomplete_at_check = self.headers if incomplete else None
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if self._active or busy or incomplete:
+            self._active = False
+            self._timer = self.loop.call_later(self.timeout_keep_alive, self._check)
+            return
+        self._timer = None
+        self.timeout_keep_alive_handler()
+
+    def _refuse(self, status: int, text: str) -> None:
+        """Answer ``status`` and close; after the answers already under way when there are some."""
+        self.logger.warning("%s (%d)", text, status)
+        self.flow.pause_reading()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.more_body and not cycle.response_started:
+            self.transport.close()  # its own request will not arrive whole: the application sees a disconnect
+            return
+        body = text.encode("ascii")
+        head = [
+            *self.server_state.default_headers,
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ]
+        self._refusal = STATUS_LINE[status] + render_head(head) + b"\r\n" + body
+        if cycle is None or cycle.response_complete:
+            self._send_refusal()
+
+    def on_response_complete(self) -> None:
+        if self._refusal is not None and not self.pipeline:  # the requests before the refused one are answered
+            self.server_state.total_requests += 1
+            self._send_refusal()
+            return
+        super().on_response_complete()
+        if self._refusal is not None:
+            self.flow.pause_reading()  # the refused head is read no further
+
+    def _send_refusal(self) -> None:
+        assert self._refusal is not None
+        refusal, self._refusal = self._refusal, None
+        self._write_and_close(refusal)
+
+    def send_400_response(self, msg: str) -> None:  # uvicorn's, for a request it cannot parse
+        self._refuse(400, msg)
+
+    def _write_and_close(self, data: bytes) -> None:
+        """Write a last answer, then hand the connection to a lingering close."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.connections.discard(self)  # uvicorn's server no longer waits for it (as after a WebSocket handover)
+        transport.write(data)
+        if transport.can_write_eof():  # not over TLS: the answer is followed by a close_notify there
+            transport.write_eof()
+        transport.set_protocol(_Lingering(transport, self.loop))
+        transport.resume_reading()
+
+
+class _Lingering(asyncio.Protocol):
+    """Reads and drops what a refused client still sends, until it closes or LINGER_SECONDS pass."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._timer = loop.call_later(LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        self._timer.cancel()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()

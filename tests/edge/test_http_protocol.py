@@ -1,0 +1,237 @@
+"""Bounds on a request's size and time, alike on both paths (real servers and sockets; in process with
+a short keep-alive for the timers)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+from cryptography.x509 import ocsp
+
+from contract.config import DEFAULT_MAX_HEAD_BYTES
+from edge.fastlane import OCSPHttpToolsProtocol
+from edge.http_protocol import EdgeHttpProtocol
+from tests.edge.edges import InProcessEdge, port_of, read_answers, request, run
+
+BIG = 1 << 20  # past the bound, and past what one read takes (256 kB)
+PIECE = 16384
+PROTOCOLS = pytest.mark.parametrize("protocol_class", [OCSPHttpToolsProtocol, EdgeHttpProtocol], ids=["fast", "asgi"])
+
+
+def ocsp_get_path(ca, serial: int = 1) -> bytes:
+    return b"/ocsp/" + base64.b64encode(request(ca, serial)).replace(b"/", b"%2F").replace(b"+", b"%2B")
+
+
+def send_then_read(port: int, pieces: list[bytes]) -> tuple[bytes, bool]:
+    """Send every piece (the server may refuse before the last: it reads on), then read to the end.
+
+    Returns what came back and whether it ended in an orderly close (not a connection reset)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            s.sendall(piece)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            return received, False
+    return received, True
+
+
+def header_lines(total: int) -> list[bytes]:
+    line = b"X-Filler: " + b"f" * 1000 + b"\r\n"
+    return [line * (PIECE // len(line))] * (total // PIECE)
+
+
+OVERSIZED = {
+    # what is sent before the head would end, in pieces; the status it earns
+    "request target": ([b"GET /ocsp/" + b"M" * (PIECE - 10)] + [b"A" * PIECE] * (BIG // PIECE), b"414"),
+    "header lines": ([b"GET /healthz HTTP/1.1\r\nHost: x\r\n", *header_lines(BIG)], b"431"),
+    "one header": ([b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "] + [b"v" * PIECE] * (BIG // PIECE), b"431"),
+}
+
+
+@pytest.mark.parametrize("kind", OVERSIZED)
+def test_both_paths_refuse_an_oversized_head_and_let_the_client_read_why(servers, kind: str) -> None:
+    pieces, status = OVERSIZED[kind]
+    for url in servers:
+        received, orderly = send_then_read(port_of(url), [*pieces, b"\r\n\r\n"])
+        assert received.startswith(b"HTTP/1.1 " + status), (url, received[:200])
+        assert b"\r\nconnection: close\r\n" in received
+        assert orderly, url  # the refusal was read in full, then the connection closed (RFC 9112 §9.6)
+
+
+def test_both_paths_answer_a_head_under_the_bound_arriving_in_pieces(store, servers) -> None:
+    _, ca = store
+    head = b"GET " + ocsp_get_path(ca) + b" HTTP/1.1\r\nHost: x\r\n" + b"".join(header_lines(3 * PIECE)) + b"\r\n"
+    assert 40000 < len(head) < DEFAULT_MAX_HEAD_BYTES
+    for url in servers:
+        with socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for start in range(0, len(head), 1000):
+                s.sendall(head[start : start + 1000])
+                time.sleep(0.001)
+            ((answer_head, body),) = read_answers(s, 1)
+        assert answer_head.startswith(b"HTTP/1.1 200 OK"), (url, answer_head)
+        assert ocsp.load_der_ocsp_response(body).serial_number == 1
+
+
+def test_an_oversized_head_is_refused_after_the_answers_of_the_requests_before_it(store, servers) -> None:
+    _, ca = store
+    answered = b"GET " + ocsp_get_path(ca) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    for url in servers:
+        pieces = [answered + b"GET /healthz HTTP/1.1\r\nHost: x\r\n", *header_lines(BIG), b"\r\n"]
+        received, orderly = send_then_read(port_of(url), pieces)
+        first, _, rest = received.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200 OK"), (url, received[:300])
+        length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        assert ocsp.load_der_ocsp_response(rest[:length]).serial_number == 1
+        assert rest[length:].startswith(b"HTTP/1.1 431"), (url, rest[length:][:100])
+        assert orderly
+
+
+def test_curl_sees_431_for_headers_past_the_bound(servers, tmp_path) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    for lines, status in ((40, "200"), (500, "431")):  # 40 kB, and 500 kB (curl sends at most 1 MB)
+        headers = tmp_path / f"headers-{lines}.txt"
+        headers.write_bytes(b"".join(b"X-Filler-%d: %s\n" % (n, b"f" * 1000) for n in range(lines)))
+        for url in servers:
+            out = subprocess.run(
+                [curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"@{headers}", url + "/healthz"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert out.stdout == status, (url, lines, out.stdout, out.stderr)
+
+
+# ---------------------------------------------------------------------------- timers (keep-alive 0.3 s)
+KEEP_ALIVE = 0.3
+SLACK = 0.4  # a loaded machine is late, never early
+
+
+async def _closed_after(port: int, sent: list[bytes], every: float) -> tuple[float, bytes]:
+    """Send the pieces ``every`` seconds apart (the last one again and again); how long until the
+    server closed the connection, and what it sent."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = loop.time()
+    reading = asyncio.ensure_future(reader.read())
+    index = 0
+    while not reading.done() and sent and loop.time() < started + 3:
+        writer.write(sent[min(index, len(sent) - 1)])
+        index += 1
+        await asyncio.wait([reading], timeout=every)
+    received = await asyncio.wait_for(reading, 5)
+    closed = loop.time() - started
+    writer.close()
+    return closed, received
+
+
+@PROTOCOLS
+def test_a_connection_that_sends_nothing_is_closed_after_one_keep_alive_timeout(app, protocol_class) -> None:
+    async def scenario() -> tuple[float, bytes]:
+        server, port = await InProcessEdge(app, KEEP_ALIVE, protocol_class).serve()
+        result = await _closed_after(port, [], 0)
+        server.close()
+        return result
+
+    closed, received = run(scenario())
+    assert received == b""
+    assert KEEP_ALIVE <= closed < KEEP_ALIVE + SLACK, closed
+
+
+@PROTOCOLS
+@pytest.mark.parametrize(
+    ("pieces", "every"),
+    [
+        ([b"GET /healthz HTTP/1.1\r\nHost: x\r\n"], 3.0),  # half a head, then silence
+        ([b"GET /healthz HTTP/1.1\r\n", b"X"], 0.05),  # a header trickling for ever (slowloris)
+    ],
+    ids=["silent", "trickling"],
+)
+def test_a_head_not_complete_at_two_checks_is_answered_408(app, protocol_class, pieces, every) -> None:
+    async def scenario() -> tuple[float, bytes]:
+        server, port = await InProcessEdge(app, KEEP_ALIVE, protocol_class).serve()
+        result = await _closed_after(port, pieces, every)
+        server.close()
+        return result
+
+    closed, received = run(scenario())
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), received
+    assert b"\r\nconnection: close\r\n" in received
+    # Incomplete at two checks one keep-alive timeout apart: after one period at the earliest.
+    assert KEEP_ALIVE <= closed < 2 * KEEP_ALIVE + SLACK, closed
+
+
+@PROTOCOLS
+def test_a_body_trickling_for_ever_is_cut_off(app, protocol_class) -> None:
+    """The fast lane reads an OCSP POST body itself: 408. On the ASGI path the application is already
+    reading it: the connection is closed under it (it sees a disconnect), nothing is sent."""
+    head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+
+    async def scenario() -> tuple[float, bytes]:
+        server, port = await InProcessEdge(app, KEEP_ALIVE, protocol_class).serve()
+        result = await _closed_after(port, [head, b"0"], 0.05)
+        server.close()
+        return result
+
+    closed, received = run(scenario())
+    if protocol_class is OCSPHttpToolsProtocol:
+        assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), received
+    else:
+        assert received == b""
+    assert KEEP_ALIVE <= closed < 2 * KEEP_ALIVE + SLACK, closed
+
+
+@PROTOCOLS
+def test_idle_connections_close_between_one_and_two_keep_alive_timeouts(store, app, protocol_class):
+    _, ca = store
+    der = request(ca, 1)
+    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(der), der)
+    edge = InProcessEdge(app, KEEP_ALIVE, protocol_class)
+
+    async def answer(reader, writer) -> bytes:
+        writer.write(post)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        return head
+
+    async def scenario() -> tuple[float, float, bool]:
+        loop = asyncio.get_running_loop()
+        server, port = await edge.serve()
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await answer(idle_reader, idle_writer)).startswith(b"HTTP/1.1 200")
+        idle_since = loop.time()
+
+        async def closed_at() -> float:
+            assert await idle_reader.read() == b""  # the server closed it
+            return loop.time()
+
+        watcher = asyncio.create_task(closed_at())
+        # The busy connection asks every 0.1 s for about three keep-alive periods and stays open.
+        busy_until = idle_since + 3 * KEEP_ALIVE
+        while loop.time() < busy_until:
+            await answer(busy_reader, busy_writer)
+            await asyncio.sleep(0.1)
+        idle_closed = await asyncio.wait_for(watcher, 5)
+        busy_open = not busy_reader.at_eof()
+        for w in (idle_writer, busy_writer):
+            w.close()
+        server.close()
+        return idle_since, idle_closed, busy_open
+
+    idle_since, idle_closed, busy_open = run(scenario())
+    assert busy_open
+    # Closed after one keep-alive period of silence at the earliest, two at the latest.
+    assert KEEP_ALIVE <= idle_closed - idle_since < 2 * KEEP_ALIVE + SLACK, idle_closed - idle_since
