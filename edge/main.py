@@ -7,7 +7,9 @@ With HTTPS, one process serves both ports from one application instance.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import resource
 import socket
 import ssl
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ def _options(config: Config, log_level: str) -> dict[str, Any]:
 
 
 def run_edge(data_dir: Path, config: Config, host: str, port: int, workers: int, log_level: str = "info") -> None:
+    raise_open_file_limit(logging.getLogger("pki_edge.edge"))
     # Workers are separate processes: each builds its app (and opens LMDB) from the environment.
     os.environ[ENV_DATA] = str(data_dir)
     for name, profile in config.profiles.items():  # a configuration error, before any worker starts
@@ -68,6 +71,30 @@ def run_edge(data_dir: Path, config: Config, host: str, port: int, workers: int,
     multiprocess.Process = _DualProcess  # type: ignore[misc]  # the supervisor's worker class, for this process
     _DualProcess.recipe = recipe
     multiprocess.Multiprocess(plain, sockets=sockets).run()
+
+
+# Linux's default ceiling of open files per process (fs.nr_open), for a hard limit of "unlimited".
+_NR_OPEN = 1 << 20
+
+
+def raise_open_file_limit(logger: logging.Logger) -> int:
+    """Lift the soft limit of open files to the hard one; the limit now in force.
+
+    Every connection takes a file descriptor, and the soft limit is often 1024 (systemd's default)
+    while the hard one, to which any process may raise it, is far higher: past the soft limit the
+    edge would turn clients away by the thousand. Workers inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _NR_OPEN if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("open files stay limited to %d: %s", soft, exc)
+            return soft
+        logger.info("open files: limit raised from %d to %d", soft, target)
+        return target
+    return soft
 
 
 @dataclass(frozen=True)
