@@ -137,6 +137,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, text: str) -> None:
         """Answer ``status`` and close; after the answers already under way when there are some."""
         self.logger.warning("%s (%d)", text, status)
+        # Nothing more of this connection is parsed, even if uvicorn resumes reading (its receive()
+        # does, for an application waiting on a request before the refused one).
+        self.parser = _Refused()  # type: ignore[assignment]
+        self.url = b""
         self.flow.pause_reading()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and cycle.more_body and not cycle.response_started:
@@ -184,6 +188,13 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             transport.write_eof()
         transport.set_protocol(_Lingering(transport, self.loop))
         transport.resume_reading()
+
+
+class _Refused:
+    """The parser of a connection whose next request was refused: what arrives is dropped."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
 
 
 class _Lingering(asyncio.Protocol):

@@ -96,6 +96,27 @@ def test_an_oversized_head_is_refused_after_the_answers_of_the_requests_before_i
         assert orderly
 
 
+def test_an_oversized_head_behind_a_live_signed_request_is_refused_after_its_answer(store, servers) -> None:
+    """Several CertIDs go to the signer workers (none run here: tryLater once the queue fails); the
+    oversized head sent behind that request is refused once its answer is out."""
+    from asn1crypto import ocsp as asn1_ocsp
+
+    _, ca = store
+    one, two = (asn1_ocsp.OCSPRequest.load(request(ca, serial)) for serial in (1, 2))
+    requests = [one["tbs_request"]["request_list"][0], two["tbs_request"]["request_list"][0]]
+    several = asn1_ocsp.OCSPRequest({"tbs_request": {"request_list": requests}}).dump()
+    live = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(several), several)
+    for url in servers:
+        # Live and the refused head together: both are read before the live answer is out.
+        pieces = [live + b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(header_lines(8 * PIECE)), b"\r\n"]
+        received, orderly = send_then_read(port_of(url), pieces)
+        first, _, rest = received.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 503"), (url, received[:300])
+        assert rest.startswith(bytes.fromhex("30030a0103"))
+        assert rest[5:].startswith(b"HTTP/1.1 431"), (url, rest[:100])
+        assert orderly
+
+
 def test_curl_sees_431_for_headers_past_the_bound(servers, tmp_path) -> None:
     curl = shutil.which("curl")
     if curl is None:
