@@ -67,10 +67,17 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             }
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._stop_timer()  # the connection is the WebSocket protocol's from now on
+        super().handle_websocket_upgrade()
+
+    def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self._active = True
@@ -179,9 +186,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         self.connections.discard(self)  # uvicorn's server no longer waits for it (as after a WebSocket handover)
         transport.write(data)
         if transport.can_write_eof():  # not over TLS: the answer is followed by a close_notify there

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import shutil
 import socket
 import subprocess
@@ -256,3 +257,35 @@ def test_idle_connections_close_between_one_and_two_keep_alive_timeouts(store, a
     assert busy_open
     # Closed after one keep-alive period of silence at the earliest, two at the latest.
     assert KEEP_ALIVE <= idle_closed - idle_since < 2 * KEEP_ALIVE + SLACK, idle_closed - idle_since
+
+
+@PROTOCOLS
+def test_a_connection_handed_to_websocket_is_no_longer_timed_by_the_http_protocol(app, protocol_class) -> None:
+    upgrade = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+
+    edge = InProcessEdge(app, 0.1, protocol_class)  # configures uvicorn's loggers: before the handler below
+
+    async def scenario() -> bytes:
+        server, port = await edge.serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(upgrade)
+        received = await asyncio.wait_for(reader.read(), 5)  # no WebSocket route: refused, closed
+        await asyncio.sleep(0.5)  # five keep-alive periods
+        writer.close()
+        server.close()
+        return received
+
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate to the root
+    logger.addHandler(handler)
+    try:
+        received = run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    assert received.startswith(b"HTTP/1.1 403"), received[:100]
+    assert not [message for message in logged if "(408)" in message], logged
