@@ -28,8 +28,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
-from asn1crypto import csr as asn1_csr
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import parser as der
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -61,8 +60,6 @@ EXTENDED_KEY_USAGES: dict[str, x509.ObjectIdentifier] = {
     "time_stamping": ExtendedKeyUsageOID.TIME_STAMPING,
     "ocsp_signing": ExtendedKeyUsageOID.OCSP_SIGNING,
 }
-_SAN_OID = "2.5.29.17"
-_EXTENSION_REQUEST_OID = "1.2.840.113549.1.9.14"
 _CURVES = {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}
 _RSA_SIZES = {2048: "rsa-2048", 3072: "rsa-3072", 4096: "rsa-4096"}
 
@@ -112,14 +109,16 @@ def requested_names(csr: x509.CertificateSigningRequest) -> RequestedNames:
             ).value
         except x509.ExtensionNotFound:
             san = None
-        info = asn1_csr.CertificationRequestInfo.load(csr.tbs_certrequest_bytes)
-        subject_der = info["subject"].dump()
+        # CertificationRequestInfo ::= SEQUENCE { version, subject Name, subjectPKInfo, attributes [0] }
+        info = _elements(csr.tbs_certrequest_bytes)
+        subject_der = info[1][0]
         san_der = None
-        for attribute in info["attributes"]:
-            if attribute["type"].dotted == _EXTENSION_REQUEST_OID:
-                for extensions in attribute["values"]:
+        for attribute, _, _ in _elements_of(info[3][2]) if len(info) > 3 else ():
+            attribute_type, values = _elements(attribute)  # Attribute ::= SEQUENCE { type, values SET OF }
+            if attribute_type[1:] == (_OID, _EXTENSION_REQUEST):
+                for extensions, _, _ in _elements(values[0]):
                     san_der = _san_der(extensions) or san_der
-    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, TypeError, IndexError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise EnrollRefused(400, f"the CSR's subject or extensions cannot be read: {_one_line(exc)}") from None
     if san is not None and len(san) == 0:
         raise EnrollRefused(400, "the CSR's subjectAltName is empty")
@@ -128,14 +127,52 @@ def requested_names(csr: x509.CertificateSigningRequest) -> RequestedNames:
 
 def certificate_names(cert: x509.Certificate) -> tuple[bytes, bytes | None]:
     """DER of a certificate's subject Name and of its SAN extnValue contents (None without one), as signed."""
-    tbs = asn1_x509.TbsCertificate.load(cert.tbs_certificate_bytes)
-    return tbs["subject"].dump(), _san_der(tbs["extensions"])
+    # TBSCertificate ::= SEQUENCE { version [0] DEFAULT v1, serialNumber, signature, issuer, validity,
+    #     subject, subjectPublicKeyInfo, issuerUniqueID [1], subjectUniqueID [2], extensions [3] }
+    tbs = _elements(cert.tbs_certificate_bytes)
+    if tbs[0][1] == _VERSION_TAG:
+        tbs = tbs[1:]  # absent in a version 1 certificate
+    extensions = next((contents for _, tag, contents in tbs[6:] if tag == _EXTENSIONS_TAG), None)
+    return tbs[4][0], _san_der(extensions) if extensions is not None else None
 
 
-def _san_der(extensions: Any) -> bytes | None:
-    for extension in extensions:
-        if extension["extn_id"].dotted == _SAN_OID:
-            return bytes(extension["extn_value"].contents)
+# (class, tag) pairs and OBJECT IDENTIFIER contents the two walks above compare with.
+_OID = (0, 6)
+_VERSION_TAG = (2, 0)  # [0] EXPLICIT
+_EXTENSIONS_TAG = (2, 3)  # [3] EXPLICIT
+_EXTENSION_REQUEST = bytes.fromhex("2a864886f70d01090e")  # 1.2.840.113549.1.9.14
+_SUBJECT_ALT_NAME = bytes.fromhex("551d11")  # 2.5.29.17
+
+DerElement = tuple[bytes, tuple[int, int], bytes]  # (whole encoding, (class, tag), contents)
+
+
+def _elements(encoded: bytes) -> list[DerElement]:
+    """The elements of one DER constructed value, with nothing after it.
+
+    Headers are read by asn1crypto's DER parser: its object model (``TbsCertificate.load`` and
+    field access) cost ~0.45 ms an enrollment, a fifth of the worker's time, for the two fields
+    issuance compares.
+    """
+    return _elements_of(der.parse(encoded, strict=True)[4])
+
+
+def _elements_of(contents: bytes) -> list[DerElement]:
+    elements = []
+    while contents:
+        class_, _, tag, header, inner, trailer = der.parse(contents)
+        size = len(header) + len(inner) + len(trailer)
+        elements.append((contents[:size], (class_, tag), inner))
+        contents = contents[size:]
+    return elements
+
+
+def _san_der(extensions: bytes) -> bytes | None:
+    """The extnValue contents of the subjectAltName in a DER Extensions, None without one."""
+    for _, _, extension in _elements(extensions):
+        # Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING }
+        class_, _, tag, _, oid, _ = der.parse(extension)
+        if (class_, tag) == _OID and oid == _SUBJECT_ALT_NAME:
+            return _elements_of(extension)[-1][2]
     return None
 
 

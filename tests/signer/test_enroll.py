@@ -394,6 +394,69 @@ def test_subject_and_san_copied_byte_for_byte(world: World) -> None:
     assert not san.critical
 
 
+NAME_SHAPES: list[tuple[str, Callable[[], bytes]]] = [
+    ("no SAN", lambda: make_csr()),
+    ("rich subject and SANs", lambda: make_csr(subject=rich_subject(), sans=RICH_SANS)),
+    (
+        "SAN among other requested extensions",
+        lambda: make_csr(
+            sans=_dns("a.example.com"),
+            extra=[x509.BasicConstraints(True, None), x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])],
+        ),
+    ),
+    ("only other extensions", lambda: make_csr(extra=[x509.BasicConstraints(False, None)])),
+    ("RSA key, long SAN", lambda: make_csr(pool_key("rsa-2048"), sans=_dns("x" * 60 + ".example.com") * 40)),
+]
+
+
+@pytest.mark.parametrize("make", [m for _, m in NAME_SHAPES], ids=[n for n, _ in NAME_SHAPES])
+def test_names_read_as_signed(world: World, make: Callable[[], bytes]) -> None:
+    """The module's DER reads of CSR and certificate agree with this file's own walk, byte for byte."""
+    csr_der = make()
+    names = enroll_module.requested_names(x509.load_der_x509_csr(csr_der))
+    assert names.subject_der == csr_subject_der(csr_der)
+    assert names.san_der == csr_san_value(csr_der)
+    cert = issue_direct(world, csr_der)
+    cert_der = cert.public_bytes(serialization.Encoding.DER)
+    assert enroll_module.certificate_names(cert) == (cert_subject_der(cert_der), cert_san_value(cert_der))
+    assert enroll_module.certificate_names(cert) == (names.subject_der, names.san_der)
+
+
+def test_names_of_a_version_1_certificate() -> None:
+    """No [0] version field: the subject is the fifth element (a v1 certificate re-signed from a v3 one)."""
+    key = pool_key("ec-p256", 53)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    v3 = build_ca(key, "old", utc(T0), utc(T0 + DAY)).public_bytes(serialization.Encoding.DER)
+    tbs, algorithm, _ = der_children(v3)
+    fields = der_children(tbs)[1:7]  # serial, signature, issuer, validity, subject, spki: no version, no extensions
+    v1_tbs = _tlv(0x30, b"".join(fields))
+    signature = key.sign(v1_tbs, ec.ECDSA(hashes.SHA256()))
+    v1 = x509.load_der_x509_certificate(_tlv(0x30, v1_tbs + algorithm + _tlv(0x03, b"\x00" + signature)))
+    assert v1.version == x509.Version.v1
+    assert enroll_module.certificate_names(v1) == (fields[4], None)
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    length = bytes((n,)) if n < 0x80 else bytes((0x81, n)) if n < 0x100 else b"\x82" + n.to_bytes(2, "big")
+    return bytes((tag,)) + length + body
+
+
+def test_hostile_der_in_names_is_a_value_error() -> None:
+    """Every truncation and a trailing byte: the DER reads raise ValueError (a 400), never anything else."""
+    csr_der = make_csr(subject=rich_subject(), sans=RICH_SANS)
+    info = der_children(csr_der)[0]
+    for cut in range(len(info)):
+        with pytest.raises(ValueError):
+            enroll_module._elements(info[:cut])
+    with pytest.raises(ValueError):
+        enroll_module._elements(info + b"\x00")
+    extensions = der_children(der_children(der_children(der_children(info)[3])[0])[1])[0]
+    for cut in range(len(extensions)):
+        with pytest.raises(ValueError):
+            enroll_module._san_der(extensions[:cut])
+
+
 def test_extensions_and_fields(world: World) -> None:
     key = pool_key("ec-p256", 2)
     cert = issue_direct(world, make_csr(key, sans=_dns("d.example.com")))
@@ -536,20 +599,15 @@ def test_names_that_would_not_copy_exactly_are_refused(world: World, monkeypatch
 def hand_made_csr(*, der_order: bool) -> bytes:
     """A CSR with a multi-valued RDN, its SET OF in DER order (OU, CN) or not (CN before the shorter OU)."""
 
-    def tlv(tag: int, body: bytes) -> bytes:
-        n = len(body)
-        length = bytes((n,)) if n < 0x80 else bytes((0x81, n)) if n < 0x100 else b"\x82" + n.to_bytes(2, "big")
-        return bytes((tag,)) + length + body
-
     key = pool_key("ec-p256", 52)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    cn = tlv(0x30, tlv(0x06, bytes.fromhex("550403")) + tlv(0x0C, b"zz"))
-    ou = tlv(0x30, tlv(0x06, bytes.fromhex("55040b")) + tlv(0x0C, b"a"))
-    info = tlv(0x30, b"\x02\x01\x00" + tlv(0x30, tlv(0x31, ou + cn if der_order else cn + ou)) + spki + b"\xa0\x00")
+    cn = _tlv(0x30, _tlv(0x06, bytes.fromhex("550403")) + _tlv(0x0C, b"zz"))
+    ou = _tlv(0x30, _tlv(0x06, bytes.fromhex("55040b")) + _tlv(0x0C, b"a"))
+    info = _tlv(0x30, b"\x02\x01\x00" + _tlv(0x30, _tlv(0x31, ou + cn if der_order else cn + ou)) + spki + b"\xa0\x00")
     signature = key.sign(info, ec.ECDSA(hashes.SHA256()))
-    algorithm = tlv(0x30, tlv(0x06, bytes.fromhex("2a8648ce3d040302")))
-    return tlv(0x30, info + algorithm + tlv(0x03, b"\x00" + signature))
+    algorithm = _tlv(0x30, _tlv(0x06, bytes.fromhex("2a8648ce3d040302")))
+    return _tlv(0x30, info + algorithm + _tlv(0x03, b"\x00" + signature))
 
 
 def test_non_der_subject_is_refused(world: World) -> None:
