@@ -492,13 +492,13 @@ ROLES = ("edge", "signer", "workers", "other")
 def role(cmdline: str) -> str:
     """Which part of ``pki-edge up`` a process is, from its command line (NUL-separated as in /proc)."""
     args = cmdline.split("\0")
-    if any("multiprocessing.spawn" in a for a in args):
+    if "signer.worker" in args:
         return "workers"  # the signer's worker processes (they hold the keys and sign)
     if "edge" in args:
         return "edge"
     if "signer" in args:
         return "signer"  # the background signer and the job server
-    return "other"  # the supervisor, multiprocessing's resource tracker
+    return "other"  # the supervisor
 
 
 def cpu_by_role(root: int) -> dict[str, float]:

@@ -125,8 +125,18 @@ def frame(payload: bytes) -> bytes:
     return _FRAME.pack(len(payload)) + payload
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
-    size = _FRAME.unpack(await reader.readexactly(_FRAME.size))[0]
-    if size > MAX_FRAME_BYTES:
+FRAME_HEADER_BYTES = _FRAME.size
+
+
+def frame_size(header: bytes, limit: int = MAX_FRAME_BYTES) -> int:
+    """The length a frame's header announces; ValueError past ``limit`` (or for a short header)."""
+    if len(header) != _FRAME.size:
+        raise ValueError("truncated frame header")
+    size: int = _FRAME.unpack(header)[0]
+    if size > limit:
         raise ValueError(f"frame of {size} bytes is over the limit")
-    return await reader.readexactly(size)
+    return size
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME_BYTES) -> bytes:
+    return await reader.readexactly(frame_size(await reader.readexactly(_FRAME.size), limit))

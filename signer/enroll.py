@@ -455,20 +455,193 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def enroll(st: SignerStore, config: Config, job: EnrollJob, load_ca: LoadCA, now: int) -> Issued | Refused:
+Outcome = Issued | IssuedWithKey | Refused  # what an issuing job answers
+Stored = Outcome | Exception  # a job's outcome once stored, or why it could not be
+
+
+class Signed(NamedTuple):
+    """A certificate signed for a job, waiting for the write transaction that makes it durable.
+
+    Everything slow (the CSR's signature check, the certificate's signature) is done before
+    any transaction, so a batch of jobs holds the store's write lock only for their OCSP
+    signatures and one commit.
+    """
+
+    job: str  # "enroll", "reenroll" or "serverkeygen", for the log line
+    issuer: IssuerRecord
+    cert: x509.Certificate
+    response_signer: ResponseSigner
+    result: Issued | IssuedWithKey
+    requester: str
+    replaces: x509.Certificate | None = None  # re-enroll: the current certificate
+    revoke_replaced: bool = False
+
+
+def enroll(st: SignerStore, config: Config, job: EnrollJob, load_ca: LoadCA, now: int) -> Outcome:
     """simpleenroll (RFC 7030 §4.2.1): the CSR's key, subject and SAN, from CA ``job.ca``."""
+    return _store_one(st, config, sign_enroll(st, config, job, load_ca, now), now)
+
+
+def reenroll(st: SignerStore, config: Config, job: ReenrollJob, load_ca: LoadCA, now: int) -> Outcome:
+    """simplereenroll (RFC 7030 §4.2.2): renew (same key) or re-key ``job.current_cert_der``.
+
+    The current certificate must come from CA ``job.ca``, be valid now and not revoked;
+    the CSR's subject and SAN must be byte-identical to it. With ``revoke_superseded`` the
+    old serial is revoked (superseded) in the transaction that stores the new certificate.
+    """
+    return _store_one(st, config, sign_reenroll(st, config, job, load_ca, now), now)
+
+
+def serverkeygen(st: SignerStore, config: Config, job: ServerKeygenJob, load_ca: LoadCA, now: int) -> Outcome:
+    """serverkeygen (RFC 7030 §4.4): a key of ``profile.serverkeygen_key_type``, returned as unencrypted PKCS#8 DER.
+
+    The CSR gives subject and SAN only: its key and signature are ignored (§4.4.1), but it must parse.
+    """
+    return _store_one(st, config, sign_serverkeygen(st, config, job, load_ca, now), now)
+
+
+def sign_enroll(st: SignerStore, config: Config, job: EnrollJob, load_ca: LoadCA, now: int) -> Signed | Refused:
     try:
         issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
         profile = config.profile(issuer.name)
         csr = load_csr(job.csr_der)
         names = check_csr(csr, profile)
         cert = build_certificate(names, csr.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
-        issue_and_store(st, issuer, cert, response_signer, config, now, signed_here=True)
     except EnrollRefused as exc:
         _logger.info("enroll refused (CA %s, %s): %d %s", job.ca, job.requester, exc.status, exc.message)
         return Refused(exc.status, exc.message)
-    _logger.info("CA %s issued serial %X to %s (enroll)", issuer.name, cert.serial_number, job.requester)
-    return Issued(_der(cert))
+    return Signed("enroll", issuer, cert, response_signer, Issued(_der(cert)), job.requester)
+
+
+def sign_reenroll(st: SignerStore, config: Config, job: ReenrollJob, load_ca: LoadCA, now: int) -> Signed | Refused:
+    try:
+        issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
+        profile = config.profile(issuer.name)
+        csr = load_csr(job.csr_der)
+        try:
+            current = x509.load_der_x509_certificate(job.current_cert_der)
+        except ValueError:
+            raise EnrollRefused(403, "the current certificate cannot be parsed") from None
+        _check_current(current, ca_cert, issuer.name, now)
+        names = check_csr(csr, profile)
+        try:
+            current_names = certificate_names(current)
+        except ValueError:
+            raise EnrollRefused(403, "the current certificate's subject or extensions cannot be read") from None
+        if (names.subject_der, names.san_der) != current_names:
+            raise EnrollRefused(403, "re-enroll must keep the subject and subjectAltName")
+        cert = build_certificate(names, csr.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
+    except EnrollRefused as exc:
+        _logger.info("re-enroll refused (CA %s): %d %s", job.ca, exc.status, exc.message)
+        return Refused(exc.status, exc.message)
+    return Signed("reenroll", issuer, cert, response_signer, Issued(_der(cert)), "", current, profile.revoke_superseded)
+
+
+def sign_serverkeygen(
+    st: SignerStore, config: Config, job: ServerKeygenJob, load_ca: LoadCA, now: int
+) -> Signed | Refused:
+    try:
+        issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
+        profile = config.profile(issuer.name)
+        names = requested_names(load_csr(job.csr_der))
+        check_names(names, profile)
+        try:
+            key = generate_key(profile.serverkeygen_key_type)
+        except KeyError_ as exc:
+            raise SignerError(f"profile serverkeygen_key_type: {exc}") from None
+        cert = build_certificate(names, key.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
+    except EnrollRefused as exc:
+        _logger.info("serverkeygen refused (CA %s, %s): %d %s", job.ca, job.requester, exc.status, exc.message)
+        return Refused(exc.status, exc.message)
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return Signed("serverkeygen", issuer, cert, response_signer, IssuedWithKey(_der(cert), pkcs8), job.requester)
+
+
+def store_signed(txn: Any, st: SignerStore, config: Config, signed: Signed, now: int) -> None:
+    """Inside the write ``txn``: ``signed`` in the inventory with its OCSP responses.
+
+    Raises EnrollRefused before writing anything when the job can no longer be granted (the
+    current certificate of a re-enroll was revoked meanwhile: checked here, inside the write
+    transaction, so a revocation cannot slip in between). Any other exception may leave
+    writes behind in ``txn``: the caller must then abort it.
+    """
+    old_key = old = None
+    if signed.replaces is not None:
+        old_key = store.inventory_key(signed.issuer.number, store.serial_key(signed.replaces.serial_number))
+        old = _check_not_revoked(txn, st, old_key, signed.issuer.name)
+    _store_issued(txn, st, signed.issuer, signed.cert, signed.response_signer, config, now, signed_here=True)
+    if old is not None and old_key is not None and signed.revoke_replaced:
+        revoked = msgspec.structs.replace(old, revoked_at=now, reason=REASON_SUPERSEDED)
+        txn.put(old_key, store.CERT_ENCODER.encode(revoked), db=st.inventory)
+        txn.put(store.pending_key(store.PRIORITY_REVOCATION, old_key), b"", db=st.pending)
+
+
+def store_batch(st: SignerStore, config: Config, batch: list[Signed], now: int) -> list[Stored]:
+    """Store every certificate of ``batch`` in one write transaction: one commit, one fsync.
+
+    Returns each job's result (Refused when ``store_signed`` refused it). When storing one of
+    them fails otherwise, the shared transaction is dropped and each is stored on its own, so
+    that one failure costs only its own job; that job's exception is raised in its place in
+    the list (as the exception object), for the caller to report.
+    """
+    results: list[Stored] = []
+    try:
+        with st.env.begin(write=True) as txn:
+            for signed in batch:
+                try:
+                    store_signed(txn, st, config, signed, now)
+                except EnrollRefused as exc:
+                    results.append(_refused(signed, exc))
+                else:
+                    results.append(signed.result)
+    except Exception:
+        if len(batch) == 1:
+            raise
+        _logger.warning("storing a batch of %d certificates failed: storing each on its own", len(batch))
+        return [_store_alone(st, config, signed, now) for signed in batch]
+    for signed, result in zip(batch, results, strict=True):
+        if not isinstance(result, Refused):
+            _log_issued(signed)
+    return results
+
+
+def _store_alone(st: SignerStore, config: Config, signed: Signed, now: int) -> Stored:
+    try:
+        with st.env.begin(write=True) as txn:
+            store_signed(txn, st, config, signed, now)
+    except EnrollRefused as exc:
+        return _refused(signed, exc)
+    except Exception as exc:
+        return exc
+    _log_issued(signed)
+    return signed.result
+
+
+def _store_one(st: SignerStore, config: Config, signed: Signed | Refused, now: int) -> Outcome:
+    if isinstance(signed, Refused):
+        return signed
+    result = store_batch(st, config, [signed], now)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _refused(signed: Signed, exc: EnrollRefused) -> Refused:
+    _logger.info("%s refused (CA %s): %d %s", signed.job, signed.issuer.name, exc.status, exc.message)
+    return Refused(exc.status, exc.message)
+
+
+def _log_issued(signed: Signed) -> None:
+    serial = signed.cert.serial_number
+    if signed.replaces is None:
+        _logger.info("CA %s issued serial %X to %s (%s)", signed.issuer.name, serial, signed.requester, signed.job)
+        return
+    kind = "renewal" if signed.replaces.public_key() == signed.cert.public_key() else "re-key"
+    _logger.info(
+        "CA %s issued serial %X replacing %X (%s)", signed.issuer.name, serial, signed.replaces.serial_number, kind
+    )
 
 
 def _check_current(current: x509.Certificate, ca_cert: x509.Certificate, ca_name: str, now: int) -> None:
@@ -488,74 +661,3 @@ def _check_not_revoked(txn: Any, st: SignerStore, inv_key: bytes, ca_name: str) 
     if record.revoked_at is not None:
         raise EnrollRefused(403, "the current certificate is revoked")
     return record
-
-
-def reenroll(st: SignerStore, config: Config, job: ReenrollJob, load_ca: LoadCA, now: int) -> Issued | Refused:
-    """simplereenroll (RFC 7030 §4.2.2): renew (same key) or re-key ``job.current_cert_der``.
-
-    The current certificate must come from CA ``job.ca``, be valid now and not revoked;
-    the CSR's subject and SAN must be byte-identical to it. With ``revoke_superseded`` the
-    old serial is revoked (superseded) in the transaction that stores the new certificate.
-    """
-    try:
-        issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
-        profile = config.profile(issuer.name)
-        csr = load_csr(job.csr_der)
-        try:
-            current = x509.load_der_x509_certificate(job.current_cert_der)
-        except ValueError:
-            raise EnrollRefused(403, "the current certificate cannot be parsed") from None
-        _check_current(current, ca_cert, issuer.name, now)
-        names = check_csr(csr, profile)
-        try:
-            current_names = certificate_names(current)
-        except ValueError:
-            raise EnrollRefused(403, "the current certificate's subject or extensions cannot be read") from None
-        if (names.subject_der, names.san_der) != current_names:
-            raise EnrollRefused(403, "re-enroll must keep the subject and subjectAltName")
-        cert = build_certificate(names, csr.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
-        old_key = store.inventory_key(issuer.number, store.serial_key(current.serial_number))
-        with st.env.begin(write=True) as txn:
-            # Checked inside the write transaction: a revocation cannot slip in between.
-            old = _check_not_revoked(txn, st, old_key, issuer.name)
-            _store_issued(txn, st, issuer, cert, response_signer, config, now, signed_here=True)
-            if profile.revoke_superseded:
-                revoked = msgspec.structs.replace(old, revoked_at=now, reason=REASON_SUPERSEDED)
-                txn.put(old_key, store.CERT_ENCODER.encode(revoked), db=st.inventory)
-                txn.put(store.pending_key(store.PRIORITY_REVOCATION, old_key), b"", db=st.pending)
-    except EnrollRefused as exc:
-        _logger.info("re-enroll refused (CA %s): %d %s", job.ca, exc.status, exc.message)
-        return Refused(exc.status, exc.message)
-    kind = "renewal" if current.public_key() == cert.public_key() else "re-key"
-    _logger.info(
-        "CA %s issued serial %X replacing %X (%s)", issuer.name, cert.serial_number, current.serial_number, kind
-    )
-    return Issued(_der(cert))
-
-
-def serverkeygen(
-    st: SignerStore, config: Config, job: ServerKeygenJob, load_ca: LoadCA, now: int
-) -> IssuedWithKey | Refused:
-    """serverkeygen (RFC 7030 §4.4): a key of ``profile.serverkeygen_key_type``, returned as unencrypted PKCS#8 DER.
-
-    The CSR gives subject and SAN only: its key and signature are ignored (§4.4.1), but it must parse.
-    """
-    try:
-        issuer, ca_cert, ca_key, response_signer = _issuing_ca(st, job.ca, load_ca, now)
-        profile = config.profile(issuer.name)
-        names = requested_names(load_csr(job.csr_der))
-        check_names(names, profile)
-        try:
-            key = generate_key(profile.serverkeygen_key_type)
-        except KeyError_ as exc:
-            raise SignerError(f"profile serverkeygen_key_type: {exc}") from None
-        cert = build_certificate(names, key.public_key(), ca_cert, ca_key, profile, issuer.ocsp_url, now)
-        issue_and_store(st, issuer, cert, response_signer, config, now, signed_here=True)
-    except EnrollRefused as exc:
-        _logger.info("serverkeygen refused (CA %s, %s): %d %s", job.ca, job.requester, exc.status, exc.message)
-        return Refused(exc.status, exc.message)
-    _logger.info("CA %s issued serial %X to %s (serverkeygen)", issuer.name, cert.serial_number, job.requester)
-    pkcs8 = key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return IssuedWithKey(_der(cert), pkcs8)

@@ -1,12 +1,12 @@
 """The signer's job server: the embedded backend of the edge's job queue.
 
 It listens on a Unix socket in the signer's side of the data directory and
-runs each job in a pool of worker processes that hold the CA keys. Bounded:
-at most ``max_queue`` jobs are accepted and unfinished at once; past that a
-job is answered ``Busy`` at once, so the edge fails fast with 503. A worker
-that dies takes only its own jobs with it (answered ``Busy``); the pool is
-rebuilt for the next ones. A job's certificate is in the inventory before
-its result is sent, so nothing acknowledged is ever lost.
+runs each job in a pool of worker processes that hold the CA keys
+(``signer.worker_pool``). Bounded: at most ``max_queue`` jobs are accepted and
+unfinished at once; past that a job is answered ``Busy`` at once, so the edge
+fails fast with 503. A worker that dies takes only its own jobs with it
+(answered ``Busy``) and is replaced. A job's certificate is in the inventory
+before its result is sent, so nothing acknowledged is ever lost.
 """
 
 from __future__ import annotations
@@ -16,35 +16,27 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from contract import jobs
-
-ExecutorFactory = Callable[[], Executor]
-JobFunction = Callable[[jobs.Job, float], jobs.Result]  # (job, deadline) -> result
+from signer.worker_pool import WorkerPool
 
 
 class JobServer:
     def __init__(
         self,
         socket: Path,
-        make_executor: ExecutorFactory,
-        run_job: JobFunction,
+        pool: WorkerPool,
         max_queue: int,
         retry_after: int,
         logger: logging.Logger,
     ) -> None:
         self._socket = socket
-        self._make_executor = make_executor
-        self._run_job = run_job
+        self._pool = pool
         self._max_queue = max_queue
         self._retry_after = retry_after
         self._logger = logger
-        self._executor: Executor | None = None
         self._accepted = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -54,7 +46,7 @@ class JobServer:
         """Serve until ``stop`` is set, then finish the jobs already accepted."""
         with contextlib.suppress(FileNotFoundError):
             self._socket.unlink()  # a stale socket left by a killed signer
-        self._executor = self._make_executor()
+        await self._pool.start()
         server = await asyncio.start_unix_server(self._connection, path=str(self._socket))
         os.chmod(self._socket, 0o660)
         self._logger.info("job server listening on %s", self._socket)
@@ -71,7 +63,7 @@ class JobServer:
                 reader.cancel()
             if self._readers:
                 await asyncio.wait(self._readers, timeout=5)
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            await self._pool.close()
             with contextlib.suppress(FileNotFoundError):
                 self._socket.unlink()
 
@@ -109,17 +101,8 @@ class JobServer:
         if self._accepted >= self._max_queue or time.time() >= deadline:
             return jobs.Busy(self._retry_after)
         self._accepted += 1
-        executor = self._executor
-        assert executor is not None
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, self._run_job, job, deadline)
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory): its jobs were not acknowledged.
-            self._logger.error("a signer worker died; restarting the pool")
-            if self._executor is executor:
-                executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = self._make_executor()
-            return jobs.Busy(self._retry_after)
+            return await self._pool.run(job, deadline)
         except Exception:
             self._logger.exception("job %s failed", type(job).__name__)
             return jobs.Busy(self._retry_after)

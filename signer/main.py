@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-import multiprocessing
 import os
 import random
 import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import FrameType
 
@@ -24,7 +22,7 @@ from signer.jobserver import JobServer
 from signer.precompute import Clock, Precomputer
 from signer.registry import load_response_signer
 from signer.state import SignerError, SignerStore, signer_dir
-from signer.worker import init_worker, run_job
+from signer.worker_pool import ProcessPool, worker_command
 
 
 def _hold_lock(data_dir: Path) -> int:
@@ -69,22 +67,9 @@ class JobServerThread:
     """The job server's event loop, beside the precompute loop, with its pool of worker processes."""
 
     def __init__(self, data_dir: Path, config: Config, logger: logging.Logger) -> None:
-        def make_executor() -> ProcessPoolExecutor:
-            return ProcessPoolExecutor(
-                max_workers=config.workers.count,
-                mp_context=multiprocessing.get_context("spawn"),  # workers open the store themselves
-                initializer=init_worker,
-                initargs=(str(data_dir),),
-            )
-
-        self._server = JobServer(
-            socket_path(data_dir),
-            make_executor,
-            run_job,
-            config.workers.max_queue,
-            config.est.retry_after_seconds,
-            logger,
-        )
+        retry_after = config.est.retry_after_seconds
+        pool = ProcessPool(worker_command(data_dir), config.workers.count, retry_after, logger)
+        self._server = JobServer(socket_path(data_dir), pool, config.workers.max_queue, retry_after, logger)
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="job-server", daemon=True)

@@ -1,8 +1,13 @@
 """A signer worker process: runs signing jobs with the CA keys it holds.
 
-Started by the job server's process pool (spawned, so it opens the store
-itself rather than inheriting a handle). Keys are loaded on first use and
-reloaded when the registry changes.
+Started by the job server's pool (``signer.worker_pool``) as ``python -m signer.worker
+DATA_DIR``: a process of its own, which opens the store itself. It reads batches of jobs
+from stdin and writes their results to stdout, one frame each, until stdin ends. Keys are
+loaded on first use and reloaded when the registry changes.
+
+A batch's certificates are all signed first, then stored in one write transaction: the
+store's write lock is held only for their OCSP signatures, and one commit (one fsync)
+makes the whole batch durable before any result leaves.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -23,6 +30,7 @@ from signer.keys import SigningKey
 from signer.ocsp_der import CertStatus, ResponseSigner
 from signer.registry import load_ca_key, load_response_signer
 from signer.state import SignerError, SignerStore
+from signer.worker_pool import ITEMS_DECODER, MAX_BATCH_FRAME_BYTES, RESULTS_ENCODER, WorkItem
 
 LoadedCA = tuple[x509.Certificate, SigningKey, ResponseSigner]
 
@@ -35,6 +43,7 @@ class Worker:
         self._generation = -1
         self._loaded: dict[str, LoadedCA] = {}
         self._signers: dict[int, ResponseSigner] = {}
+        self._busy = jobs.Busy(config.est.retry_after_seconds)
 
     def _refresh(self) -> None:
         generation = self._st.registry_generation()
@@ -56,14 +65,49 @@ class Worker:
         return loaded
 
     def run(self, job: jobs.Job) -> jobs.Result:
+        """One job, alone in its batch."""
+        return self.run_batch([WorkItem(job, float("inf"))])[0]
+
+    def run_batch(self, items: Sequence[WorkItem]) -> list[jobs.Result]:
+        """Each item's result, in order. A job past its deadline is neither started nor stored."""
         self._refresh()
         now = int(time.time())
+        results: list[jobs.Result] = [self._busy] * len(items)
+        signed: list[tuple[int, enroll.Signed]] = []
+        for index, item in enumerate(items):
+            if time.time() >= item.deadline:
+                continue  # the edge answered 503: nothing may be issued for it
+            try:
+                outcome = self._sign(item.job, now)
+            except Exception:
+                self._logger.exception("job %s failed", type(item.job).__name__)
+                continue
+            if isinstance(outcome, enroll.Signed):
+                signed.append((index, outcome))
+            else:
+                results[index] = outcome
+        # Signing a batch takes time: the jobs whose client stopped waiting meanwhile are not stored.
+        late = time.time()
+        signed = [(index, s) for index, s in signed if late < items[index].deadline]
+        if signed:
+            try:
+                stored = enroll.store_batch(self._st, self._config, [s for _, s in signed], now)
+            except Exception as exc:  # a batch of one, failing
+                stored = [exc]
+            for (index, _), result in zip(signed, stored, strict=True):
+                if isinstance(result, Exception):
+                    self._logger.error("storing a certificate failed", exc_info=result)
+                else:
+                    results[index] = result
+        return results
+
+    def _sign(self, job: jobs.Job, now: int) -> enroll.Signed | jobs.Result:
         if isinstance(job, jobs.EnrollJob):
-            return enroll.enroll(self._st, self._config, job, self.load_ca, now)
+            return enroll.sign_enroll(self._st, self._config, job, self.load_ca, now)
         if isinstance(job, jobs.ReenrollJob):
-            return enroll.reenroll(self._st, self._config, job, self.load_ca, now)
+            return enroll.sign_reenroll(self._st, self._config, job, self.load_ca, now)
         if isinstance(job, jobs.ServerKeygenJob):
-            return enroll.serverkeygen(self._st, self._config, job, self.load_ca, now)
+            return enroll.sign_serverkeygen(self._st, self._config, job, self.load_ca, now)
         return self.live_ocsp(job, now)
 
     def live_ocsp(self, job: jobs.LiveOcspJob, now: int) -> jobs.Result:
@@ -91,24 +135,32 @@ class Worker:
         return jobs.OcspSigned(signer.sign_multi_response(singles, now, this_update, next_update))
 
 
-_worker: Worker | None = None
-
-
-def init_worker(data_dir: str) -> None:
-    """Process-pool initializer: the parent handles signals; the worker opens its own store."""
-    global _worker
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve batches from stdin until it ends (the pool closed it, or the signer died)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) != 1:
+        print("usage: python -m signer.worker DATA_DIR", file=sys.stderr)
+        return 2
+    # The signer handles signals; its pool ends us by closing our stdin, after the batch under way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    path = Path(data_dir)
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must never corrupt the frames
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    path = Path(args[0])
     config = load_config(path)
     os.nice(config.workers.nice)  # relative to the signer's own priority
-    _worker = Worker(path, config, logging.getLogger("pki_edge.worker"))
+    worker = Worker(path, config, logging.getLogger("pki_edge.worker"))
+    while header := requests.read(jobs.FRAME_HEADER_BYTES):
+        size = jobs.frame_size(header, MAX_BATCH_FRAME_BYTES)
+        payload = requests.read(size)
+        if len(payload) != size:
+            return 1  # the pool went away mid-frame
+        results = worker.run_batch(ITEMS_DECODER.decode(payload))
+        replies.write(jobs.frame(RESULTS_ENCODER.encode(results)))
+        replies.flush()
+    return 0
 
 
-def run_job(job: jobs.Job, deadline: float) -> jobs.Result:
-    """Run one job, unless the edge has stopped waiting for it (then nothing is issued)."""
-    assert _worker is not None, "init_worker was not run in this process"
-    if time.time() >= deadline:
-        return jobs.Busy(1)
-    return _worker.run(job)
+if __name__ == "__main__":
+    sys.exit(main())

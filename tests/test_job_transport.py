@@ -1,6 +1,6 @@
 """The embedded job backend end to end: edge.jobqueue.UnixSocketQueue <-> signer.jobserver.JobServer
-over a real Unix socket, with a thread pool and fake job functions (worker processes are exercised
-by the integration tests)."""
+over a real Unix socket, with a thread pool and fake job functions (the worker processes are
+exercised in tests/signer/test_worker_pool.py and the integration tests)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,26 @@ def echo(job: jobs.Job, deadline: float) -> jobs.Result:
     return jobs.Issued(cert_der=job.csr_der + b"!")
 
 
+class ThreadPool:
+    """The job server's WorkerPool seam, with threads running a plain job function."""
+
+    def __init__(self, run_job: Callable[[jobs.Job, float], jobs.Result], threads: int) -> None:
+        self._run_job = run_job
+        self._executor = ThreadPoolExecutor(threads)
+
+    async def start(self) -> None:
+        pass
+
+    async def run(self, job: jobs.Job, deadline: float) -> jobs.Result:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_job, job, deadline)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 async def with_server(sock: Path, run_job, body, max_queue: int = 8, workers: int = 4):
     stop = asyncio.Event()
-    server = JobServer(sock, lambda: ThreadPoolExecutor(workers), run_job, max_queue, 7, LOG)
+    server = JobServer(sock, ThreadPool(run_job, workers), max_queue, 7, LOG)
     serving = asyncio.create_task(server.serve(stop))
     for _ in range(100):
         if sock.exists():
@@ -174,7 +191,7 @@ def test_a_job_whose_client_gave_up_is_never_run(tmp_path):
     ran: list[jobs.Job] = []
 
     def one_at_a_time(job: jobs.Job, deadline: float) -> jobs.Result:
-        if time.time() >= deadline:  # what signer.worker.run_job checks before running
+        if time.time() >= deadline:  # what signer.worker.Worker.run_batch checks before running
             return jobs.Busy(1)
         ran.append(job)
         release.wait(5)

@@ -116,8 +116,7 @@ def test_process_roles() -> None:
     python = "/v/bin/python"
     assert est.role(f"{python}\0-m\0signer.cli\0--data\0/d\0edge\0--host\0127.0.0.1\0") == "edge"
     assert est.role(f"{python}\0-m\0signer.cli\0--data\0/d\0signer\0") == "signer"
-    spawn = f"{python}\0-B\0-c\0from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5)\0"
-    assert est.role(spawn) == "workers"
+    assert est.role(f"{python}\0-m\0signer.worker\0/d\0") == "workers"
     assert est.role(f"{python}\0/v/bin/pki-edge\0--data\0/tmp/edge\0up\0") == "other"
     shares = est.split_shares({"edge": 1.0, "workers": 2.0}, {"edge": 2.0, "workers": 5.0, "signer": 0.0})
     assert shares == {"edge": 0.25, "signer": 0.0, "workers": 0.75, "other": 0.0}

@@ -272,7 +272,7 @@ DMS1_ENROLL = ("--cert", "dms1.pem", "--key", "dms1.key", "-H", "Content-Type: a
 
 
 def _enroll_until_workers_run(est: Est, name: str, cn: str) -> tuple[str, tuple[str | Path, ...], Path, list[int]]:
-    """One enrollment (the pool starts its workers on the first job); the URL, curl arguments, CSR
+    """One enrollment (the workers have run a job); the URL, curl arguments, CSR
     and worker process ids, for tests that then act on the workers."""
     body = csr(est, name, cn)
     base = f"{est.https}/.well-known/est/root/simpleenroll"
@@ -287,8 +287,7 @@ def _signer_workers(est: Est) -> list[int]:
     return [
         pid
         for pid in _descendants(est.server.proc.pid)
-        if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"\0-m\0signer.worker\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
 
 
