@@ -100,11 +100,16 @@ class ProcessPool:
         return await future
 
     async def close(self) -> None:
-        """Let the batches under way finish, then end every worker (EOF on its stdin)."""
+        """Let the jobs accepted finish, then end every worker (EOF on its stdin); kill what hangs."""
         self._closing = True
         self._work.set()
         if self._tasks:
-            await asyncio.wait(self._tasks)
+            _, hanging = await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
+            if hanging:
+                for proc in self._procs.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()  # its batch is answered Busy
+                await asyncio.wait(self._tasks)
         while self._queue:
             _, future = self._queue.popleft()
             if not future.done():
@@ -129,8 +134,9 @@ class ProcessPool:
                 await asyncio.sleep(RESTART_DELAY_S)
                 continue
             self._procs[index] = proc
+            exited = asyncio.ensure_future(proc.wait())
             try:
-                failed = await self._feed(proc)
+                failed = await self._feed(proc, exited)
             finally:
                 del self._procs[index]
                 await self._end(proc)
@@ -141,10 +147,10 @@ class ProcessPool:
                 if not self._closing and time.monotonic() - started < RESTART_DELAY_S:
                     await asyncio.sleep(RESTART_DELAY_S)
 
-    async def _feed(self, proc: asyncio.subprocess.Process) -> bool:
+    async def _feed(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> bool:
         """Hand ``proc`` batches until the pool closes (False) or the worker fails (True: its batch got Busy)."""
         assert proc.stdin is not None and proc.stdout is not None
-        while (batch := await self._next_batch()) is not None:
+        while (batch := await self._next_batch(exited)) is not None:
             try:
                 proc.stdin.write(jobs.frame(ITEMS_ENCODER.encode([item for item, _ in batch])))
                 await proc.stdin.drain()
@@ -163,17 +169,20 @@ class ProcessPool:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
-        return False
+        return exited.done()  # died while idle, or the pool is closing
 
-    async def _next_batch(self) -> list[Waiting] | None:
-        """The jobs waiting, up to MAX_BATCH and this worker's share of them; None once closing and idle."""
+    async def _next_batch(self, exited: asyncio.Future[int]) -> list[Waiting] | None:
+        """The jobs waiting, up to MAX_BATCH and this worker's share of them; None once closing and idle,
+        or as soon as the idle worker has died (so that it is replaced before a job is lost to it)."""
         self._idle += 1
         try:
-            while not self._queue:
-                if self._closing:
+            while exited.done() or not self._queue:
+                if self._closing or exited.done():
                     return None
                 self._work.clear()
-                await self._work.wait()
+                woken = asyncio.ensure_future(self._work.wait())
+                await asyncio.wait((woken, exited), return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
             share = -(-len(self._queue) // self._idle)  # the free workers split what is waiting
             take = min(MAX_BATCH, share)
             return [self._queue.popleft() for _ in range(take)]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -20,6 +22,7 @@ from cryptography import x509
 
 from contract import jobs, store
 from contract.config import Config
+from signer import worker_pool
 from signer.registry import create_ca
 from signer.state import SignerStore
 from signer.worker_pool import MAX_BATCH, RESTART_DELAY_S, ProcessPool, worker_command
@@ -197,3 +200,42 @@ def test_a_batch_of_the_largest_jobs_fits_its_frame() -> None:
 
     results, batches = asyncio.run(scenario())
     assert [issued_to(r)[0] for r in results] == big and batches == 1
+
+
+def test_a_worker_dying_while_idle_is_replaced_before_the_next_job(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> tuple[int, list[int], jobs.Result]:
+        pool = fake_pool()
+        await pool.start()
+        try:
+            await submit_all(pool, [b"warm"])
+            [victim] = pool.worker_pids()
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(100):  # replaced without a job to notice it
+                await asyncio.sleep(0.05)
+                if pool.worker_pids() and pool.worker_pids() != [victim]:
+                    break
+            return victim, pool.worker_pids(), await pool.run(job(b"next"), time.time() + 30)
+        finally:
+            await pool.close()
+
+    with caplog.at_level(logging.ERROR, logger=LOG.name):
+        victim, pids, result = asyncio.run(scenario())
+    assert len(pids) == 1 and pids != [victim]
+    assert issued_to(result) == (b"next", str(pids[0]).encode())  # not Busy: no job was lost to the dead one
+    assert f"pid {victim}) ended with exit code -9" in caplog.text
+
+
+def test_close_kills_a_worker_that_hangs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_pool, "STOP_GRACE_S", 0.5)
+
+    async def scenario() -> tuple[jobs.Result, float]:
+        pool = ProcessPool([sys.executable, "-c", "import time; time.sleep(60)"], 1, 7, LOG)
+        await pool.start()
+        stuck = asyncio.ensure_future(pool.run(job(b"x"), time.time() + 60))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await pool.close()
+        return await stuck, time.monotonic() - started
+
+    result, waited = asyncio.run(scenario())
+    assert result == jobs.Busy(7) and waited < 5
