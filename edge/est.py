@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from contract import jobs
 from contract.config import Config
-from contract.store import IssuerRecord
+from contract.store import IssuerRecord, RaRecord
 from edge import est_auth
 from edge.est_codec import (
     EST_PKCS7_CONTENT_TYPE,
@@ -100,6 +100,8 @@ class EstService:
         self._kdf_slots = asyncio.Semaphore(2)
         # Checked once at startup: a bad csrattrs entry is a configuration error, not a request error.
         self._csrattrs = {name: csrattrs_der(profile.csrattrs) for name, profile in config.profiles.items()}
+        self._ras: list[RaRecord] | None = None
+        self._directory = est_auth.RaDirectory([])
 
     def routes(self) -> list[BaseRoute]:
         routes: list[BaseRoute] = []
@@ -165,6 +167,13 @@ class EstService:
 
     # --- pieces -------------------------------------------------------------------------------
 
+    def _ra_directory(self) -> est_auth.RaDirectory:
+        """Rebuilt only when the source reads the RAs again (a registry change), not per request."""
+        ras = self._source.registration_authorities()
+        if ras is not self._ras:
+            self._ras, self._directory = ras, est_auth.RaDirectory(ras)
+        return self._directory
+
     def _secure(self, request: Request) -> bool:
         if request.scope.get("scheme") == "https":
             return True
@@ -210,8 +219,7 @@ class EstService:
     async def _authorise_enrollment(self, request: Request, ca: IssuerRecord, cert: x509.Certificate | None) -> str:
         """An RA authorised for this CA (by its certificate), or an EST user of this label (Basic)."""
         if cert is not None:
-            directory = est_auth.RaDirectory(self._source.registration_authorities())
-            decision = directory.authorise(cert, ca.name, self._now(), self._source.is_revoked)
+            decision = self._ra_directory().authorise(cert, ca.name, self._now(), self._source.is_revoked)
             if decision.authorised:
                 return f"ra:{decision.ra}"
             if decision.ra is not None:  # a known RA, but not for this CA, or revoked/expired

@@ -133,6 +133,7 @@ class LmdbSource:
         # would cost more than the rest of the request).
         self._ca_certs: list[tuple[int, x509.Certificate]] = []
         self._issuers_of: dict[bytes, tuple[int, ...]] = {}
+        self._ras: list[store.RaRecord] | None = None  # read once per registry generation
 
     def open(self) -> bool:
         """Open the store if it exists; True when open. Called at worker start and retried."""
@@ -173,6 +174,7 @@ class LmdbSource:
         self.issuers = {record.name: record for record in records}
         self._ca_certs = [(record.number, x509.load_der_x509_certificate(record.cert_der)) for record in records]
         self._issuers_of = {}
+        self._ras = None
         self._generation = generation
         self._logger.info("issuer registry generation %d: %d issuers", generation, len(records))
         for listener in self._registry_listeners:
@@ -197,13 +199,22 @@ class LmdbSource:
             return txn.get(key)
 
     def registration_authorities(self) -> list[store.RaRecord]:
+        """The registered RAs, read once per registry generation (adding or removing one bumps it).
+
+        The same list object until then: callers may key their own derived state on it, and must
+        not change it.
+        """
         if self._env is None and not self.open():
             raise Unavailable("store not created yet")
         assert self._env is not None
-        if self._dbs[store.DB_RAS] is None:
-            return []
-        with self._env.begin(db=self._dbs[store.DB_RAS]) as txn:
-            return [store.RA_DECODER.decode(value) for _, value in txn.cursor()]
+        self.refresh_issuers()
+        if self._ras is None:
+            if self._dbs[store.DB_RAS] is None:
+                self._ras = []
+            else:
+                with self._env.begin(db=self._dbs[store.DB_RAS]) as txn:
+                    self._ras = [store.RA_DECODER.decode(value) for _, value in txn.cursor()]
+        return self._ras
 
     def est_user(self, label: str, name: str) -> store.EstUserRecord | None:
         """The Basic credentials of ``name`` on ``label``; None for any name no key can hold."""

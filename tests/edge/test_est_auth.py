@@ -355,6 +355,22 @@ def test_read_ras(env, pki):
     assert source(e).registration_authorities() == [ras[1], ras[0]]
 
 
+def test_ras_are_read_once_per_registry_generation(env, pki):
+    """Not once per request: `ra add` and `ra remove` bump the registry generation, and that is what
+    makes the edge read them again (the EST path then rebuilds its directory, not per request)."""
+    e, dbs = env
+    src = source(e)
+    before = src.registration_authorities()
+    assert src.registration_authorities() is before
+    ra = RaRecord("a", der(pki.leaf), ["ca1"])
+    with e.begin(write=True) as txn:
+        txn.put(b"a", store.RA_ENCODER.encode(ra), db=dbs[store.DB_RAS])
+    assert src.registration_authorities() is before == []  # written without a bump: not seen yet
+    with e.begin(write=True) as txn:
+        txn.put(store.META_REGISTRY_GENERATION, store.pack_u64(1), db=dbs[store.DB_META])
+    assert src.registration_authorities() == [ra]
+
+
 def test_revocation_lookup(env, pki):
     e, dbs = env
     issuer = IssuerRecord(number=3, name="ca", cert_der=der(pki.ca), signing="ca")

@@ -492,6 +492,21 @@ def test_revoked_ra_is_refused(main: Est) -> None:
     expect(reply, 403, "RA dms2: certificate revoked", main)
 
 
+def test_removed_ra_is_refused_and_added_again_works(main: Est) -> None:
+    """The running edge reads the RAs once per registry generation: `ra remove` and `ra add` bump it."""
+    pki_edge(main.data, "issue", "root", "--cn", "dms3", "--out", main.work)
+    dms3 = ("--cert", str(main.work / "dms3.pem"), "--key", str(main.work / "dms3.key"))
+    pki_edge(main.data, "ra", "add", "dms3", "--cert", main.work / "dms3.pem", "--cas", "root")
+    main.enroll("by-dms3", "device-dms3", *dms3)
+    csr = main.work / "by-dms3.b64"
+    pki_edge(main.data, "ra", "remove", "dms3")
+    with main.nothing_issued():
+        reply = main.post(f"{EST}/root/simpleenroll", csr, *dms3)
+    expect(reply, 403, "not a registration authority", main)
+    pki_edge(main.data, "ra", "add", "dms3", "--cert", main.work / "dms3.pem", "--cas", "root")
+    main.enroll("by-dms3-again", "device-dms3", *dms3)
+
+
 def test_expired_device_certificate_is_refused_at_the_tls_handshake(main: Est) -> None:
     """Python's TLS layer verifies client certificates it is offered (CERT_OPTIONAL): an expired one
     ends the connection before any HTTP answer. curl reports a TLS/receive error and no status."""
