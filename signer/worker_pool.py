@@ -19,7 +19,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -60,14 +59,8 @@ class WorkerPool(Protocol):
 
 
 def worker_command(data_dir: Path) -> list[str]:
+    """Found as the signer found its own modules: the same interpreter, environment and directory."""
     return [sys.executable, "-m", "signer.worker", str(data_dir)]
-
-
-def _worker_env() -> dict[str, str]:
-    """The parent's environment, with this checkout importable even when it is not installed."""
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root + os.pathsep + path if path else root}
 
 
 Waiting = tuple[WorkItem, "asyncio.Future[jobs.Result]"]
@@ -126,7 +119,6 @@ class ProcessPool:
                     *self._command,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
-                    env=_worker_env(),
                     process_group=0,  # a terminal's Ctrl-C is the signer's to handle; we end workers by EOF
                 )
             except OSError as exc:
