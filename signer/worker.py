@@ -144,8 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The signer handles signals; its pool ends us by closing our stdin, after the batch under way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print must never corrupt the frames
+    # The frames go out on a private copy of stdout; descriptor 1 itself now leads to stderr, so that
+    # nothing else written there (a print, a C library's message) can corrupt them.
+    requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     path = Path(args[0])
     config = load_config(path)

@@ -239,3 +239,37 @@ def test_close_kills_a_worker_that_hangs(caplog: pytest.LogCaptureFixture, monke
 
     result, waited = asyncio.run(scenario())
     assert result == jobs.Busy(7) and waited < 5
+
+
+NOISY_WORKER = """
+import os, sys
+from signer import worker
+real = worker.Worker.run_batch
+def noisy(self, items):
+    os.write(1, b"noise on descriptor 1\\n")  # as a C library would
+    print("noise from print")
+    return real(self, items)
+worker.Worker.run_batch = noisy
+sys.exit(worker.main(sys.argv[1:]))
+"""
+
+
+def test_writes_to_stdout_inside_a_worker_do_not_corrupt_its_frames(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"
+    with SignerStore(data_dir, Config()) as st:
+        create_ca(st, "ca", "ec-p256", 30, None, None, dt.datetime.now(dt.UTC))
+
+    async def scenario() -> list[jobs.Result]:
+        pool = ProcessPool([sys.executable, "-c", NOISY_WORKER, str(data_dir)], 1, 7, LOG)
+        await pool.start()
+        try:
+            return await submit_all(pool, [device_csr(1), device_csr(2)], timeout=60)
+        finally:
+            await pool.close()
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, jobs.Issued) for r in results), results
+    err = capfd.readouterr().err  # the worker's stderr (inherited): where descriptor 1 now leads
+    assert "noise on descriptor 1" in err and "noise from print" in err
