@@ -64,10 +64,6 @@ class Worker:
             self._loaded[record.name] = loaded
         return loaded
 
-    def run(self, job: jobs.Job) -> jobs.Result:
-        """One job, alone in its batch."""
-        return self.run_batch([WorkItem(job, float("inf"))])[0]
-
     def run_batch(self, items: Sequence[WorkItem]) -> list[jobs.Result]:
         """Each item's result, in order. A job past its deadline is neither started nor stored."""
         self._refresh()

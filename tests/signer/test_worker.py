@@ -91,7 +91,7 @@ def test_a_batch_is_stored_in_one_transaction(ca_worker: Worker) -> None:
 
 
 def test_refusals_in_a_batch_cost_only_their_own_job(ca_worker: Worker, data_dir: Path) -> None:
-    first = ca_worker.run(jobs.EnrollJob("ca", device_csr(1), "ra"))
+    [first] = ca_worker.run_batch([item(jobs.EnrollJob("ca", device_csr(1), "ra"))])
     assert isinstance(first, jobs.Issued)
     st = ca_worker._st
     revoke(st, st.issuer("ca"), x509.load_der_x509_certificate(first.cert_der).serial_number, 1, int(NOW.timestamp()))
