@@ -90,6 +90,11 @@ class ResponseSigner:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
             raise ValueError("the signing key does not match the responder certificate")
+        # No response signed here may outlive the certificate that vouches for its signature (a
+        # client rejects it once that certificate has expired, RFC 6960 §4.2.2.2): the signer caps
+        # nextUpdate at valid_until and signs nothing outside these bounds.
+        self.valid_from = int(signer_cert.not_valid_before_utc.timestamp())
+        self.valid_until = int(signer_cert.not_valid_after_utc.timestamp())
         self._key = key
         self._hash = signature_hash(key)
         self._sign = signer_for(key, self._hash)

@@ -66,17 +66,6 @@ class _Puts(NamedTuple):
         return cls(*(txn.cursor(db=db).put for db in (st.responses, st.schedule, st.refresh)))
 
 
-class _Unsigned(NamedTuple):
-    """One response waiting for its signature in a chunk."""
-
-    signer: ResponseSigner
-    key: bytes  # in the responses table
-    tbs: bytes  # the ResponseData to sign
-    refresh_at: int
-    serve_until: int
-    revoked: bool
-
-
 class _Times(NamedTuple):
     """What every response signed at one instant shares, encoded once per batch."""
 
@@ -87,6 +76,28 @@ class _Times(NamedTuple):
     good: bytes  # DER certStatus good, thisUpdate, nextUpdate
     last_modified: bytes
     expires: bytes
+
+
+@functools.lru_cache(maxsize=64)  # a batch shares its few (times, certificate end) pairs
+def _capped(times: _Times, next_update: int) -> _Times:
+    """``times`` with nextUpdate brought forward to ``next_update``."""
+    return times._replace(
+        next_update=next_update,
+        good=status_and_times(CertStatus(), times.this_update, next_update),
+        expires=http_date(next_update),
+    )
+
+
+class _Unsigned(NamedTuple):
+    """One response waiting for its signature in a chunk."""
+
+    signer: ResponseSigner
+    key: bytes  # in the responses table
+    tbs: bytes  # the ResponseData to sign
+    times: _Times
+    refresh_at: int
+    serve_until: int
+    revoked: bool
 
 
 class Precomputer:
@@ -138,6 +149,14 @@ class Precomputer:
                 self._load_failed = True
                 self._logger.error("CA %s: cannot load its OCSP signing key: %s", record.name, exc)
         self._retry_load_at = now + RETRY_UNSIGNABLE_SECONDS
+        for number, signer in signers.items():
+            if signer.valid_until - now < 2 * self._validity:
+                self._logger.warning(
+                    "issuer %d: the certificate signing its OCSP responses expires at %s: responses are cut short"
+                    " to it, and none is signed after it; give it a successor (pki-edge ca responder)",
+                    number,
+                    http_date(signer.valid_until).decode(),
+                )
         self._signers = signers
         self._unsignable_logged = set()
         self._generation = generation
@@ -180,9 +199,9 @@ class Precomputer:
                     txn.delete(pkey, db=st.pending)
                 handled += 1
                 if len(chunk) * self._signature_seconds >= SIGN_CHUNK_SECONDS:
-                    self._sign_and_put(puts, times, chunk)
+                    self._sign_and_put(puts, chunk)
                     chunk = []
-            self._sign_and_put(puts, times, chunk)
+            self._sign_and_put(puts, chunk)
             if handled:
                 txn.put(store.META_LAST_SIGNED_AT, store.pack_u64(now), db=st.meta)
         return handled + swept
@@ -210,7 +229,7 @@ class Precomputer:
         puts, times = _Puts.of(txn, self._st), self._times(now)
         chunk: list[_Unsigned] = []
         self._prepare(txn, puts, times, chunk, inv_key, signer)
-        self._sign_and_put(puts, times, chunk)
+        self._sign_and_put(puts, chunk)
 
     def _times(self, now: int) -> _Times:
         this_update = now - self._config.backdate_seconds
@@ -256,18 +275,26 @@ class Precomputer:
             txn.delete(inv_key, db=st.refresh)
             return
         signer = signer or self._signers.get(issuer_number)
-        if signer is None:
-            # The CA's key cannot be loaded now: keep what is stored (the edge stops serving
-            # it at nextUpdate) and retry later rather than block the other work.
+        if signer is None or not signer.valid_from <= now < signer.valid_until:
+            # The CA's key cannot be loaded now, or the certificate that signs its responses is
+            # expired (or not valid yet): keep what is stored (the edge stops serving it at
+            # nextUpdate) and retry later rather than block the other work.
             retry_at = now + RETRY_UNSIGNABLE_SECONDS
             txn.put(store.schedule_key(retry_at, inv_key), b"", db=st.schedule)
             txn.put(inv_key, store.pack_u64(retry_at), db=st.refresh)
             if issuer_number not in self._unsignable_logged:
                 self._unsignable_logged.add(issuer_number)
-                self._logger.error("issuer %d has no usable signer: its serials wait", issuer_number)
+                why = "no usable signer" if signer is None else "the certificate signing its responses is not valid now"
+                self._logger.error("issuer %d: %s: its serials wait", issuer_number, why)
             return
         this_update = times.this_update
         refresh_at = this_update + int(self._refresh_after - self._spread(serial_k) * self._jitter)
+        if signer.valid_until < times.next_update:
+            # Cut short to the signing certificate: refreshed at the same fraction of what is left,
+            # so that a successor certificate takes over before the response goes stale.
+            times = _capped(times, signer.valid_until)
+            cut = this_update + int((times.next_update - this_update) * self._config.refresh_fraction)
+            refresh_at = max(min(refresh_at, cut), now + RETRY_UNSIGNABLE_SECONDS)
         refresh_at = min(max(refresh_at, now + 1), serve_until)
         revoked = record.revoked_at is not None
         if revoked:
@@ -276,18 +303,20 @@ class Precomputer:
             tail = times.good
         for code, prefix in self._response_prefixes(issuer_number):
             tbs = signer.response_data(code, serial_k, times.produced_at, tail)
-            chunk.append(_Unsigned(signer, prefix + serial_k, tbs, refresh_at, serve_until, revoked))
+            chunk.append(_Unsigned(signer, prefix + serial_k, tbs, times, refresh_at, serve_until, revoked))
         puts.schedule(store.schedule_key(refresh_at, inv_key), b"")
         puts.refresh(inv_key, store.pack_u64(refresh_at))
 
-    def _sign_and_put(self, puts: _Puts, times: _Times, chunk: list[_Unsigned]) -> None:
+    def _sign_and_put(self, puts: _Puts, chunk: list[_Unsigned]) -> None:
         """Sign the chunk's responses back to back, then store them."""
         started = self._clock.monotonic()
         signatures = [unsigned.signer.sign(unsigned.tbs) for unsigned in chunk]
         elapsed = self._clock.monotonic() - started
         if chunk and elapsed > 0:
             self._signature_seconds = elapsed / len(chunk)
-        for (signer, key, tbs, refresh_at, serve_until, revoked), signature in zip(chunk, signatures, strict=True):
+        for (signer, key, tbs, times, refresh_at, serve_until, revoked), signature in zip(
+            chunk, signatures, strict=True
+        ):
             der, etag = signer.response(tbs, signature)
             stored = StoredResponse(
                 der,

@@ -278,6 +278,60 @@ def test_delegated_responder_signs(st: SignerStore, data_dir: Path) -> None:
         ]
 
 
+def add_delegated(
+    setup: Setup, delegate_from: int, delegate_until: int, added_at: int = T0
+) -> tuple[store.IssuerRecord, x509.Certificate]:
+    """A CA beside setup's, whose OCSP a delegate valid [delegate_from, delegate_until) signs; serial 9 in it."""
+    ca_key, delegate_key = pool_key("ec-p256", 20), pool_key("ec-p256", 21)
+    ca_cert = build_ca(ca_key, "Delegating CA", utc(T0 - 10 * DAY), utc(T0 + 400 * DAY))
+    delegate = build_delegate(ca_cert, ca_key, delegate_key, utc(delegate_from), utc(delegate_until))
+    issuer = add_ca(setup.st, "deleg", pem(ca_cert), None, pem(delegate), key_pem(delegate_key), None, utc(added_at))
+    add_certificates(setup.st, issuer, [build_leaf(ca_cert, ca_key, 9, utc(T0 - DAY), utc(T0 + 30 * DAY))], now=T0)
+    return issuer, delegate
+
+
+def test_responses_never_outlive_the_responder_certificate(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    until = T0 + 2 * DAY  # the validity is 7 days
+    issuer, delegate = add_delegated(setup, T0 - 10 * DAY, until)
+    setup.add([1])
+    with caplog.at_level(logging.WARNING):
+        run_all(setup.precomputer())
+    assert f"issuer {issuer.number}: the certificate signing its OCSP responses expires" in caplog.text
+    got = responses(setup.st)
+    this_update = T0 - setup.st.config.signer.backdate_seconds
+    for code in (1, 2):
+        stored = got[(issuer.number, code, 9)]
+        assert stored.next_update == until
+        assert stored.expires == imf_fixdate(until)
+        assert stored.refresh_at == this_update + (until - this_update) // 2  # refresh_fraction 0.5 of what is left
+        resp = ocsp.load_der_ocsp_response(stored.der)
+        assert resp.next_update_utc == utc(until)
+        assert resp.this_update_utc == utc(this_update)
+        public = delegate.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
+        # The other CA, signing with its own key, keeps the whole validity.
+        assert got[(setup.issuer.number, code, 1)].next_update == this_update + 7 * DAY
+
+
+@pytest.mark.parametrize(
+    ("delegate_from", "delegate_until", "added_at"),
+    [(T0 - 10 * DAY, T0, T0 - DAY), (T0 + DAY, T0 + 30 * DAY, T0 + DAY)],
+    ids=["expired", "not-yet-valid"],
+)
+def test_nothing_is_signed_by_a_responder_certificate_not_valid_now(
+    setup: Setup, caplog: pytest.LogCaptureFixture, delegate_from: int, delegate_until: int, added_at: int
+) -> None:
+    issuer, _ = add_delegated(setup, delegate_from, delegate_until, added_at)
+    setup.add([1])
+    with caplog.at_level(logging.ERROR):
+        run_all(setup.precomputer())
+    got = responses(setup.st)
+    assert {(n, s) for n, _, s in got} == {(setup.issuer.number, 1)}  # the other CA is signed all the same
+    assert caplog.text.count(f"issuer {issuer.number}: the certificate signing its responses is not valid now") == 1
+    assert (T0 + 60, inv_key(issuer.number, 9)) in schedule(setup.st)  # retried later, not dropped
+
+
 # ---------------------------------------------------------------------------- order of work
 
 

@@ -11,17 +11,18 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from contract import jobs, store
 from contract.config import Config
 from signer import enroll
-from signer.inventory import revoke
-from signer.registry import create_ca, key_path
+from signer.inventory import add_certificates, revoke
+from signer.registry import add_ca, create_ca, key_path
 from signer.state import SignerError, SignerStore
 from signer.worker import Worker
 from signer.worker_pool import WorkItem
-from tests.signer.conftest import key_pem, pool_key
+from tests.signer.conftest import build_ca, build_delegate, build_leaf, key_pem, pem, pool_key
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -170,3 +171,26 @@ def test_an_exception_while_signing_costs_only_its_own_job(ca_worker: Worker, mo
         [item(jobs.EnrollJob("ca", device_csr(1), "bug")), item(jobs.EnrollJob("ca", device_csr(2), "ra"))]
     )
     assert results[0] == jobs.Busy(Config().est.retry_after_seconds) and isinstance(results[1], jobs.Issued)
+
+
+# ---------------------------------------------------------------------------- live-signed OCSP
+
+
+@pytest.mark.parametrize("expired", [False, True])
+def test_live_responses_never_outlive_the_responder_certificate(st: SignerStore, data_dir: Path, expired: bool) -> None:
+    day = dt.timedelta(days=1)
+    ca_key, delegate_key = pool_key("ec-p256", 20), pool_key("ec-p256", 21)
+    ca_cert = build_ca(ca_key, "Delegating CA", NOW - 10 * day, NOW + 400 * day)
+    until = NOW - dt.timedelta(seconds=1) if expired else NOW + day  # the validity is 7 days
+    delegate = build_delegate(ca_cert, ca_key, delegate_key, NOW - 10 * day, until)
+    issuer = add_ca(st, "deleg", pem(ca_cert), None, pem(delegate), key_pem(delegate_key), None, NOW - 2 * day)
+    leaves = [build_leaf(ca_cert, ca_key, serial, NOW - day, NOW + 30 * day) for serial in (9, 10)]
+    add_certificates(st, issuer, leaves, now=int(NOW.timestamp()))
+    refs = tuple(jobs.CertRef(issuer.number, 2, store.serial_key(serial)) for serial in (9, 10))
+    [result] = worker_for(st, data_dir).run_batch([item(jobs.LiveOcspJob(refs))])
+    if expired:
+        assert isinstance(result, jobs.Busy)  # tryLater: nothing is signed with it
+        return
+    assert isinstance(result, jobs.OcspSigned)
+    resp = ocsp.load_der_ocsp_response(result.der)
+    assert [single.next_update_utc for single in resp.responses] == [until, until]
