@@ -64,11 +64,12 @@ class IssuerRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     number: int
     name: str
     cert_der: bytes
-    signing: Literal["ca", "delegate"]
-    responder_cert_der: bytes | None = None
+    signing: Literal["ca", "delegate"]  # "ca": the signer holds the CA key (it may issue)
+    responder_cert_der: bytes | None = None  # a delegated responder signs the CA's OCSP responses
     ocsp_url: str | None = None
     parent: str | None = None
     created_at: int = 0
+    responder_minted: bool = False  # the signer issued the responder, and renews it
 
 
 class CertRecord(msgspec.Struct, frozen=True, array_like=True):

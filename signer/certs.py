@@ -105,6 +105,43 @@ def make_ca_certificate(
     return builder.sign(issuer_key, signature_hash(issuer_key))
 
 
+def make_responder_certificate(
+    ca_name: str, ca_cert: x509.Certificate, ca_key: SigningKey, key: SigningKey, days: int, now: dt.datetime
+) -> x509.Certificate:
+    """A delegated OCSP responder issued by the CA (RFC 6960 §4.2.2.2), never outliving it.
+
+    id-pkix-ocsp-nocheck (§4.2.2.2.1): clients do not ask for its own status, which is why it is
+    short-lived and renewed by the signer.
+    """
+    not_before, not_after = _validity(days, now)
+    not_after = min(not_after, ca_cert.not_valid_after_utc)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{ca_name} OCSP responder"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pki-edge"),
+        ]
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+        .add_extension(x509.OCSPNoCheck(), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_key, signature_hash(ca_key))
+    )
+
+
 def make_end_entity_certificate(
     ca_cert: x509.Certificate,
     ca_key: SigningKey,

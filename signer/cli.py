@@ -63,14 +63,51 @@ def cmd_ca_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     return 0
 
 
+def cmd_ca_responder(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from cryptography import x509
+
+    from signer import registry
+    from signer.state import SignerError
+
+    st = open_store(data_dir, config)
+    if args.remove:
+        record = registry.remove_responder(st, args.name)
+        print(f"CA {record.name}: OCSP signed with its own key again")
+        return 0
+    if args.mint:
+        validity = int(config.signer.validity_hours * 3600)
+        record = registry.mint_responder(st, args.name, args.key, args.days, _now(), validity)
+    else:
+        if args.responder_key is None:
+            raise SignerError("--responder-cert needs --responder-key")
+        record = registry.set_responder(
+            st, args.name, args.responder_cert.read_bytes(), args.responder_key.read_bytes(), _now()
+        )
+    assert record.responder_cert_der is not None
+    responder = x509.load_der_x509_certificate(record.responder_cert_der)
+    renewal = "; the signer renews it at half its lifetime" if record.responder_minted else ""
+    print(
+        f"CA {record.name}: OCSP signed by the delegated responder {responder.subject.rfc4514_string()}, "
+        f"valid until {responder.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}{renewal}"
+    )
+    return 0
+
+
 def cmd_ca_list(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from cryptography import x509
 
     for record in open_store(data_dir, config).issuers():
         cert = x509.load_der_x509_certificate(record.cert_der)
+        signing: str = record.signing
+        responder = ""
+        if record.responder_cert_der is not None:
+            signing = "delegate" if record.signing == "delegate" else "ca+delegate"
+            until = x509.load_der_x509_certificate(record.responder_cert_der).not_valid_after_utc
+            minted = ", minted" if record.responder_minted else ""
+            responder = f"\tresponder notAfter={until:%Y-%m-%dT%H:%M:%SZ}{minted}"
         print(
-            f"{record.name}\t#{record.number}\t{record.signing}\t{cert.subject.rfc4514_string()}"
-            f"\tnotAfter={cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}\tocsp={record.ocsp_url or '-'}"
+            f"{record.name}\t#{record.number}\t{signing}\t{cert.subject.rfc4514_string()}"
+            f"\tnotAfter={cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}\tocsp={record.ocsp_url or '-'}{responder}"
         )
     return 0
 
@@ -260,6 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responder-key", type=Path, help="the delegated responder's private key")
     p.add_argument("--ocsp-url", help="OCSP URL to write into certificates issued here")
     p.set_defaults(handler=cmd_ca_add)
+    p = ca_sub.add_parser(
+        "responder",
+        help="have a delegated responder sign a CA's OCSP: minted here, given, or removed",
+        parents=[common],
+    )
+    p.add_argument("name")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--mint", action="store_true", help="issue one with the CA key; the signer renews it at half its lifetime"
+    )
+    how.add_argument("--responder-cert", type=Path, help="a delegated responder certificate issued by the CA")
+    how.add_argument("--remove", action="store_true", help="the CA key signs again (only a CA whose key is here)")
+    p.add_argument("--responder-key", type=Path, help="the private key of --responder-cert")
+    p.add_argument("--key", choices=KEY_TYPES, default="ec-p256", help="the minted responder's key type")
+    p.add_argument("--days", type=int, default=30, help="the minted responder's lifetime (default 30)")
+    p.set_defaults(handler=cmd_ca_responder)
     p = ca_sub.add_parser("list", help="list the CAs", parents=[common])
     p.set_defaults(handler=cmd_ca_list)
     p = ca_sub.add_parser("show", help="print a CA certificate as PEM", parents=[common])

@@ -30,6 +30,13 @@ def generate_key(key_type: str) -> SigningKey:
     raise KeyError_(f"unknown key type {key_type!r}: choose one of {', '.join(KEY_TYPES)}")
 
 
+def key_type_of(key: SigningKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:
+    """The KEY_TYPES name of a key (what generate_key makes of it)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return f"ec-p{key.curve.key_size}"
+    return f"rsa-{key.key_size}"
+
+
 def signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
     """SHA-384 for P-384 keys, SHA-256 otherwise (RFC 6960 §4.3: clients SHALL do RSA-SHA256)."""
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
@@ -44,7 +51,7 @@ def sign(key: SigningKey, data: bytes, algorithm: hashes.HashAlgorithm) -> bytes
 def signer_for(key: SigningKey, algorithm: hashes.HashAlgorithm) -> Callable[[bytes], bytes]:
     """A one-argument signing function, its algorithm objects made once rather than per signature
     (positional: keyword arguments through functools.partial cost a microsecond per signature)."""
-    if isinstance(key, ec.EllipticCurvePrivateKey):
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         ec_sign, ecdsa = key.sign, ec.ECDSA(algorithm)
         return lambda data: ec_sign(data, ecdsa)
     rsa_sign, pkcs1 = key.sign, padding.PKCS1v15()

@@ -7,6 +7,7 @@ The first SIGTERM or SIGINT finishes the batch under way and exits; a second one
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import fcntl
 import logging
 import os
@@ -20,7 +21,7 @@ from contract.config import Config
 from contract.jobs import socket_path
 from signer.jobserver import JobServer
 from signer.precompute import Clock, Precomputer
-from signer.registry import load_response_signer
+from signer.registry import load_response_signer, renew_responders
 from signer.state import SignerError, SignerStore, signer_dir
 from signer.worker_pool import ProcessPool, worker_command
 
@@ -49,7 +50,13 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     precomputer = Precomputer(
-        st, config.signer, lambda record: load_response_signer(data_dir, record), Clock(), logger, random.Random()
+        st,
+        config.signer,
+        lambda record: load_response_signer(data_dir, record),
+        Clock(),
+        logger,
+        random.Random(),
+        every_minute=lambda now: renew_responders(st, dt.datetime.fromtimestamp(now, dt.UTC), logger),
     )
     jobs_thread = JobServerThread(data_dir, config, logger)
     jobs_thread.start()

@@ -109,7 +109,10 @@ class Precomputer:
         clock: Clock,
         logger: logging.Logger,
         rng: random.Random,
+        every_minute: Callable[[int], object] = lambda now: None,
     ) -> None:
+        """``every_minute(now)``: upkeep run between batches (the signer renews the responders it minted)."""
+        self._every_minute = every_minute
         self._st = st
         self._config = config
         self._load_signer = load_signer
@@ -356,13 +359,14 @@ class Precomputer:
     def run(self, stop: threading.Event) -> None:
         """Sign until ``stop`` is set; the batch under way is always finished and committed."""
         poll = self._config.poll_interval_ms / 1000
-        next_reader_check = 0.0
+        next_minute = 0.0
         while not stop.is_set():
-            if self._clock.monotonic() >= next_reader_check:
+            if self._clock.monotonic() >= next_minute:
                 # Free reader slots of edge workers that died without closing them (kill -9),
                 # or LMDB could never reuse the pages they pin and the file would grow.
                 self._st.env.reader_check()
-                next_reader_check = self._clock.monotonic() + 60
+                self._every_minute(self._clock.now())
+                next_minute = self._clock.monotonic() + 60
             self.reload_issuers()
             if self.run_batch() == 0:
                 stop.wait(poll)

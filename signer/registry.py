@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
+import math
 from pathlib import Path
 
+import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from contract.store import IssuerRecord
-from signer.certs import check_directly_issued, load_certificate, make_ca_certificate
+from signer.certs import check_directly_issued, load_certificate, make_ca_certificate, make_responder_certificate
 from signer.inventory import add_certificates
-from signer.keys import KeyError_, SigningKey, generate_key, load_private_key, write_private_key
+from signer.keys import KeyError_, SigningKey, generate_key, key_type_of, load_private_key, write_private_key
 from signer.ocsp_der import ResponseSigner
 from signer.state import SignerError, SignerStore, check_ca_name, key_path
 
@@ -99,7 +103,7 @@ def add_ca(
             if _public_der(key) != _public_der(cert):
                 raise SignerError("--key does not match the public key of --cert")
             signing = "ca"
-            role = "ca"
+            path = key_path(store.data_dir, name)
         elif responder_cert_data is not None and responder_key_data is not None:
             responder = load_certificate(responder_cert_data, "--responder-cert")
             key = load_private_key(responder_key_data, "--responder-key")
@@ -108,12 +112,12 @@ def add_ca(
                 raise SignerError("--responder-key does not match the public key of --responder-cert")
             responder_der = _der(responder)
             signing = "delegate"
-            role = "responder"
+            path = responder_key_path(store.data_dir, name, responder_der)
         else:
             raise SignerError("give --key, or both --responder-cert and --responder-key")
     except KeyError_ as exc:
         raise SignerError(str(exc)) from None
-    write_private_key(key_path(store.data_dir, name, role), key)
+    write_private_key(path, key)
     return store.add_issuer(
         IssuerRecord(
             number=0,
@@ -150,11 +154,120 @@ def load_ca_key(data_dir: Path, record: IssuerRecord) -> SigningKey:
     return load_private_key(path.read_bytes(), str(path))
 
 
+def responder_key_path(data_dir: Path, name: str, responder_cert_der: bytes) -> Path:
+    """The key of one responder certificate: a file per certificate, so that a successor's key is
+    on disk before the registry names it, and a crash in between leaves a usable pair either way."""
+    return key_path(data_dir, name, "responder-" + hashlib.sha256(responder_cert_der).hexdigest()[:16])
+
+
+def _legacy_responder_key_path(data_dir: Path, name: str) -> Path:
+    return key_path(data_dir, name, "responder")  # where `ca add` wrote it before keys were kept per certificate
+
+
 def load_response_signer(data_dir: Path, record: IssuerRecord) -> ResponseSigner:
     issuer = x509.load_der_x509_certificate(record.cert_der)
-    if record.signing == "ca":
+    if record.responder_cert_der is None:
         return ResponseSigner(issuer, load_ca_key(data_dir, record))
-    assert record.responder_cert_der is not None
-    path = key_path(data_dir, record.name, "responder")
+    path = responder_key_path(data_dir, record.name, record.responder_cert_der)
+    if not path.exists():
+        path = _legacy_responder_key_path(data_dir, record.name)
     key = load_private_key(path.read_bytes(), str(path))
     return ResponseSigner(issuer, key, x509.load_der_x509_certificate(record.responder_cert_der))
+
+
+def set_responder(store: SignerStore, name: str, cert_data: bytes, key_data: bytes, now: dt.datetime) -> IssuerRecord:
+    """Give a CA the delegated responder of ``cert_data`` (checked as `ca add` checks it), replacing any."""
+    record = store.issuer(name)
+    ca = x509.load_der_x509_certificate(record.cert_der)
+    responder = load_certificate(cert_data, "--responder-cert")
+    try:
+        key = load_private_key(key_data, "--responder-key")
+    except KeyError_ as exc:
+        raise SignerError(str(exc)) from None
+    check_responder(responder, ca, now)
+    if _public_der(key) != _public_der(responder):
+        raise SignerError("--responder-key does not match the public key of --responder-cert")
+    return _install_responder(store, record, responder, key, minted=False)
+
+
+def mint_responder(
+    store: SignerStore, name: str, key_type: str, days: int, now: dt.datetime, validity_seconds: int
+) -> IssuerRecord:
+    """Issue a delegated responder with the CA's key; the signer renews it at half its lifetime."""
+    record = store.issuer(name)
+    if record.signing != "ca":
+        raise SignerError(f"CA {name!r} was added without its key: give its responder with --responder-cert")
+    least = math.ceil(2 * validity_seconds / 86400)
+    if days < least:
+        raise SignerError(f"--days must be at least {least}, twice the responses' validity, or they are cut short")
+    ca = x509.load_der_x509_certificate(record.cert_der)
+    if ca.not_valid_after_utc <= now:
+        raise SignerError(f"CA {name!r} has expired")
+    try:
+        key = generate_key(key_type)
+    except KeyError_ as exc:
+        raise SignerError(str(exc)) from None
+    cert = make_responder_certificate(name, ca, load_ca_key(store.data_dir, record), key, days, now)
+    return _install_responder(store, record, cert, key, minted=True)
+
+
+def remove_responder(store: SignerStore, name: str) -> IssuerRecord:
+    """The CA's own key signs its OCSP responses again."""
+    record = store.issuer(name)
+    if record.responder_cert_der is None:
+        raise SignerError(f"CA {name!r} has no delegated responder")
+    if record.signing != "ca":
+        raise SignerError(f"CA {name!r} was added without its key: its responder is all that can sign its OCSP")
+    changed = msgspec.structs.replace(record, responder_cert_der=None, responder_minted=False)
+    store.replace_issuer(changed)
+    _remove_responder_key(store.data_dir, name, record.responder_cert_der)
+    return changed
+
+
+def renew_responders(store: SignerStore, now: dt.datetime, logger: logging.Logger) -> list[IssuerRecord]:
+    """Renew each responder the signer minted once half its lifetime has passed (same key type and lifetime)."""
+    renewed = []
+    for record in store.issuers():
+        if not record.responder_minted or record.responder_cert_der is None:
+            continue
+        cert = x509.load_der_x509_certificate(record.responder_cert_der)
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if now < start + (end - start) / 2:
+            continue
+        ca = x509.load_der_x509_certificate(record.cert_der)
+        if ca.not_valid_after_utc <= now:
+            continue  # nothing can be signed for an expired CA
+        try:
+            key = generate_key(key_type_of(cert.public_key()))  # type: ignore[arg-type]
+            days = max(1, round((end - start) / dt.timedelta(days=1)))
+            successor = make_responder_certificate(record.name, ca, load_ca_key(store.data_dir, record), key, days, now)
+            renewed.append(_install_responder(store, record, successor, key, minted=True))
+        except (SignerError, KeyError_, OSError) as exc:  # one CA must not stop the others' renewal
+            logger.error("CA %s: cannot renew its OCSP responder: %s", record.name, exc)
+            continue
+        logger.info("CA %s: OCSP responder renewed, valid until %s", record.name, successor.not_valid_after_utc)
+    return renewed
+
+
+def _install_responder(
+    store: SignerStore, record: IssuerRecord, cert: x509.Certificate, key: SigningKey, *, minted: bool
+) -> IssuerRecord:
+    """The key on disk first, then the registry names the certificate, then the old key goes."""
+    cert_der = _der(cert)
+    path = responder_key_path(store.data_dir, record.name, cert_der)
+    if not path.exists():
+        write_private_key(path, key)
+    elif _public_der(load_private_key(path.read_bytes(), str(path))) != _public_der(cert):
+        raise SignerError(f"{path} holds another key than this responder certificate's")
+    changed = msgspec.structs.replace(record, responder_cert_der=cert_der, responder_minted=minted)
+    store.replace_issuer(changed)
+    if record.responder_cert_der is not None and record.responder_cert_der != cert_der:
+        _remove_responder_key(store.data_dir, record.name, record.responder_cert_der)
+    return changed
+
+
+def _remove_responder_key(data_dir: Path, name: str, responder_cert_der: bytes) -> None:
+    path = responder_key_path(data_dir, name, responder_cert_der)
+    if not path.exists():
+        path = _legacy_responder_key_path(data_dir, name)
+    path.unlink(missing_ok=True)

@@ -95,6 +95,14 @@ class SignerStore:
             self._bump_generation(txn)
         return record
 
+    def replace_issuer(self, record: store.IssuerRecord) -> None:
+        """Write a changed record of a registered CA and bump the registry generation."""
+        with self.env.begin(write=True) as txn:
+            if txn.get(record.name.encode(), db=self.issuers_db) is None:
+                raise SignerError(f"unknown CA {record.name!r}")
+            txn.put(record.name.encode(), store.ISSUER_ENCODER.encode(record), db=self.issuers_db)
+            self._bump_generation(txn)
+
     def _bump_generation(self, txn: Any) -> None:
         raw = txn.get(store.META_REGISTRY_GENERATION, db=self.meta)
         txn.put(store.META_REGISTRY_GENERATION, store.pack_u64((store.unpack_u64(raw) if raw else 0) + 1), db=self.meta)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import keys as asn1_keys
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 
 from tests.integration.conftest import Shared
@@ -150,3 +152,64 @@ def test_unusable_responder_is_refused(shared: Shared, ext: ExternalPki, case: s
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert name not in shared.run("ca", "list").stdout
+
+
+def _issue_and_check(shared: Shared, work: Path, ca: str, cn: str) -> ocsp.OCSPResponse:
+    """Issue a certificate of ``ca``; its status once good, checked by `openssl ocsp` against the CA alone."""
+    ca_pem = work / f"{ca}.pem"
+    ca_pem.write_text(shared.run("ca", "show", ca).stdout)
+    leaf_pem = Path(shared.run("issue", ca, "--cn", cn, "--out", work).stdout.splitlines()[0])
+    body = wait_ocsp_status(shared.base_url, ocsp_request_der(load_cert(leaf_pem), load_cert(ca_pem)), "good")
+    text = openssl("ocsp", "-issuer", ca_pem, "-cert", leaf_pem, "-url", shared.base_url + "/ocsp", "-CAfile", ca_pem)
+    assert "Response verify OK" in text, text
+    assert f"{leaf_pem}: good" in text
+    return ocsp.load_der_ocsp_response(body)
+
+
+def test_an_issuing_rsa_ca_with_a_minted_ec_responder(shared: Shared, tmp_path: Path) -> None:
+    # An RSA CA keeps issuing with its key while a P-256 responder signs its OCSP (a signature some
+    # 20 times cheaper here); `openssl ocsp` accepts the delegate with the CA as the only trust anchor.
+    shared.run("ca", "create", "rsa-minted", "--key", "rsa-2048")
+    out = shared.run("ca", "responder", "rsa-minted", "--mint").stdout
+    assert "delegated responder O=pki-edge,CN=rsa-minted OCSP responder" in out and "renews it" in out
+    listed = next(line for line in shared.run("ca", "list").stdout.splitlines() if line.startswith("rsa-minted\t"))
+    assert "\tca+delegate\t" in listed and ", minted" in listed
+
+    resp = _issue_and_check(shared, tmp_path, "rsa-minted", "minted.example")
+    [responder] = resp.certificates
+    assert responder.subject.rfc4514_string() == "O=pki-edge,CN=rsa-minted OCSP responder"
+    assert isinstance(responder.public_key(), ec.EllipticCurvePublicKey)
+    assert resp.signature_algorithm_oid == x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256
+
+    # Removed: the CA's own RSA key signs the next certificate's responses, with no certificate in them.
+    assert "its own key again" in shared.run("ca", "responder", "rsa-minted", "--remove").stdout
+    resp = _issue_and_check(shared, tmp_path, "rsa-minted", "unminted.example")
+    assert resp.certificates == []
+    assert resp.signature_algorithm_oid == x509.SignatureAlgorithmOID.RSA_WITH_SHA256
+    ca = load_cert(tmp_path / "rsa-minted.pem")
+    assert isinstance(ca.public_key(), rsa.RSAPublicKey)
+
+
+def test_an_imported_ca_gets_a_successor_responder(shared: Shared, tmp_path: Path) -> None:
+    (tmp_path / "openssl.cnf").write_text(OPENSSL_CNF)
+    ca = _self_signed(tmp_path, "ca", "/CN=Second External CA/O=elsewhere")
+    first = _issued(tmp_path, "first", "/CN=First OCSP Responder", ca, "ocsp", "0x6001")
+    noeku = _issued(tmp_path, "noeku", "/CN=Not a responder", ca, "noeku", "0x6002")
+    successor = _issued(tmp_path, "next", "/CN=Next OCSP Responder", ca, "ocsp", "0x6003")
+    leaf_pem = _issued(tmp_path, "leaf", "/CN=leaf.second.example", ca, "leaf", "0x6004")[0]
+    shared.run("ca", "add", "ext-next", "--cert", ca[0], "--responder-cert", first[0], "--responder-key", first[1])
+    refused = shared.run(
+        "ca", "responder", "ext-next", "--responder-cert", noeku[0], "--responder-key", noeku[1], check=False
+    )
+    assert refused.returncode == 2 and "OCSPSigning" in refused.stderr and "Traceback" not in refused.stderr
+    out = shared.run("ca", "responder", "ext-next", "--responder-cert", successor[0], "--responder-key", successor[1])
+    assert "CN=Next OCSP Responder" in out.stdout
+    shared.run("import", "ext-next", "--cert", leaf_pem)
+    body = wait_ocsp_status(shared.base_url, ocsp_request_der(load_cert(leaf_pem), load_cert(ca[0])), "good")
+    assert [c.subject.rfc4514_string() for c in ocsp.load_der_ocsp_response(body).certificates] == [
+        "CN=Next OCSP Responder"
+    ]
+    text = openssl("ocsp", "-issuer", ca[0], "-cert", leaf_pem, "-url", shared.base_url + "/ocsp", "-CAfile", ca[0])
+    assert "Response verify OK" in text
+    removed = shared.run("ca", "responder", "ext-next", "--remove", check=False)
+    assert removed.returncode == 2 and "all that can sign" in removed.stderr

@@ -6,6 +6,7 @@ import itertools
 import logging
 import random
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from contract.store import CertRecord, StoredResponse
 from signer.inventory import Entry, ImportReport, add_certificates, revoke, write_entries
 from signer.ocsp_der import ETAG_SIGNATURE_OCTETS, ResponseSigner
 from signer.precompute import FIRST_SIGNATURE_SECONDS, SIGN_CHUNK_SECONDS, Precomputer
-from signer.registry import add_ca, create_ca, load_response_signer
+from signer.registry import add_ca, create_ca, load_response_signer, mint_responder, renew_responders
 from signer.state import SignerStore, key_path
 from tests.signer.conftest import PrivateKey, build_ca, build_delegate, build_leaf, key_pem, pem, pool_key, utc
 
@@ -330,6 +331,54 @@ def test_nothing_is_signed_by_a_responder_certificate_not_valid_now(
     assert {(n, s) for n, _, s in got} == {(setup.issuer.number, 1)}  # the other CA is signed all the same
     assert caplog.text.count(f"issuer {issuer.number}: the certificate signing its responses is not valid now") == 1
     assert (T0 + 60, inv_key(issuer.number, 9)) in schedule(setup.st)  # retried later, not dropped
+
+
+def test_a_renewed_responder_takes_over_before_the_responses_go_stale(setup: Setup) -> None:
+    week = 7 * DAY
+    minted = mint_responder(setup.st, "ca1", "ec-p256", 15, utc(T0), week)
+    assert minted.responder_cert_der is not None
+    first = x509.load_der_x509_certificate(minted.responder_cert_der)
+    until = int(first.not_valid_after_utc.timestamp())
+    setup.add([1])
+    setup.clock.wall = T0 + 10 * DAY  # five days of the responder left: responses are cut short
+    run_all(setup.precomputer())
+    n = setup.issuer.number
+    capped = responses(setup.st)[(n, 1, 1)]
+    assert capped.next_update == until
+    # The signer's upkeep renews the responder (past half its lifetime); the refresh, due before the
+    # capped response goes stale, is signed by the successor, for the whole validity again.
+    setup.clock.wall = capped.refresh_at
+    [renewed] = renew_responders(setup.st, utc(setup.clock.wall), logging.getLogger("test"))
+    assert renewed.responder_cert_der is not None
+    run_all(setup.precomputer())
+    stored = responses(setup.st)[(n, 1, 1)]
+    assert stored.next_update == setup.clock.wall - 3600 + week < capped.next_update + week
+    assert stored.next_update > until
+    certs = ocsp.load_der_ocsp_response(stored.der).certificates
+    assert [c.public_bytes(serialization.Encoding.DER) for c in certs] == [renewed.responder_cert_der]
+
+
+def test_the_run_loop_does_its_upkeep_between_batches(setup: Setup) -> None:
+    stop = threading.Event()
+    calls: list[int] = []
+
+    def upkeep(now: int) -> None:
+        calls.append(now)
+        stop.set()  # the loop still finishes this turn's batch
+
+    p = Precomputer(
+        setup.st,
+        setup.st.config.signer,
+        lambda r: load_response_signer(setup.data_dir, r),
+        setup.clock,  # type: ignore[arg-type]
+        logging.getLogger("test"),
+        random.Random(1),
+        every_minute=upkeep,
+    )
+    setup.add([1])
+    p.run(stop)
+    assert calls == [T0]
+    assert (setup.issuer.number, 1, 1) in responses(setup.st)
 
 
 # ---------------------------------------------------------------------------- order of work

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
 import stat
 from pathlib import Path
 
@@ -14,7 +16,16 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from contract.store import IssuerRecord
 from signer.inventory import status
-from signer.registry import add_ca, check_responder, create_ca, load_response_signer
+from signer.registry import (
+    add_ca,
+    check_responder,
+    create_ca,
+    load_response_signer,
+    mint_responder,
+    remove_responder,
+    renew_responders,
+    set_responder,
+)
 from signer.state import SignerError, SignerStore
 from tests.signer.conftest import PrivateKey, build_ca, build_delegate, build_leaf, key_pem, name, pem, pool_key
 
@@ -33,6 +44,12 @@ def mode(path: Path) -> int:
 
 def public_der(obj: x509.Certificate | PrivateKey) -> bytes:
     return obj.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def responder_key_file(data_dir: Path, name: str, responder: x509.Certificate | bytes) -> Path:
+    """The file the key of ``responder`` is kept in: one per certificate, named by its SHA-256."""
+    der = responder if isinstance(responder, bytes) else responder.public_bytes(serialization.Encoding.DER)
+    return keys_dir(data_dir) / f"{name}.responder-{hashlib.sha256(der).hexdigest()[:16]}.key"
 
 
 def load_key(path: Path) -> PrivateKey:
@@ -269,7 +286,7 @@ def test_add_ca_with_delegated_responder(
     assert record.signing == "delegate"
     assert record.responder_cert_der == delegate.public_bytes(serialization.Encoding.DER)
     assert record.cert_der == cert.public_bytes(serialization.Encoding.DER)
-    path = keys_dir(data_dir) / "ext.responder.key"
+    path = responder_key_file(data_dir, "ext", delegate)
     assert mode(path) == 0o600
     assert public_der(load_key(path)) == public_der(responder_key)
     assert not (keys_dir(data_dir) / "ext.ca.key").exists()  # the CA's key never comes here
@@ -393,3 +410,156 @@ def test_create_ca_refuses_a_trailing_newline(st: SignerStore, data_dir: Path, b
     with pytest.raises(SignerError, match="invalid CA name"):
         create_ca(st, bad, "ec-p256", 30, None, None, NOW)
     assert st.issuers() == []
+
+
+# ---------------------------------------------------------------------------- a CA's responder over time
+
+WEEK = 7 * 86400  # the responses' validity in these tests
+
+
+def add_delegated_ext(st: SignerStore, external_ca: tuple[x509.Certificate, PrivateKey]) -> x509.Certificate:
+    """external_ca added as "ext", without its key, with a delegate; the delegate."""
+    cert, ca_key = external_ca
+    delegate = build_delegate(cert, ca_key, pool_key("ec-p256", 34), START, END)
+    add_ca(st, "ext", pem(cert), None, pem(delegate), key_pem(pool_key("ec-p256", 34)), None, NOW)
+    return delegate
+
+
+def test_a_responder_added_before_keys_were_kept_per_certificate_still_loads(
+    st: SignerStore, data_dir: Path, external_ca: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    delegate = add_delegated_ext(st, external_ca)
+    record = st.issuer("ext")
+    responder_key_file(data_dir, "ext", delegate).rename(keys_dir(data_dir) / "ext.responder.key")
+    assert load_response_signer(data_dir, record).valid_until == int(END.timestamp())
+    # Replacing it removes the old file wherever it is.
+    successor_key = pool_key("ec-p256", 36)
+    successor = build_delegate(*external_ca, successor_key, START, END, cn="successor")
+    set_responder(st, "ext", pem(successor), key_pem(successor_key), NOW)
+    assert sorted(p.name for p in keys_dir(data_dir).iterdir()) == [responder_key_file(data_dir, "ext", successor).name]
+
+
+def test_mint_responder_issues_a_delegate_with_the_ca_key(st: SignerStore, data_dir: Path) -> None:
+    record = create_ca(st, "rsa", "rsa-2048", 3650, None, None, NOW)
+    generation = st.registry_generation()
+    minted = mint_responder(st, "rsa", "ec-p256", 30, NOW, WEEK)
+    assert st.registry_generation() == generation + 1  # signer and workers reload what signs
+    assert minted.responder_minted and minted.signing == "ca"  # it still issues
+    assert st.issuer("rsa") == minted
+    ca = x509.load_der_x509_certificate(record.cert_der)
+    assert minted.responder_cert_der is not None
+    responder = x509.load_der_x509_certificate(minted.responder_cert_der)
+    check_responder(responder, ca, NOW)  # issued by the CA, id-kp-OCSPSigning, valid now
+    assert responder.extensions.get_extension_for_class(x509.OCSPNoCheck).critical is False
+    usage = responder.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature and not usage.value.key_cert_sign
+    assert responder.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert responder.not_valid_after_utc - responder.not_valid_before_utc == dt.timedelta(days=30)
+    public = responder.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1"
+    assert mode(responder_key_file(data_dir, "rsa", responder)) == 0o600
+    signer = load_response_signer(data_dir, minted)
+    assert signer.valid_until == int(responder.not_valid_after_utc.timestamp())
+
+
+def test_mint_responder_refusals(st: SignerStore, external_ca: tuple[x509.Certificate, PrivateKey]) -> None:
+    create_ca(st, "ca", "ec-p256", 3650, None, None, NOW)
+    with pytest.raises(SignerError, match="at least 14"):
+        mint_responder(st, "ca", "ec-p256", 13, NOW, WEEK)
+    with pytest.raises(SignerError, match="unknown key type"):
+        mint_responder(st, "ca", "dsa-1024", 30, NOW, WEEK)
+    with pytest.raises(SignerError, match="unknown CA"):
+        mint_responder(st, "nope", "ec-p256", 30, NOW, WEEK)
+    add_delegated_ext(st, external_ca)
+    with pytest.raises(SignerError, match="without its key"):
+        mint_responder(st, "ext", "ec-p256", 30, NOW, WEEK)
+    assert st.issuer("ca").responder_cert_der is None
+
+
+def test_set_responder_checks_it_as_add_does(
+    st: SignerStore,
+    data_dir: Path,
+    external_ca: tuple[x509.Certificate, PrivateKey],
+    other_ca: tuple[x509.Certificate, PrivateKey],
+) -> None:
+    cert, ca_key = external_ca
+    add_ca(st, "ext", pem(cert), key_pem(ca_key), None, None, None, NOW)
+    responder_key = pool_key("ec-p256", 34)
+    foreign = build_delegate(other_ca[0], other_ca[1], responder_key, START, END)
+    noeku = build_delegate(cert, ca_key, responder_key, START, END, eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    good = build_delegate(cert, ca_key, responder_key, START, END)
+    for bad, key, message in [
+        (foreign, responder_key, "not issued by this CA"),
+        (noeku, responder_key, "OCSPSigning"),
+        (good, pool_key("ec-p256", 35), "does not match"),
+    ]:
+        with pytest.raises(SignerError, match=message):
+            set_responder(st, "ext", pem(bad), key_pem(key), NOW)
+    assert st.issuer("ext").responder_cert_der is None
+    assert sorted(p.name for p in keys_dir(data_dir).iterdir()) == ["ext.ca.key"]  # nothing written for them
+    changed = set_responder(st, "ext", pem(good), key_pem(responder_key), NOW)
+    assert changed.signing == "ca" and not changed.responder_minted
+    assert load_response_signer(data_dir, changed).valid_until == int(END.timestamp())
+
+
+def test_remove_responder(st: SignerStore, data_dir: Path, external_ca: tuple[x509.Certificate, PrivateKey]) -> None:
+    create_ca(st, "ca", "ec-p256", 3650, None, None, NOW)
+    with pytest.raises(SignerError, match="has no delegated responder"):
+        remove_responder(st, "ca")
+    minted = mint_responder(st, "ca", "ec-p256", 30, NOW, WEEK)
+    assert minted.responder_cert_der is not None
+    removed = remove_responder(st, "ca")
+    assert removed.responder_cert_der is None and not removed.responder_minted
+    assert not responder_key_file(data_dir, "ca", minted.responder_cert_der).exists()
+    signer = load_response_signer(data_dir, removed)  # the CA's own key again
+    ca = x509.load_der_x509_certificate(removed.cert_der)
+    assert signer.valid_until == int(ca.not_valid_after_utc.timestamp())
+    add_delegated_ext(st, external_ca)
+    with pytest.raises(SignerError, match="all that can sign"):
+        remove_responder(st, "ext")
+
+
+def test_minted_responders_are_renewed_at_half_their_lifetime(
+    st: SignerStore, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    create_ca(st, "ca", "rsa-2048", 3650, None, None, NOW)
+    create_ca(st, "plain", "ec-p256", 3650, None, None, NOW)  # no responder: nothing to renew
+    first = mint_responder(st, "ca", "ec-p384", 30, NOW, WEEK)
+    assert first.responder_cert_der is not None
+    old = x509.load_der_x509_certificate(first.responder_cert_der)
+    logger = logging.getLogger("test")
+    half = old.not_valid_before_utc + dt.timedelta(days=15)
+    assert renew_responders(st, half - dt.timedelta(seconds=1), logger) == []
+    [renewed] = renew_responders(st, half, logger)
+    assert renewed == st.issuer("ca") and renewed.responder_minted
+    assert renewed.responder_cert_der is not None
+    new = x509.load_der_x509_certificate(renewed.responder_cert_der)
+    assert new.serial_number != old.serial_number
+    assert new.not_valid_after_utc - new.not_valid_before_utc == dt.timedelta(days=30)  # same lifetime
+    assert new.not_valid_before_utc == half - dt.timedelta(minutes=5)
+    public = new.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp384r1"  # same key type
+    assert not responder_key_file(data_dir, "ca", old).exists()
+    assert load_response_signer(data_dir, renewed).valid_until == int(new.not_valid_after_utc.timestamp())
+    assert renew_responders(st, half, logger) == []  # the successor is young
+    # A responder given by the operator is theirs to renew.
+    responder_key = pool_key("ec-p256", 37)
+    ca_cert = x509.load_der_x509_certificate(renewed.cert_der)
+    ca_key = load_key(keys_dir(data_dir) / "ca.ca.key")
+    given = build_delegate(ca_cert, ca_key, responder_key, START, START + dt.timedelta(days=2))
+    set_responder(st, "ca", pem(given), key_pem(responder_key), NOW)
+    assert renew_responders(st, NOW + dt.timedelta(days=1), logger) == []
+
+
+def test_a_renewal_that_fails_is_logged_and_others_go_on(
+    st: SignerStore, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    create_ca(st, "a", "ec-p256", 3650, None, None, NOW)
+    create_ca(st, "b", "ec-p256", 3650, None, None, NOW)
+    mint_responder(st, "a", "ec-p256", 30, NOW, WEEK)
+    mint_responder(st, "b", "ec-p256", 30, NOW, WEEK)
+    (keys_dir(data_dir) / "a.ca.key").unlink()  # the CA key is gone
+    with caplog.at_level(logging.ERROR):
+        renewed = renew_responders(st, NOW + dt.timedelta(days=16), logging.getLogger("test"))
+    assert [r.name for r in renewed] == ["b"]
+    assert "CA a: cannot renew its OCSP responder" in caplog.text
