@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -50,7 +50,20 @@ from bench import probe, procstat, reqset, wrk
 from bench.dataset import clean_env, pki_edge_bin, run_cli
 from bench.process import Proc, free_port
 
-KEYS = (("ec-p256", "est-ec"), ("rsa-2048", "est-rsa"))  # key type, CA name (= EST label)
+
+class EstCa(NamedTuple):
+    label: str  # in the results and tables
+    key_type: str  # the CA's key
+    name: str  # the CA's name (= EST label)
+    responder: bool = False  # a P-256 responder minted for it signs its OCSP (`pki-edge ca responder --mint`)
+
+
+KEYS = (
+    EstCa("ec-p256", "ec-p256", "est-ec"),
+    EstCa("rsa-2048", "rsa-2048", "est-rsa"),
+    # The same RSA key type with its OCSP (two responses per enrollment) signed by a P-256 delegate.
+    EstCa("rsa-2048+ec-ocsp", "rsa-2048", "est-rsa-ecr", responder=True),
+)
 TLS_CA = "est-tls"
 RA_NAME = "bench-ra"
 ENROLL_GOAL = 0.5  # enrollments ≥ 50 % of raw certificate signing
@@ -171,8 +184,10 @@ def prepare(work: Path, http_port: int, tls_port: int) -> Setup:
     data.mkdir(parents=True, exist_ok=True)
     (data / "pki-edge.toml").write_text(CONFIG_TOML)
     ocsp_url = f"http://127.0.0.1:{http_port}/ocsp"
-    for key, name in KEYS:
-        run_cli(data, "ca", "create", name, "--key", key, "--ocsp-url", ocsp_url, timeout=120)
+    for ca in KEYS:
+        run_cli(data, "ca", "create", ca.name, "--key", ca.key_type, "--ocsp-url", ocsp_url, timeout=120)
+        if ca.responder:
+            run_cli(data, "ca", "responder", ca.name, "--mint", "--key", "ec-p256", timeout=120)
     run_cli(data, "ca", "create", TLS_CA, "--key", "ec-p256", timeout=120)
     setup = Setup(
         work=work,
@@ -185,14 +200,15 @@ def prepare(work: Path, http_port: int, tls_port: int) -> Setup:
         ra_cert=work / f"{RA_NAME}.pem",
         ra_key=work / f"{RA_NAME}.key",
     )
-    for name in (*(n for _, n in KEYS), TLS_CA):
+    for name in (*(ca.name for ca in KEYS), TLS_CA):
         pem = work / f"{name}.pem"
         pem.write_text(run_cli(data, "ca", "show", name, timeout=60))
         setup.ca_pems[name] = pem
     sans = ("--san", "DNS:localhost", "--san", "IP:127.0.0.1")  # the load generator checks the name
     run_cli(data, "issue", TLS_CA, "--cn", "localhost", *sans, "--out", work, timeout=60)
-    run_cli(data, "issue", KEYS[0][1], "--cn", RA_NAME, "--out", work, timeout=60)
-    run_cli(data, "ra", "add", RA_NAME, "--cert", setup.ra_cert, "--cas", ",".join(n for _, n in KEYS), timeout=60)
+    run_cli(data, "issue", KEYS[0].name, "--cn", RA_NAME, "--out", work, timeout=60)
+    cas = ",".join(ca.name for ca in KEYS)
+    run_cli(data, "ra", "add", RA_NAME, "--cert", setup.ra_cert, "--cas", cas, timeout=60)
     return setup
 
 
@@ -704,7 +720,7 @@ class Stage:
         """A short enrollment run per CA: loads each CA key into the workers, and issues the OCSP serials."""
         issued: dict[str, list[x509.Certificate]] = {}
         s = self.settings
-        for key, ca in KEYS:
+        for key, ca in ((c.label, c.name) for c in KEYS):
             # The first enrollment of a CA loads its key into the workers: on a slow or busy machine
             # that can outlast the window, so an empty window (no answer at all) is tried again, longer.
             seconds = s.warmup_seconds
@@ -770,7 +786,7 @@ def run_stage(
         settings_ = replace(settings_, ocsp=False)
     s = settings_
     say(
-        f"EST: {', '.join(k for k, _ in KEYS)} CAs, {s.connections} devices × {s.storm_seconds:g} s, "
+        f"EST: {', '.join(ca.label for ca in KEYS)} CAs, {s.connections} devices × {s.storm_seconds:g} s, "
         f"{s.rounds} round(s); pki-edge up on CPU {server_cpu}, load on CPU {load_cpu}"
     )
     setup = prepare(work, free_port(), free_port())
@@ -791,11 +807,11 @@ def run_stage(
             stage.mix = mix
             say(f"  OCSP mix: {len(items):,} GETs over {sum(len(c) for c in issued.values()):,} EST-issued serials")
         for rnd in range(s.rounds):
-            for key, ca in KEYS:
-                records.append(stage.storm(key, ca, rnd))
+            for c in KEYS:
+                records.append(stage.storm(c.label, c.name, rnd))
     finally:
         server.stop(timeout=30)
-    summary = [summarize_key(key, ca, [r for r in records if r["key"] == key], s.connections) for key, ca in KEYS]
+    summary = [summarize_key(c.label, c.name, [r for r in records if r["key"] == c.label], s.connections) for c in KEYS]
     return {"settings": {**asdict(s), "storm_seconds": s.storm_seconds}, "records": records, "summary": summary}
 
 

@@ -219,7 +219,7 @@ def remove_responder(store: SignerStore, name: str) -> IssuerRecord:
     if record.signing != "ca":
         raise SignerError(f"CA {name!r} was added without its key: its responder is all that can sign its OCSP")
     changed = msgspec.structs.replace(record, responder_cert_der=None, responder_minted=False)
-    store.replace_issuer(changed)
+    store.replace_issuer(record, changed)
     _remove_responder_key(store.data_dir, name, record.responder_cert_der)
     return changed
 
@@ -242,7 +242,7 @@ def renew_responders(store: SignerStore, now: dt.datetime, logger: logging.Logge
             days = max(1, round((end - start) / dt.timedelta(days=1)))
             successor = make_responder_certificate(record.name, ca, load_ca_key(store.data_dir, record), key, days, now)
             renewed.append(_install_responder(store, record, successor, key, minted=True))
-        except (SignerError, KeyError_, OSError) as exc:  # one CA must not stop the others' renewal
+        except Exception as exc:  # one CA must not stop the others' renewal, nor the signer; retried next minute
             logger.error("CA %s: cannot renew its OCSP responder: %s", record.name, exc)
             continue
         logger.info("CA %s: OCSP responder renewed, valid until %s", record.name, successor.not_valid_after_utc)
@@ -260,7 +260,7 @@ def _install_responder(
     elif _public_der(load_private_key(path.read_bytes(), str(path))) != _public_der(cert):
         raise SignerError(f"{path} holds another key than this responder certificate's")
     changed = msgspec.structs.replace(record, responder_cert_der=cert_der, responder_minted=minted)
-    store.replace_issuer(changed)
+    store.replace_issuer(record, changed)
     if record.responder_cert_der is not None and record.responder_cert_der != cert_der:
         _remove_responder_key(store.data_dir, record.name, record.responder_cert_der)
     return changed

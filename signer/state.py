@@ -95,11 +95,13 @@ class SignerStore:
             self._bump_generation(txn)
         return record
 
-    def replace_issuer(self, record: store.IssuerRecord) -> None:
-        """Write a changed record of a registered CA and bump the registry generation."""
+    def replace_issuer(self, was: store.IssuerRecord, record: store.IssuerRecord) -> None:
+        """Write a changed record of a registered CA and bump the registry generation, provided it
+        still is ``was``: the CLI and the signer's own upkeep may change one at the same time."""
         with self.env.begin(write=True) as txn:
-            if txn.get(record.name.encode(), db=self.issuers_db) is None:
-                raise SignerError(f"unknown CA {record.name!r}")
+            raw = txn.get(was.name.encode(), db=self.issuers_db)
+            if raw is None or store.ISSUER_DECODER.decode(raw) != was:
+                raise SignerError(f"CA {was.name!r} changed meanwhile: try again")
             txn.put(record.name.encode(), store.ISSUER_ENCODER.encode(record), db=self.issuers_db)
             self._bump_generation(txn)
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from cryptography.x509.oid import NameOID
 
 from bench import est, est_load, report, run
+from bench.dataset import run_cli
 from contract.config import CAProfile
 from signer import enroll
 
@@ -353,7 +354,7 @@ def _slow_stage(empty_windows: int) -> _SlowFirstStage:
 def test_warm_up_tries_a_longer_window_while_nothing_has_answered() -> None:
     stage = _slow_stage(empty_windows=2)
     issued = stage.warm_up()
-    assert set(issued) == {ca for _, ca in est.KEYS}
+    assert set(issued) == {ca.name for ca in est.KEYS}
     assert [seconds for label, seconds in stage.windows if label == "est-ec"] == [0.5, 1.0, 2.0]
 
 
@@ -390,7 +391,9 @@ def test_stage_against_a_real_pki_edge_up(tmp_path: Path) -> None:
     )
     said: list[str] = []
     results = est.run_stage(settings, tmp_path / "est", server_cpu=None, load_cpu=None, say=said.append)
-    assert [s["key"] for s in results["summary"]] == ["ec-p256", "rsa-2048"]
+    assert [s["key"] for s in results["summary"]] == ["ec-p256", "rsa-2048", "rsa-2048+ec-ocsp"]
+    listed = run_cli(tmp_path / "est" / "data", "ca", "list").splitlines()
+    assert [line.split("\t")[2] for line in listed if line.startswith("est-rsa")] == ["ca", "ca+delegate"]
     for summary in results["summary"]:
         assert summary["enrollments"] > 0, said
         assert summary["validated"] > 0 and summary["problems"] == [], summary["problems"]

@@ -8,6 +8,7 @@ import logging
 import stat
 from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -563,3 +564,14 @@ def test_a_renewal_that_fails_is_logged_and_others_go_on(
         renewed = renew_responders(st, NOW + dt.timedelta(days=16), logging.getLogger("test"))
     assert [r.name for r in renewed] == ["b"]
     assert "CA a: cannot renew its OCSP responder" in caplog.text
+
+
+def test_a_record_changed_meanwhile_is_not_overwritten(st: SignerStore) -> None:
+    # The CLI and the signer's renewal may both change a CA: the second to write, on a stale read, is refused.
+    record = create_ca(st, "ca", "ec-p256", 3650, None, None, NOW)
+    minted = mint_responder(st, "ca", "ec-p256", 30, NOW, WEEK)
+    generation = st.registry_generation()
+    with pytest.raises(SignerError, match="changed meanwhile"):
+        st.replace_issuer(record, msgspec.structs.replace(record, ocsp_url="http://stale.example/"))
+    assert st.issuer("ca") == minted
+    assert st.registry_generation() == generation
