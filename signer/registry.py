@@ -117,6 +117,12 @@ def add_ca(
             raise SignerError("give --key, or both --responder-cert and --responder-key")
     except KeyError_ as exc:
         raise SignerError(str(exc)) from None
+    for other in store.issuers():
+        known = x509.load_der_x509_certificate(other.cert_der)
+        if known.subject.public_bytes() == cert.subject.public_bytes() and _public_der(known) == _public_der(cert):
+            # A CertID names its issuer by these two hashes alone: the edge could not tell the CAs
+            # apart, and would answer for one CA's serials from the other's inventory.
+            raise SignerError(f"CA {other.name!r} has this subject and key already: OCSP could not tell them apart")
     write_private_key(path, key)
     return store.add_issuer(
         IssuerRecord(

@@ -205,7 +205,12 @@ def other_ca() -> tuple[x509.Certificate, PrivateKey]:
     return build_ca(key, "Other CA", START, END), key
 
 
-def test_add_ca_with_its_key(st: SignerStore, data_dir: Path, external_ca: tuple[x509.Certificate, PrivateKey]) -> None:
+def test_add_ca_with_its_key(
+    st: SignerStore,
+    data_dir: Path,
+    external_ca: tuple[x509.Certificate, PrivateKey],
+    other_ca: tuple[x509.Certificate, PrivateKey],
+) -> None:
     cert, key = external_ca
     record = add_ca(st, "ext", pem(cert), key_pem(key), None, None, "http://ocsp.example/ext", NOW)
     assert (record.number, record.signing, record.responder_cert_der, record.ocsp_url) == (
@@ -219,10 +224,11 @@ def test_add_ca_with_its_key(st: SignerStore, data_dir: Path, external_ca: tuple
     assert mode(path) == 0o600
     assert public_der(load_key(path)) == public_der(key)
     # DER input is accepted too.
-    der_key = key.private_bytes(
+    other, other_key = other_ca
+    der_key = other_key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    record2 = add_ca(st, "ext-der", cert.public_bytes(serialization.Encoding.DER), der_key, None, None, None, NOW)
+    record2 = add_ca(st, "other-der", other.public_bytes(serialization.Encoding.DER), der_key, None, None, None, NOW)
     assert record2.number == 2
 
 
@@ -302,16 +308,18 @@ def test_add_ca_delegate_without_nocheck_is_accepted(
     cert, ca_key = external_ca
     responder_key = pool_key("ec-p256", 35)
     delegate = build_delegate(cert, ca_key, responder_key, START, END, nocheck=False)
+    second_key = pool_key("ec-p256", 39)
+    second = build_ca(second_key, "Second External CA", START, END)
     eku_many = build_delegate(
-        cert,
-        ca_key,
+        second,
+        second_key,
         responder_key,
         START,
         END,
         eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.OCSP_SIGNING],
     )
     assert add_ca(st, "a", pem(cert), None, pem(delegate), key_pem(responder_key), None, NOW).signing == "delegate"
-    assert add_ca(st, "b", pem(cert), None, pem(eku_many), key_pem(responder_key), None, NOW).signing == "delegate"
+    assert add_ca(st, "b", pem(second), None, pem(eku_many), key_pem(responder_key), None, NOW).signing == "delegate"
 
 
 def _impostor_ca(cert: x509.Certificate, key: PrivateKey) -> x509.Certificate:
@@ -575,3 +583,26 @@ def test_a_record_changed_meanwhile_is_not_overwritten(st: SignerStore) -> None:
         st.replace_issuer(record, msgspec.structs.replace(record, ocsp_url="http://stale.example/"))
     assert st.issuer("ca") == minted
     assert st.registry_generation() == generation
+
+
+def test_a_ca_already_registered_under_another_name_is_refused(
+    st: SignerStore, data_dir: Path, external_ca: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    # Same subject and key: every CertID would name both, and one CA's revocations could be answered
+    # from the other's inventory.
+    cert, key = external_ca
+    add_ca(st, "ext", pem(cert), key_pem(key), None, None, None, NOW)
+    reissued = build_ca(key, "External CA", START, END + dt.timedelta(days=1))  # a new certificate, same name and key
+    for again in (cert, reissued):
+        with pytest.raises(SignerError, match="'ext' has this subject and key already"):
+            add_ca(st, "ext-again", pem(again), key_pem(key), None, None, None, NOW)
+    created = create_ca(st, "made", "ec-p256", 30, None, None, NOW)
+    with pytest.raises(SignerError, match="'made' has this subject and key already"):
+        add_ca(
+            st, "made-again", created.cert_der, (keys_dir(data_dir) / "made.ca.key").read_bytes(), None, None, None, NOW
+        )
+    assert [r.name for r in st.issuers()] == ["ext", "made"]
+    assert sorted(p.name for p in keys_dir(data_dir).iterdir()) == ["ext.ca.key", "made.ca.key"]
+    # The same subject with another key is another CA.
+    other = build_ca(pool_key("ec-p256", 38), "External CA", START, END)
+    add_ca(st, "ext-other-key", pem(other), key_pem(pool_key("ec-p256", 38)), None, None, None, NOW)
