@@ -58,8 +58,12 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 
-class IssuerRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One CA of the registry. The edge needs only ``number`` and ``cert_der``."""
+class IssuerRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One CA of the registry. The edge needs only ``number`` and ``cert_der``.
+
+    Fields at their default are not written: a field added later then reaches an edge of an older
+    version (which refuses unknown fields) only in the records that use it.
+    """
 
     number: int
     name: str

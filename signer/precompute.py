@@ -27,6 +27,10 @@ from signer.state import SignerStore
 
 SignerLoader = Callable[[IssuerRecord], ResponseSigner]
 RETRY_UNSIGNABLE_SECONDS = 60
+# A response cut short to its signing certificate is refreshed at refresh_fraction of what is left,
+# but not sooner than this: without a successor certificate each refresh is cut shorter again, and
+# halving down to a minute would re-sign a whole CA a dozen times in its signer's last hours.
+MIN_CUT_SHORT_REFRESH_SECONDS = 900
 
 
 class Clock:
@@ -297,7 +301,7 @@ class Precomputer:
             # so that a successor certificate takes over before the response goes stale.
             times = _capped(times, signer.valid_until)
             cut = this_update + int((times.next_update - this_update) * self._config.refresh_fraction)
-            refresh_at = max(min(refresh_at, cut), now + RETRY_UNSIGNABLE_SECONDS)
+            refresh_at = max(min(refresh_at, cut), now + MIN_CUT_SHORT_REFRESH_SECONDS)
         refresh_at = min(max(refresh_at, now + 1), serve_until)
         revoked = record.revoked_at is not None
         if revoked:

@@ -24,7 +24,12 @@ from contract.config import SignerConfig
 from contract.store import CertRecord, StoredResponse
 from signer.inventory import Entry, ImportReport, add_certificates, revoke, write_entries
 from signer.ocsp_der import ETAG_SIGNATURE_OCTETS, ResponseSigner
-from signer.precompute import FIRST_SIGNATURE_SECONDS, SIGN_CHUNK_SECONDS, Precomputer
+from signer.precompute import (
+    FIRST_SIGNATURE_SECONDS,
+    MIN_CUT_SHORT_REFRESH_SECONDS,
+    SIGN_CHUNK_SECONDS,
+    Precomputer,
+)
 from signer.registry import add_ca, create_ca, load_response_signer, mint_responder, renew_responders
 from signer.state import SignerStore, key_path
 from tests.signer.conftest import PrivateKey, build_ca, build_delegate, build_leaf, key_pem, pem, pool_key, utc
@@ -313,6 +318,16 @@ def test_responses_never_outlive_the_responder_certificate(setup: Setup, caplog:
         public.verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
         # The other CA, signing with its own key, keeps the whole validity.
         assert got[(setup.issuer.number, code, 1)].next_update == this_update + 7 * DAY
+
+
+def test_a_response_cut_short_is_not_refreshed_again_within_a_quarter_hour(setup: Setup) -> None:
+    # Without a successor each refresh is cut shorter: halving what is left down to nothing would
+    # re-sign the CA over and over in its responder's last minutes.
+    issuer, _ = add_delegated(setup, T0 - 10 * DAY, T0 + 1200)
+    run_all(setup.precomputer())
+    stored = responses(setup.st)[(issuer.number, 1, 9)]
+    assert stored.next_update == T0 + 1200
+    assert stored.refresh_at == T0 + MIN_CUT_SHORT_REFRESH_SECONDS == T0 + 900
 
 
 @pytest.mark.parametrize(

@@ -606,3 +606,30 @@ def test_a_ca_already_registered_under_another_name_is_refused(
     # The same subject with another key is another CA.
     other = build_ca(pool_key("ec-p256", 38), "External CA", START, END)
     add_ca(st, "ext-other-key", pem(other), key_pem(pool_key("ec-p256", 38)), None, None, None, NOW)
+
+
+class _IssuerRecordBeforeResponders(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """contract.store.IssuerRecord as an edge of the version before `ca responder` decodes it."""
+
+    number: int
+    name: str
+    cert_der: bytes
+    signing: str
+    responder_cert_der: bytes | None = None
+    ocsp_url: str | None = None
+    parent: str | None = None
+    created_at: int = 0
+
+
+def test_records_without_a_minted_responder_still_decode_on_an_older_edge(st: SignerStore) -> None:
+    # An edge refuses unknown fields: the new field is written only in the records that use it, so an
+    # edge upgraded after its signer keeps reading every other CA.
+    create_ca(st, "plain", "ec-p256", 3650, None, None, NOW)
+    create_ca(st, "minted", "ec-p256", 3650, None, None, NOW)
+    mint_responder(st, "minted", "ec-p256", 30, NOW, WEEK)
+    old = msgspec.msgpack.Decoder(_IssuerRecordBeforeResponders)
+    with st.env.begin(db=st.issuers_db) as txn:
+        raw = {bytes(k): bytes(v) for k, v in txn.cursor()}
+    assert old.decode(raw[b"plain"]).name == "plain"
+    with pytest.raises(msgspec.ValidationError, match="responder_minted"):
+        old.decode(raw[b"minted"])
