@@ -78,6 +78,22 @@ CASES: dict[str, tuple[list[str], str]] = {
     "issue bad SAN": (["issue", "root", "--cn", "y", "--san", "EMAIL:x@y", "--out", "{d}/y"], "--san"),
     "import garbage CRL": (["import", "root", "--crl", "{d}/garbage.pem"], "not a CRL"),
     "import missing index": (["import", "root", "--openssl-index", "{d}/missing.txt"], "missing.txt"),
+    "ca add same CA again": (
+        ["ca", "add", "again", "--cert", "{d}/ca.pem", "--key", "{d}/data/signer/keys/root.ca.key"],
+        "has this subject and key already",
+    ),
+    "responder unknown CA": (["ca", "responder", "nosuch", "--mint"], "unknown CA 'nosuch'"),
+    "responder cert without key": (["ca", "responder", "root", "--responder-cert", "{d}/ca.pem"], "--responder-key"),
+    "responder not issued by the CA": (
+        ["ca", "responder", "root", "--responder-cert", "{d}/other.pem", "--responder-key", "{d}/other.key"],
+        "not issued by this CA",
+    ),
+    "responder garbage cert": (
+        ["ca", "responder", "root", "--responder-cert", "{d}/garbage.pem", "--responder-key", "{d}/other.key"],
+        "--responder-cert",
+    ),
+    "responder mint too short": (["ca", "responder", "root", "--mint", "--days", "3"], "--days must be at least 14"),
+    "responder remove none": (["ca", "responder", "root", "--remove"], "has no delegated responder"),
 }
 
 
@@ -95,15 +111,22 @@ def test_clean_error(cli: Cli, label: str) -> None:
 def test_failed_commands_changed_nothing(cli: Cli) -> None:
     listed = cli.run("ca", "list")
     assert listed.returncode == 0
-    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["root"]
+    assert [line.split("\t")[:3] for line in listed.stdout.splitlines()] == [["root", "#1", "ca"]]  # no responder
     status = cli.run("status", "root", cli.serial)
     assert "status      good" in status.stdout
 
 
 @pytest.mark.parametrize(
     "args",
-    [["revoke"], ["ca", "create", "x", "--key", "dsa-1024"], ["frobnicate"], ["import", "root"]],
-    ids=["missing-args", "bad-choice", "unknown-command", "no-source"],
+    [
+        ["revoke"],
+        ["ca", "create", "x", "--key", "dsa-1024"],
+        ["frobnicate"],
+        ["import", "root"],
+        ["ca", "responder", "root"],
+        ["ca", "responder", "root", "--mint", "--remove"],
+    ],
+    ids=["missing-args", "bad-choice", "unknown-command", "no-source", "responder-no-action", "responder-two-actions"],
 )
 def test_usage_errors_exit_2_without_traceback(cli: Cli, args: list[str]) -> None:
     proc = cli.run(*args)
