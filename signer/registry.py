@@ -105,11 +105,7 @@ def add_ca(
             signing = "ca"
             path = key_path(store.data_dir, name)
         elif responder_cert_data is not None and responder_key_data is not None:
-            responder = load_certificate(responder_cert_data, "--responder-cert")
-            key = load_private_key(responder_key_data, "--responder-key")
-            check_responder(responder, cert, now)
-            if _public_der(key) != _public_der(responder):
-                raise SignerError("--responder-key does not match the public key of --responder-cert")
+            responder, key = _given_responder(responder_cert_data, responder_key_data, cert, now)
             responder_der = _der(responder)
             signing = "delegate"
             path = responder_key_path(store.data_dir, name, responder_der)
@@ -185,15 +181,23 @@ def set_responder(store: SignerStore, name: str, cert_data: bytes, key_data: byt
     """Give a CA the delegated responder of ``cert_data`` (checked as `ca add` checks it), replacing any."""
     record = store.issuer(name)
     ca = x509.load_der_x509_certificate(record.cert_der)
-    responder = load_certificate(cert_data, "--responder-cert")
     try:
-        key = load_private_key(key_data, "--responder-key")
+        responder, key = _given_responder(cert_data, key_data, ca, now)
     except KeyError_ as exc:
         raise SignerError(str(exc)) from None
+    return _install_responder(store, record, responder, key, minted=False)
+
+
+def _given_responder(
+    cert_data: bytes, key_data: bytes, ca: x509.Certificate, now: dt.datetime
+) -> tuple[x509.Certificate, SigningKey]:
+    """An operator's responder certificate and key, checked for ``ca`` (KeyError_ for an unreadable key)."""
+    responder = load_certificate(cert_data, "--responder-cert")
+    key = load_private_key(key_data, "--responder-key")
     check_responder(responder, ca, now)
     if _public_der(key) != _public_der(responder):
         raise SignerError("--responder-key does not match the public key of --responder-cert")
-    return _install_responder(store, record, responder, key, minted=False)
+    return responder, key
 
 
 def mint_responder(

@@ -167,8 +167,8 @@ def _issue_and_check(shared: Shared, work: Path, ca: str, cn: str) -> ocsp.OCSPR
 
 
 def test_an_issuing_rsa_ca_with_a_minted_ec_responder(shared: Shared, tmp_path: Path) -> None:
-    # An RSA CA keeps issuing with its key while a P-256 responder signs its OCSP (a signature some
-    # 20 times cheaper here); `openssl ocsp` accepts the delegate with the CA as the only trust anchor.
+    # An RSA CA keeps issuing with its key while a P-256 responder signs its OCSP (a signature many
+    # times cheaper); `openssl ocsp` accepts the delegate with the CA as the only trust anchor.
     shared.run("ca", "create", "rsa-minted", "--key", "rsa-2048")
     out = shared.run("ca", "responder", "rsa-minted", "--mint").stdout
     assert "delegated responder O=pki-edge,CN=rsa-minted OCSP responder" in out and "renews it" in out
