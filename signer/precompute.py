@@ -31,6 +31,7 @@ RETRY_UNSIGNABLE_SECONDS = 60
 # but not sooner than this: without a successor certificate each refresh is cut shorter again, and
 # halving down to a minute would re-sign a whole CA a dozen times in its signer's last hours.
 MIN_CUT_SHORT_REFRESH_SECONDS = 900
+EXPIRY_WARNING_INTERVAL_SECONDS = 3600
 
 
 class Clock:
@@ -137,6 +138,7 @@ class Precomputer:
         self._grace = int(config.expired_grace_hours * 3600)
         self._generation = -1
         self._signers: dict[int, ResponseSigner] = {}
+        self._expiry_warned: dict[int, int] = {}  # issuer number -> when its next warning is due
         self._unsignable_logged: set[int] = set()
         self._load_failed = False
         self._retry_load_at = 0
@@ -156,18 +158,25 @@ class Precomputer:
                 self._load_failed = True
                 self._logger.error("CA %s: cannot load its OCSP signing key: %s", record.name, exc)
         self._retry_load_at = now + RETRY_UNSIGNABLE_SECONDS
-        for number, signer in signers.items():
-            if signer.valid_until - now < 2 * self._validity:
-                self._logger.warning(
-                    "issuer %d: the certificate signing its OCSP responses expires at %s: responses are cut short"
-                    " to it, and none is signed after it; give it a successor (pki-edge ca responder)",
-                    number,
-                    http_date(signer.valid_until).decode(),
-                )
         self._signers = signers
         self._unsignable_logged = set()
+        self._warn_of_expiring_signers(now)
         self._generation = generation
         self._logger.info("loaded %d OCSP signers (registry generation %d)", len(signers), generation)
+
+    def _warn_of_expiring_signers(self, now: int) -> None:
+        """Warn, at load and then hourly, of each certificate signing responses that expires within two
+        validity periods: its responses are being cut short, and none is signed after it."""
+        for number, signer in self._signers.items():
+            if signer.valid_until - now >= 2 * self._validity or now < self._expiry_warned.get(number, 0):
+                continue
+            self._expiry_warned[number] = now + EXPIRY_WARNING_INTERVAL_SECONDS
+            self._logger.warning(
+                "issuer %d: the certificate signing its OCSP responses expires at %s: responses are cut short"
+                " to it, and none is signed after it; give it a successor (pki-edge ca responder)",
+                number,
+                http_date(signer.valid_until).decode(),
+            )
 
     def run_batch(self) -> int:
         """Sign one batch; returns how many serials were handled (and stale responses swept);
@@ -369,6 +378,7 @@ class Precomputer:
                 # Free reader slots of edge workers that died without closing them (kill -9),
                 # or LMDB could never reuse the pages they pin and the file would grow.
                 self._st.env.reader_check()
+                self._warn_of_expiring_signers(self._clock.now())
                 self._every_minute(self._clock.now())
                 next_minute = self._clock.monotonic() + 60
             self.reload_issuers()

@@ -82,7 +82,12 @@ class Setup:
     ca_key: PrivateKey
     clock: FakeClock
 
-    def precomputer(self, config: SignerConfig | None = None, **changes: Any) -> Precomputer:
+    def precomputer(
+        self,
+        config: SignerConfig | None = None,
+        every_minute: Callable[[int], object] = lambda now: None,
+        **changes: Any,
+    ) -> Precomputer:
         cfg = msgspec.structs.replace(config or self.st.config.signer, **changes)
         p = Precomputer(
             self.st,
@@ -91,6 +96,7 @@ class Setup:
             self.clock,  # type: ignore[arg-type]
             logging.getLogger("test"),
             random.Random(1),
+            every_minute=every_minute,
         )
         p.reload_issuers()
         return p
@@ -373,6 +379,24 @@ def test_a_renewed_responder_takes_over_before_the_responses_go_stale(setup: Set
     assert [c.public_bytes(serialization.Encoding.DER) for c in certs] == [renewed.responder_cert_der]
 
 
+def test_an_expiring_signing_certificate_is_warned_of_at_load_and_then_hourly(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A signer runs for months without reloading: the warning cannot wait for the next load.
+    issuer, _ = add_delegated(setup, T0 - 10 * DAY, T0 + 20 * DAY)  # validity 7 days: warned after T0 + 6 days
+    warning = f"issuer {issuer.number}: the certificate signing its OCSP responses expires at"
+    stop = threading.Event()
+    p = setup.precomputer(every_minute=lambda now: stop.set())  # one turn of the loop per run()
+    counts = []
+    with caplog.at_level(logging.WARNING):
+        for wall in (T0, T0 + 6 * DAY, T0 + 6 * DAY + 1, T0 + 6 * DAY + 1800, T0 + 6 * DAY + 3601):
+            setup.clock.wall = wall
+            stop.clear()
+            p.run(stop)
+            counts.append(caplog.text.count(warning))
+    assert counts == [0, 0, 1, 1, 2]
+
+
 def test_the_run_loop_does_its_upkeep_between_batches(setup: Setup) -> None:
     stop = threading.Event()
     calls: list[int] = []
@@ -381,15 +405,7 @@ def test_the_run_loop_does_its_upkeep_between_batches(setup: Setup) -> None:
         calls.append(now)
         stop.set()  # the loop still finishes this turn's batch
 
-    p = Precomputer(
-        setup.st,
-        setup.st.config.signer,
-        lambda r: load_response_signer(setup.data_dir, r),
-        setup.clock,  # type: ignore[arg-type]
-        logging.getLogger("test"),
-        random.Random(1),
-        every_minute=upkeep,
-    )
+    p = setup.precomputer(every_minute=upkeep)
     setup.add([1])
     p.run(stop)
     assert calls == [T0]
