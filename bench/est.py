@@ -720,7 +720,8 @@ class Stage:
         """A short enrollment run per CA: loads each CA key into the workers, and issues the OCSP serials."""
         issued: dict[str, list[x509.Certificate]] = {}
         s = self.settings
-        for key, ca in ((c.label, c.name) for c in KEYS):
+        for c in KEYS:
+            key, ca = c.label, c.name
             # The first enrollment of a CA loads its key into the workers: on a slow or busy machine
             # that can outlast the window, so an empty window (no answer at all) is tried again, longer.
             seconds = s.warmup_seconds

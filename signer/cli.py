@@ -69,6 +69,10 @@ def cmd_ca_responder(args: argparse.Namespace, data_dir: Path, config: Config) -
     from signer import registry
     from signer.state import SignerError
 
+    if not args.mint and (args.key is not None or args.days is not None):
+        raise SignerError("--key and --days are for --mint")
+    if args.responder_key is not None and args.responder_cert is None:
+        raise SignerError("--responder-key goes with --responder-cert")
     st = open_store(data_dir, config)
     if args.remove:
         record = registry.remove_responder(st, args.name)
@@ -76,7 +80,9 @@ def cmd_ca_responder(args: argparse.Namespace, data_dir: Path, config: Config) -
         return 0
     if args.mint:
         validity = int(config.signer.validity_hours * 3600)
-        record = registry.mint_responder(st, args.name, args.key, args.days, _now(), validity)
+        key_type = "ec-p256" if args.key is None else args.key
+        days = 30 if args.days is None else args.days
+        record = registry.mint_responder(st, args.name, key_type, days, _now(), validity)
     else:
         if args.responder_key is None:
             raise SignerError("--responder-cert needs --responder-key")
@@ -310,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--responder-cert", type=Path, help="a delegated responder certificate issued by the CA")
     how.add_argument("--remove", action="store_true", help="the CA key signs again (only a CA whose key is here)")
     p.add_argument("--responder-key", type=Path, help="the private key of --responder-cert")
-    p.add_argument("--key", choices=KEY_TYPES, default="ec-p256", help="the minted responder's key type")
-    p.add_argument("--days", type=int, default=30, help="the minted responder's lifetime (default 30)")
+    p.add_argument("--key", choices=KEY_TYPES, help="the minted responder's key type (default ec-p256)")
+    p.add_argument("--days", type=int, help="the minted responder's lifetime (default 30)")
     p.set_defaults(handler=cmd_ca_responder)
     p = ca_sub.add_parser("list", help="list the CAs", parents=[common])
     p.set_defaults(handler=cmd_ca_list)

@@ -94,6 +94,15 @@ CASES: dict[str, tuple[list[str], str]] = {
     ),
     "responder mint too short": (["ca", "responder", "root", "--mint", "--days", "3"], "--days must be at least 14"),
     "responder remove none": (["ca", "responder", "root", "--remove"], "has no delegated responder"),
+    "responder days without mint": (["ca", "responder", "root", "--remove", "--days", "60"], "are for --mint"),
+    "responder key type without mint": (
+        ["ca", "responder", "root", "--responder-cert", "{d}/ca.pem", "--key", "ec-p384"],
+        "are for --mint",
+    ),
+    "responder key without cert": (
+        ["ca", "responder", "root", "--mint", "--responder-key", "{d}/other.key"],
+        "goes with --responder-cert",
+    ),
 }
 
 
