@@ -36,6 +36,13 @@ def test_get_path_decode(benchmark, micro_store):
     assert benchmark(decode_get_request, _encoded(der), 10000) == der
 
 
+def test_get_path_read_the_quick_way(benchmark, micro_store):
+    """The issuer part and serial number of a usual GET path, without decoding it whole (GetPaths.common_request)."""
+    _, app = _app(micro_store)
+    paths = app.ocsp._paths
+    assert benchmark(paths.common_request, b"/ocsp/" + _encoded(ocsp_request(micro_store[1], 7)))[1] == b"\x07"
+
+
 def test_cert_id_parse(benchmark, micro_store):
     der = ocsp_request(micro_store[1], 7)
     assert benchmark(parse_ocsp_request, der).cert_ids[0].serial_number == b"\x07"

@@ -182,21 +182,39 @@ class OCSPAnswerer:
             self._metrics.inc("ocsp_multiple_certids")
             return self._live_signing(request.cert_ids, now)
         cert_id = request.cert_ids[0]
+        if failed is None:  # else the lookup of this very CertID failed, above
+            try:
+                stored = self._source.response(issuer_part(cert_id), cert_id.serial_number, now)
+            except SourceError as exc:
+                failed = exc
+            else:
+                return self.answer_stored(stored, now, conditional)
+        return self._failed(failed)
+
+    def answer_cert_id(self, issuer_part: bytes, serial_number: bytes, conditional: Conditional) -> Answer:
+        """A request known to be well-formed and of one CertID, by its issuer part as encoded.
+
+        What ``edge.get_path.GetPaths.common_request`` reads from a GET path: the answer is the one
+        ``answer_der`` gives the request's DER.
+        """
+        now = self._clock.now()
         try:
-            if failed is not None:
-                raise failed  # the lookup of this very CertID, above
-            stored = self._source.response(issuer_part(cert_id), cert_id.serial_number, now)
-        except NotFound:
+            stored = self._source.response(issuer_part, serial_number, now)
+        except SourceError as exc:
+            return self._failed(exc)
+        return self.answer_stored(stored, now, conditional)
+
+    def _failed(self, failed: SourceError) -> Answer:
+        """The answer of a single CertID's failed lookup."""
+        if isinstance(failed, NotFound):
             self._metrics.inc("ocsp_unauthorized")
             return self.unauthorized
-        except Stale:
+        if isinstance(failed, Stale):
             self._metrics.inc("ocsp_stale")
             self._logger.error("stale response requested: is the signer running?")
             return self.try_later
-        except Unavailable:
-            self._metrics.inc("ocsp_unavailable")
-            return self.try_later
-        return self.answer_stored(stored, now, conditional)
+        self._metrics.inc("ocsp_unavailable")  # Unavailable, the last of the closed set
+        return self.try_later
 
     def answer_stored(self, stored: StoredResponse, now: int, conditional: Conditional = NO_CONDITIONS) -> Answer:
         """The answer of a stored response at ``now``: 200 with RFC 5019bis §6.2 cache headers, or 304."""

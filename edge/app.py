@@ -12,7 +12,7 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from edge.jobqueue import JobQueue, QueueError, UnixSocketQueue
 from edge.loop_turn import at_end_of_loop_turn
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest
-from edge.source import FreshnessPolicy, LmdbSource, read_only_store
+from edge.source import FreshnessPolicy, LmdbSource, build_issuer_table, read_only_store
 from edge.tls_trust import ClientTrust
 
 Scope = MutableMapping[str, Any]
@@ -91,15 +91,23 @@ class OCSPApp:
         ``conditional``: the request's validators (``conditional_of`` its headers).
         """
         answer: Answer | LiveSigning
-        try:
-            der = self._paths.der(raw_path)
-        except MalformedRequest:
-            answer = self._answerer.malformed
+        common = self._paths.common_request(raw_path)
+        if common is not None:
+            answer = self._answerer.answer_cert_id(common[0], common[1], conditional)
         else:
-            answer = self._answerer.answer_der(der, conditional)
+            try:
+                der = self._paths.der(raw_path)
+            except MalformedRequest:
+                answer = self._answerer.malformed
+            else:
+                answer = self._answerer.answer_der(der, conditional)
         if head and isinstance(answer, Answer):
             return Answer(answer.status, answer.head, b"")
         return answer
+
+    def serve_issuers(self, issuer_parts: Iterable[bytes]) -> None:
+        """The issuer parts served now: GET paths of their common requests are read the quick way."""
+        self._paths.serve_issuers(issuer_parts)
 
     def check_post_headers(self, headers: list[tuple[bytes, bytes]]) -> Answer | None:
         """An early answer for a POST whose declared length is invalid or too large, else None."""
@@ -242,6 +250,8 @@ def build_app(
         live_inflight=config.workers.live_ocsp_max_inflight,
         live_timeout=config.est.job_timeout_seconds,
     )
+    # After start too: a CA added later is found by its first request, the general way (edge.source).
+    source.on_registry_change(lambda records: ocsp.serve_issuers(build_issuer_table(records)))
     extra_trust = [path for path in (config.est.client_ca, config.est.ra_trust_anchors) if path]
     return EdgeApp(ocsp, starlette, ClientTrust(source, extra_trust, logger), config.edge.max_head_bytes)
 

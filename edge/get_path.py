@@ -12,13 +12,19 @@ import binascii
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
-from edge.ocsp_request import MalformedRequest
+from edge.ocsp_request import COMMON_HEADERS, MalformedRequest
 
 _URLSAFE_TO_STD = bytes.maketrans(b"-_ ", b"+/+")
 # Searched with an int and compared by slices: `bytes in bytes` first fails as an integer, and
 # bytes.startswith parses its arguments as a tuple (both slow on the hot path, Python 3.11).
 _PERCENT = ord("%")
 _SLASH = ord("/")
+_INTEGER = 0x02
+# RFC 5280 §4.1.2.2: no longer than 20 octets. A longer serial number takes the general way.
+MAX_COMMON_SERIAL_BYTES = 20
+# What the quick way knows of an encoded request's fixed beginning: the issuer part it holds, the
+# bytes after the beginning's base64 up to the serial number, and the serial number's length.
+_Known = tuple[bytes, bytes, int]
 
 
 class GetPaths:
@@ -32,15 +38,81 @@ class GetPaths:
         # A second slash is one too: the decoder drops one extra slash, the quick way does not.
         self._initials = frozenset({_SLASH, *(prefix[1] for prefix in given if len(prefix) > 1)})
         self._max = max_der_bytes
+        self._known: dict[bytes, _Known] = {}
+        self._key_lengths: dict[int, tuple[int, ...]] = {}  # by the encoded request's length
+
+    def serve_issuers(self, issuer_parts: Iterable[bytes]) -> None:
+        """The issuer parts (as encoded in a CertID) whose requests ``common_request`` reads."""
+        known: dict[bytes, _Known] = {}
+        key_lengths: dict[int, set[int]] = {}
+        for part in issuer_parts:
+            for serial_length in range(1, MAX_COMMON_SERIAL_BYTES + 1):
+                size = 10 + len(part) + 2 + serial_length
+                headers = COMMON_HEADERS.get(size)
+                if headers is None or size > self._max:
+                    break
+                fixed = headers + part + bytes((_INTEGER, serial_length))
+                cut = len(fixed) // 3 * 3  # base64 writes three bytes as four characters
+                key = binascii.b2a_base64(fixed[:cut], newline=False)
+                known[key] = (part, fixed[cut:], serial_length)
+                key_lengths.setdefault(-(-size // 3) * 4, set()).add(len(key))
+        # Longest first: the NULL-parameters form (what OpenSSL sends) when two forms share a length.
+        self._known = known
+        self._key_lengths = {length: tuple(sorted(keys, reverse=True)) for length, keys in key_lengths.items()}
+
+    def common_request(self, raw_path: bytes) -> tuple[bytes, bytes] | None:
+        """(issuer part, serial number) of a GET path carrying a served issuer's common request, or None.
+
+        The common shape (``edge.ocsp_request.common_request``) in padded standard base64, raw or
+        with the three usual escapes, under any prefix. Up to its serial number such a request is
+        fixed by its issuer part and serial length, so the base64 of that beginning (cut at a
+        multiple of three bytes) is found with one dict lookup a length, and only the rest is
+        decoded. None is "not found this way", never "malformed": ``der`` decides then. Whatever
+        this reads, ``der`` and ``common_request`` read alike (a property test checks it).
+        """
+        encoded = self._encoded(raw_path)
+        if encoded is None:
+            return None
+        if _PERCENT in encoded:  # as _decode does; any other escape fails the strict decoding below
+            encoded = encoded.replace(b"%2F", b"/").replace(b"%2B", b"+").replace(b"%3D", b"=")
+        known = self._known
+        for length in self._key_lengths.get(len(encoded), ()):
+            found = known.get(encoded[:length])
+            if found is not None:
+                break
+        else:
+            return None
+        part, rest, serial_length = found
+        try:
+            tail = binascii.a2b_base64(encoded[length:], strict_mode=True)
+        except binascii.Error:
+            return None
+        cut = len(rest)
+        if len(tail) != cut + serial_length or tail[:cut] != rest:
+            return None
+        serial_number = tail[cut:]
+        if serial_length > 1 and (
+            (serial_number[0] == 0 and serial_number[1] < 0x80)
+            or (serial_number[0] == 0xFF and serial_number[1] >= 0x80)
+        ):
+            return None  # padded (not minimal): the general way folds it
+        return part, serial_number
 
     def der(self, raw_path: bytes) -> bytes:
         """The DER request of a GET path, or MalformedRequest (no OCSP prefix matches too)."""
-        if len(raw_path) > 1 and raw_path[1] not in self._initials and raw_path[0] == _SLASH:
-            return _decode(raw_path[1:], self._max)
-        encoded = strip_prefix(raw_path, self.prefixes)
+        encoded = self._encoded(raw_path)
         if encoded is None:
             raise MalformedRequest("not under an OCSP prefix")
-        return decode_get_request(encoded, self._max)
+        return _decode(encoded, self._max)
+
+    def _encoded(self, raw_path: bytes) -> bytes | None:
+        """What a path holds after its OCSP prefix's slash and one extra slash, or None: no prefix matches."""
+        if len(raw_path) > 1 and raw_path[1] not in self._initials and raw_path[0] == _SLASH:
+            return raw_path[1:]
+        encoded = strip_prefix(raw_path, self.prefixes)
+        if encoded is not None and encoded[:1] == b"/":  # AIA URLs ending in "/" produce one extra slash
+            return encoded[1:]
+        return encoded
 
 
 def strip_prefix(raw_path: bytes, prefixes: tuple[bytes, ...]) -> bytes | None:

@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from contract.config import Config
+from edge.answer import NO_CONDITIONS, Conditional
 from edge.app import build_app
 from edge.clock import FakeClock
+from edge.get_path import GetPaths
 from edge.metrics import CounterMetrics
 from edge.source import LmdbSource, read_only_store
 from signer.inventory import revoke
@@ -168,12 +170,16 @@ def test_health_and_readiness_do_not_shadow_ocsp(world):
     assert call(world, "GET", "/ocsp/healthz").status_code == 400
 
 
-def test_ca_added_after_start_is_found(world):
+def test_ca_added_after_start_is_found(world, monkeypatch):
     _, _, st, *_ = world
+    decoded: list[bytes] = []
+    der_of_path = GetPaths.der
+    monkeypatch.setattr(GetPaths, "der", lambda self, raw_path: decoded.append(raw_path) or der_of_path(self, raw_path))
 
     async def go():
         app = make_app(world, FakeClock(NOW))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e") as c:
+            assert (await c.post("/", content=request_der(world[3], 0x10))).status_code == 200  # opens the store
             when = dt.datetime.fromtimestamp(NOW - 60, dt.UTC)
             issuer = create_ca(st, "late", "ec-p256", 365, None, None, when)
             ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
@@ -182,12 +188,67 @@ def test_ca_added_after_start_is_found(world):
             add_devices(st, issuer, [0x99], when)
             drain(st, FixedClock())
             after = await c.post("/", content=der)
-            return before, after
+            path = "/" + base64.b64encode(der).decode()
+            decoded.clear()
+            gets = [await c.get(path), await c.get(path)]
+            return before, after, gets
 
-    before, after = asyncio.run(go())
+    before, after, gets = asyncio.run(go())
     assert before.content == bytes.fromhex("30030a0106")
-    assert after.status_code == 200
-    assert ocsp.load_der_ocsp_response(after.content).certificate_status == ocsp.OCSPCertStatus.GOOD
+    for answer in (after, *gets):
+        assert answer.status_code == 200
+        assert ocsp.load_der_ocsp_response(answer.content).certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert decoded == []  # the new CA's GET paths are read the quick way too
+
+
+def _get_answers(world, clock, *, quick: bool):
+    """Every GET (and HEAD) of good, revoked and unknown serials, as one app answers it, and its counters.
+
+    ``quick``: as the app does (the quick way first); else as if it never found a request the quick
+    way. The app opens the store at its first request: a first pass, not compared, does that.
+    """
+    _, config, st, ca_cert, _ = world
+    metrics = CounterMetrics()
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"))
+    app = build_app(source, config, clock, metrics, logging.getLogger("t"))
+    paths = []
+    for serial in (0x10, 0x80, 0x99):
+        for algorithm in (hashes.SHA1(), hashes.SHA256()):
+            b64 = base64.b64encode(request_der(ca_cert, serial, algorithm))
+            paths += [b"/" + b64, b"/ocsp/" + b64.replace(b"/", b"%2F").replace(b"+", b"%2B").replace(b"=", b"%3D")]
+    asks = [
+        (path, conditional, head)
+        for path in paths
+        for conditional in (NO_CONDITIONS, Conditional(b"*"))
+        for head in (False, True)
+    ]
+    app.ocsp.answer_get(paths[0], NO_CONDITIONS, False)
+    decoded: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        der = GetPaths.der
+        patch.setattr(GetPaths, "der", lambda self, raw_path: decoded.append(raw_path) or der(self, raw_path))
+        if not quick:
+            patch.setattr(GetPaths, "common_request", lambda self, raw_path: None)
+        before = metrics.snapshot()
+        answers = [app.ocsp.answer_get(*ask) for ask in asks]
+    counts = {name: value - before.get(name, 0) for name, value in metrics.snapshot().items()}
+    return answers, counts, decoded
+
+
+@pytest.mark.parametrize("later", [0, 8 * 24 * 3600], ids=["fresh", "stale"])
+def test_get_answers_the_quick_way_as_the_general_way(world, later):
+    """Byte for byte, with the same counters: the quick way reads a GET path as decoding it does."""
+    quick, quick_counts, quick_decoded = _get_answers(world, FakeClock(NOW + later), quick=True)
+    general, general_counts, general_decoded = _get_answers(world, FakeClock(NOW + later), quick=False)
+    assert quick == general
+    assert quick_counts == general_counts
+    assert quick_decoded == [] and len(general_decoded) == len(general)  # each way really was taken
+    statuses = {(answer.status, answer.body[:5]) for answer in quick if answer.body}  # GETs (HEADs alike)
+    if later:
+        assert statuses == {(503, bytes.fromhex("30030a0103")), (200, bytes.fromhex("30030a0106"))}
+    else:  # good and revoked, unknown (unauthorized), and 304 for If-None-Match: *
+        assert {answer.status for answer in quick} == {200, 304}
+        assert (200, bytes.fromhex("30030a0106")) in statuses and len(statuses) >= 3
 
 
 def test_store_not_created_answers_try_later(tmp_path):

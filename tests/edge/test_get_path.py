@@ -15,9 +15,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.cert_id import issuer_part_encodings
+from contract.store import canonical_serial_key
 from edge.get_path import GetPaths, decode_get_request, strip_prefix
-from edge.ocsp_request import MalformedRequest, parse_ocsp_request
-from tests.edge.conftest import crypto_request_by_hash, fake_hashes
+from edge.ocsp_request import MalformedRequest, common_request, parse_ocsp_request
+from tests.edge.conftest import (
+    DER_NULL,
+    SHA1_OID,
+    SHA256_OID,
+    SHA384_OID,
+    SHA512_OID,
+    algorithm_identifier,
+    crypto_request_by_hash,
+    fake_hashes,
+    oid_content,
+    simple_request,
+)
 
 PREFIXES = (b"/api/ocsp", b"/ocsp", b"")
 MAX_DER = 10000
@@ -318,3 +331,202 @@ def test_get_paths_table(raw_path: bytes, expected: bytes | None) -> None:
             paths.der(raw_path)
     else:
         assert paths.der(raw_path) == expected
+
+
+# ------------------------------------------------------------------ GetPaths.common_request (the quick way)
+
+HASH_OIDS = (SHA1_OID, SHA256_OID, SHA384_OID, SHA512_OID)
+ISSUER_HASHES = {
+    dotted: fake_hashes(name) for dotted, name in zip(HASH_OIDS, ("sha1", "sha256", "sha384", "sha512"), strict=True)
+}
+AWKWARD_PART = issuer_part_encodings(oid_content(SHA1_OID), *fake_hashes("sha1", b"get-path"))[0]
+
+
+def served_parts() -> list[bytes]:
+    """Both encodings of each algorithm's issuer part, and the awkward request's."""
+    parts = [AWKWARD_PART]
+    for dotted, (name_hash, key_hash) in ISSUER_HASHES.items():
+        parts.extend(issuer_part_encodings(oid_content(dotted), name_hash, key_hash))
+    return parts
+
+
+def serving(parts: list[bytes], max_der: int = MAX_DER) -> GetPaths:
+    paths = GetPaths(PREFIXES[:-1], max_der)
+    paths.serve_issuers(parts)
+    return paths
+
+
+def by_the_general_way(paths: GetPaths, raw_path: bytes) -> tuple[bytes, bytes] | None:
+    """What the app reads when the quick way finds nothing: the path decoded, then its common shape."""
+    try:
+        return common_request(paths.der(raw_path))
+    except MalformedRequest:
+        return None
+
+
+# The quirks whose request the quick way reads: padded standard base64, raw or with upper-case
+# escapes of '/', '+' and '=' (alone or together), with or without the one extra slash.
+READ_THE_QUICK_WAY = {
+    "plain",
+    "percent-upper",
+    "percent-slash-only",
+    "percent-plus-and-equals-only",
+    "unencoded-slashes-make-segments",
+    "double-slash-kept",
+    "double-slash-half-escaped",
+    "extra-leading-slash",
+    "extra-leading-slash-percent",
+}
+
+
+@pytest.mark.parametrize("prefix", PREFIXES, ids=lambda p: p.decode() or "root")
+@pytest.mark.parametrize("quirk", QUIRKS, ids=[q[0] for q in QUIRKS])
+def test_quick_way_reads_the_usual_encodings_and_leaves_the_rest(
+    quirk: tuple[str, Callable[[], bytes]], prefix: bytes
+) -> None:
+    name, make = quirk
+    paths = serving(served_parts())
+    raw_path = prefix + b"/" + make()
+    expected = common_request(DER)
+    assert expected is not None and expected[0] == AWKWARD_PART
+    assert by_the_general_way(paths, raw_path) == expected
+    assert paths.common_request(raw_path) == (expected if name in READ_THE_QUICK_WAY else None)
+
+
+@pytest.mark.parametrize(
+    ("serial_content", "read"),
+    [
+        (b"\x00", True),  # serial number 0
+        (b"\x7f", True),
+        (b"\x01" + b"\x42" * 19, True),  # 20 octets: the longest RFC 5280 allows
+        (b"\x00\x80" + b"\x42" * 19, False),  # 21 octets, minimal: longer than the quick way reads
+        (b"\xff\x7f", True),  # negative, minimal
+        (b"\x00\x05", False),  # padded: the general way folds it onto 05
+        (b"\xff\x80", False),  # padded negative
+        (b"\x00\x80", True),  # minimal: the 00 keeps it positive
+    ],
+)
+@pytest.mark.parametrize("dotted", [SHA1_OID, SHA256_OID])
+@pytest.mark.parametrize("params", [DER_NULL, b""], ids=["null-params", "no-params"])
+def test_quick_way_reads_minimal_serial_numbers_of_up_to_20_octets(
+    serial_content: bytes, read: bool, dotted: str, params: bytes
+) -> None:
+    name_hash, key_hash = ISSUER_HASHES[dotted]
+    der = simple_request(
+        algorithm=algorithm_identifier(dotted, params),
+        name_hash=name_hash,
+        key_hash=key_hash,
+        serial_content=serial_content,
+    )
+    paths = serving(served_parts())
+    for raw_path in (b"/" + base64.b64encode(der), b"/ocsp/" + percent(base64.b64encode(der), UPPER)):
+        general = by_the_general_way(paths, raw_path)
+        assert general is not None and general[1] == canonical_serial_key(serial_content)
+        assert paths.common_request(raw_path) == (general if read else None)
+
+
+def test_quick_way_reads_served_issuers_only() -> None:
+    raw_path = b"/" + B64
+    assert serving([]).common_request(raw_path) is None
+    paths = serving([AWKWARD_PART])
+    assert paths.common_request(raw_path) is not None
+    paths.serve_issuers([part for part in served_parts() if part != AWKWARD_PART])  # the CA was removed
+    assert paths.common_request(raw_path) is None
+    assert by_the_general_way(paths, raw_path) is not None  # the app still answers it: unauthorized
+
+
+def test_quick_way_reads_nothing_the_decoder_refuses_as_too_large() -> None:
+    name_hash, key_hash = ISSUER_HASHES[SHA1_OID]
+    small = len(simple_request(name_hash=name_hash, key_hash=key_hash, serial_content=b"\x01" * 5))
+    paths = serving(served_parts(), max_der=small)
+    for serial_length, read in ((5, True), (6, False)):
+        der = simple_request(name_hash=name_hash, key_hash=key_hash, serial_content=b"\x01" * serial_length)
+        raw_path = b"/" + base64.b64encode(der)
+        assert (paths.common_request(raw_path) is not None) == read
+        assert (by_the_general_way(paths, raw_path) is not None) == read
+
+
+ALGORITHMS = st.sampled_from([(dotted, params) for dotted in HASH_OIDS for params in (DER_NULL, b"")])
+ENCODINGS: dict[str, Callable[[bytes], bytes]] = {
+    "plain": base64.b64encode,
+    "percent-upper": lambda der: percent(base64.b64encode(der), UPPER),
+    "percent-lower": lambda der: percent(base64.b64encode(der), LOWER),
+    "base64url": base64.urlsafe_b64encode,
+    "unpadded": lambda der: base64.b64encode(der).rstrip(b"="),
+}
+EDIT_CHARACTERS = st.sampled_from(list(b"AMQw09+/=%-_ 2F3D"))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    ALGORITHMS,
+    st.booleans(),
+    st.binary(min_size=1, max_size=23),
+    st.sampled_from(sorted(ENCODINGS)),
+    st.sampled_from(PREFIXES),
+    st.booleans(),
+    st.lists(
+        st.tuples(st.sampled_from(["replace", "insert", "delete"]), st.integers(0, 200), EDIT_CHARACTERS), max_size=2
+    ),
+)
+def test_quick_way_reads_what_the_general_way_reads(
+    algorithm: tuple[str, bytes],
+    served: bool,
+    serial_content: bytes,
+    encoding: str,
+    prefix: bytes,
+    extra_slash: bool,
+    edits: list[tuple[str, int, int]],
+) -> None:
+    """Whatever the quick way reads, the general way reads alike; it reads every usual request."""
+    dotted, params = algorithm
+    name_hash, key_hash = ISSUER_HASHES[dotted] if served else fake_hashes("sha1", b"not served")
+    der = simple_request(
+        algorithm=algorithm_identifier(dotted, params),
+        name_hash=name_hash,
+        key_hash=key_hash,
+        serial_content=serial_content,
+    )
+    text = ENCODINGS[encoding](der)
+    for kind, at, character in edits:
+        at %= len(text) + 1
+        if kind == "replace":
+            text = text[:at] + bytes((character,)) + text[at + 1 :]
+        elif kind == "insert":
+            text = text[:at] + bytes((character,)) + text[at:]
+        else:
+            text = text[:at] + text[at + 1 :]
+    raw_path = prefix + b"/" + (b"/" if extra_slash else b"") + text
+    paths = serving(served_parts())
+    got = paths.common_request(raw_path)
+    if got is not None:
+        assert got == by_the_general_way(paths, raw_path)
+    usual = (
+        served
+        and encoding in ("plain", "percent-upper")
+        and text == ENCODINGS[encoding](der)
+        and canonical_serial_key(serial_content) == serial_content
+        and len(serial_content) <= 20
+        and len(der) <= 129  # the common shape's short-form lengths: SHA-512's never, SHA-384's rarely
+    )
+    if usual:
+        assert got is not None and got[1] == serial_content
+
+
+@pytest.mark.parametrize("dotted", [SHA1_OID, SHA256_OID])
+@pytest.mark.parametrize("serial_content", [b"\x05", b"\x01\x02\x03", b"\x7f" * 20], ids=["1", "3", "20"])
+def test_quick_way_reads_no_request_with_one_character_changed_otherwise(dotted: str, serial_content: bytes) -> None:
+    """Every character of a served request's base64 changed in turn: the general way's reading or nothing."""
+    name_hash, key_hash = ISSUER_HASHES[dotted]
+    der = simple_request(
+        algorithm=algorithm_identifier(dotted), name_hash=name_hash, key_hash=key_hash, serial_content=serial_content
+    )
+    text = base64.b64encode(der)
+    paths = serving(served_parts())
+    assert paths.common_request(b"/" + text) is not None
+    for at in range(len(text)):
+        for character in b"ABCgw/+=":
+            changed = b"/" + text[:at] + bytes((character,)) + text[at + 1 :]
+            got = paths.common_request(changed)
+            if got is not None:
+                assert got == by_the_general_way(paths, changed)
