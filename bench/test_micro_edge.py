@@ -48,6 +48,13 @@ def test_cert_id_parse(benchmark, micro_store):
     assert benchmark(parse_ocsp_request, der).cert_ids[0].serial_number == b"\x07"
 
 
+def test_served_request_read(benchmark, micro_store):
+    """The issuer part and serial number of a usual POST body, without parsing it (ServedRequests.read)."""
+    _, app = _app(micro_store)
+    served = app.ocsp._served
+    assert benchmark(served.read, ocsp_request(micro_store[1], 7))[1] == b"\x07"
+
+
 def test_store_lookup(benchmark, micro_store):
     source, _ = _app(micro_store)
     cert_id = parse_ocsp_request(ocsp_request(micro_store[1], 7)).cert_ids[0]

@@ -23,14 +23,14 @@ from starlette.routing import Route
 
 from contract.config import Config, data_dir_from, load_config
 from contract.jobs import LiveOcspJob, OcspSigned, Refused, socket_path
-from edge.answer import Answer, Conditional, LiveSigning, OCSPAnswerer, conditional_of, render_head
+from edge.answer import NO_CONDITIONS, Answer, Conditional, LiveSigning, OCSPAnswerer, conditional_of, render_head
 from edge.clock import Clock, LoopTurnClock
 from edge.est import EstService, RateLimiter
 from edge.get_path import GetPaths
 from edge.jobqueue import JobQueue, QueueError, UnixSocketQueue
 from edge.loop_turn import at_end_of_loop_turn
 from edge.metrics import CounterMetrics, Metrics
-from edge.ocsp_request import MalformedRequest
+from edge.ocsp_request import MalformedRequest, ServedRequests
 from edge.source import FreshnessPolicy, LmdbSource, build_issuer_table, read_only_store
 from edge.tls_trust import ClientTrust
 
@@ -65,6 +65,7 @@ class OCSPApp:
         self._not_ocsp = tuple(p.encode() for p in not_ocsp)
         self._not_ocsp_initials = frozenset(p[1] for p in self._not_ocsp if len(p) > 1)
         self._paths = GetPaths((p.encode() for p in prefixes), max_request_bytes)
+        self._served = ServedRequests(max_request_bytes)
         self._max = max_request_bytes
         self.method_not_allowed = Answer(405, render_head([ALLOW, (b"content-length", b"0")]), b"")
 
@@ -106,8 +107,10 @@ class OCSPApp:
         return answer
 
     def serve_issuers(self, issuer_parts: Iterable[bytes]) -> None:
-        """The issuer parts served now: GET paths of their common requests are read the quick way."""
-        self._paths.serve_issuers(issuer_parts)
+        """The issuer parts served now: their common requests are found without parsing (GET and POST)."""
+        parts = list(issuer_parts)
+        self._paths.serve_issuers(parts)
+        self._served.serve_issuers(parts)
 
     def check_post_headers(self, headers: list[tuple[bytes, bytes]]) -> Answer | None:
         """An early answer for a POST whose declared length is invalid or too large, else None."""
@@ -122,6 +125,9 @@ class OCSPApp:
     def answer_post(self, body: bytes) -> Answer | LiveSigning:
         if len(body) > self._max:
             return self._answerer.too_large
+        common = self._served.read(body)
+        if common is not None:
+            return self._answerer.answer_cert_id(common[0], common[1], NO_CONDITIONS)
         return self._answerer.answer_der(body)
 
     async def live(self, signing: LiveSigning, *, head: bool = False) -> Answer:

@@ -12,18 +12,15 @@ import binascii
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
-from edge.ocsp_request import COMMON_HEADERS, MalformedRequest
+from edge.ocsp_request import MalformedRequest, common_beginnings
 
 _URLSAFE_TO_STD = bytes.maketrans(b"-_ ", b"+/+")
 # Searched with an int and compared by slices: `bytes in bytes` first fails as an integer, and
 # bytes.startswith parses its arguments as a tuple (both slow on the hot path, Python 3.11).
 _PERCENT = ord("%")
 _SLASH = ord("/")
-_INTEGER = 0x02
-# RFC 5280 §4.1.2.2: no longer than 20 octets. A longer serial number takes the general way.
-MAX_COMMON_SERIAL_BYTES = 20
-# What the quick way knows of an encoded request's fixed beginning: the issuer part it holds, the
-# bytes after the beginning's base64 up to the serial number, and the serial number's length.
+# What the quick way knows of a request's beginning by its base64 (cut at a multiple of three bytes):
+# the issuer part it holds, the beginning's bytes after the cut, and the serial number's length.
 _Known = tuple[bytes, bytes, int]
 
 
@@ -45,17 +42,11 @@ class GetPaths:
         """The issuer parts (as encoded in a CertID) whose requests ``common_request`` reads."""
         known: dict[bytes, _Known] = {}
         key_lengths: dict[int, set[int]] = {}
-        for part in issuer_parts:
-            for serial_length in range(1, MAX_COMMON_SERIAL_BYTES + 1):
-                size = 10 + len(part) + 2 + serial_length
-                headers = COMMON_HEADERS.get(size)
-                if headers is None or size > self._max:
-                    break
-                fixed = headers + part + bytes((_INTEGER, serial_length))
-                cut = len(fixed) // 3 * 3  # base64 writes three bytes as four characters
-                key = binascii.b2a_base64(fixed[:cut], newline=False)
-                known[key] = (part, fixed[cut:], serial_length)
-                key_lengths.setdefault(-(-size // 3) * 4, set()).add(len(key))
+        for part, beginning, serial_length in common_beginnings(issuer_parts, self._max):
+            cut = len(beginning) // 3 * 3  # base64 writes three bytes as four characters
+            key = binascii.b2a_base64(beginning[:cut], newline=False)
+            known[key] = (part, beginning[cut:], serial_length)
+            key_lengths.setdefault(-(-(len(beginning) + serial_length) // 3) * 4, set()).add(len(key))
         # Longest first: the NULL-parameters form (what OpenSSL sends) when two forms share a length.
         self._known = known
         self._key_lengths = {length: tuple(sorted(keys, reverse=True)) for length, keys in key_lengths.items()}
@@ -64,11 +55,11 @@ class GetPaths:
         """(issuer part, serial number) of a GET path carrying a served issuer's common request, or None.
 
         The common shape (``edge.ocsp_request.common_request``) in padded standard base64, raw or
-        with the three usual escapes, under any prefix. Up to its serial number such a request is
-        fixed by its issuer part and serial length, so the base64 of that beginning (cut at a
-        multiple of three bytes) is found with one dict lookup a length, and only the rest is
-        decoded. None is "not found this way", never "malformed": ``der`` decides then. Whatever
-        this reads, ``der`` and ``common_request`` read alike (a property test checks it).
+        with the three usual escapes, under any prefix. The base64 of such a request's beginning
+        (``edge.ocsp_request.common_beginnings``, cut at a multiple of three bytes) is found with
+        one dict lookup a length, and only the rest is decoded. None is "not found this way", never
+        "malformed": ``der`` decides then. Whatever this reads, ``der`` and ``common_request`` read
+        alike (a property test checks it).
         """
         encoded = self._encoded(raw_path)
         if encoded is None:
@@ -91,11 +82,9 @@ class GetPaths:
         if len(tail) != cut + serial_length or tail[:cut] != rest:
             return None
         serial_number = tail[cut:]
-        if serial_length > 1 and (
-            (serial_number[0] == 0 and serial_number[1] < 0x80)
-            or (serial_number[0] == 0xFF and serial_number[1] >= 0x80)
-        ):
-            return None  # padded (not minimal): the general way folds it
+        first = serial_number[0]
+        if (first == 0 or first == 0xFF) and serial_length > 1 and (serial_number[1] < 0x80) == (first == 0):
+            return None  # padded (00 before a byte below 0x80, FF before one from 0x80): the general way folds it
         return part, serial_number
 
     def der(self, raw_path: bytes) -> bytes:

@@ -12,6 +12,7 @@ length must be exact DER (definite, minimal) and nothing may trail.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from contract.cert_id import issuer_part_encodings
@@ -203,6 +204,66 @@ def common_request(der: bytes) -> tuple[bytes, bytes] | None:
     if serial_len > 1 and serial_number[0] in (0, 0xFF):  # maybe padded: fold onto the minimal encoding
         serial_number = canonical_serial_key(serial_number)
     return der[10:serial], serial_number
+
+
+# RFC 5280 §4.1.2.2: no longer than 20 octets. Longer serial numbers take the general way.
+MAX_COMMON_SERIAL_BYTES = 20
+
+
+def common_beginnings(issuer_parts: Iterable[bytes], max_der_bytes: int) -> Iterator[tuple[bytes, bytes, int]]:
+    """(issuer part, beginning, serial length) of every request of the common shape of these issuers.
+
+    Up to its serial number's content such a request is fixed by its issuer part and serial length:
+    the headers (which hold its size), the issuer part, the INTEGER tag and length. Serial numbers of
+    up to MAX_COMMON_SERIAL_BYTES octets, requests of up to ``max_der_bytes``.
+    """
+    for part in issuer_parts:
+        for serial_length in range(1, MAX_COMMON_SERIAL_BYTES + 1):
+            size = 10 + len(part) + 2 + serial_length
+            headers = COMMON_HEADERS.get(size)
+            if headers is None or size > max_der_bytes:
+                break
+            yield part, headers + part + bytes((_INTEGER, serial_length)), serial_length
+
+
+class ServedRequests:
+    """The common request of a served issuer, found by its beginning: one dict lookup, nothing parsed."""
+
+    def __init__(self, max_der_bytes: int) -> None:
+        self._max = max_der_bytes
+        self._parts: dict[bytes, bytes] = {}  # issuer part by beginning
+        self._lengths: dict[int, tuple[int, ...]] = {}  # beginnings' lengths by request size
+
+    def serve_issuers(self, issuer_parts: Iterable[bytes]) -> None:
+        """The issuer parts (as encoded in a CertID) whose requests ``read`` finds."""
+        parts: dict[bytes, bytes] = {}
+        lengths: dict[int, set[int]] = {}
+        for part, beginning, serial_length in common_beginnings(issuer_parts, self._max):
+            parts[beginning] = part
+            lengths.setdefault(len(beginning) + serial_length, set()).add(len(beginning))
+        self._parts = parts
+        # Longest first: the NULL-parameters form (what OpenSSL sends) when two forms give one size.
+        self._lengths = {size: tuple(sorted(found, reverse=True)) for size, found in lengths.items()}
+
+    def read(self, der: bytes) -> tuple[bytes, bytes] | None:
+        """(issuer part, serial number) of a served issuer's request of the common shape, or None.
+
+        None is "not found this way", never "malformed". Whatever this reads, :func:`common_request`
+        reads alike (a property test checks it); padded serial numbers are left to it.
+        """
+        for length in self._lengths.get(len(der), ()):
+            part = self._parts.get(der[:length])
+            if part is not None:
+                break
+        else:
+            return None
+        serial_number = der[length:]
+        if der[length - 1] != len(serial_number):  # the beginning of a request of another size
+            return None
+        first = serial_number[0]
+        if (first == 0 or first == 0xFF) and len(serial_number) > 1 and (serial_number[1] < 0x80) == (first == 0):
+            return None  # padded (00 before a byte below 0x80, FF before one from 0x80): common_request folds it
+        return part, serial_number
 
 
 # The AlgorithmIdentifier encodings of the hash algorithms served, by their length and bytes.

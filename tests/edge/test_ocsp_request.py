@@ -29,6 +29,7 @@ from edge.ocsp_request import (
     CertID,
     MalformedRequest,
     OCSPRequestInfo,
+    ServedRequests,
     _parse_single,
     common_request,
     issuer_part,
@@ -921,3 +922,71 @@ def test_common_request_never_raises(data: bytes) -> None:
     common_request(data)
     size = len(data) + 10  # random contents behind the five headers of their size
     common_request(bytes(b for n in range(2, 11, 2) for b in (0x30, (size - n) & 0xFF)) + data)
+
+
+# ServedRequests: a served issuer's common request found by its beginning, read as common_request reads it.
+
+
+def served(max_der_bytes: int = MAX_REQUEST_BYTES) -> ServedRequests:
+    requests = ServedRequests(max_der_bytes)
+    requests.serve_issuers(KNOWN_PARTS)
+    return requests
+
+
+@pytest.mark.parametrize(
+    ("der", "read"),
+    [
+        (SINGLE_SEEDS[0], True),
+        (SINGLE_SEEDS[1], False),  # padded serial number: common_request folds it
+        (SINGLE_SEEDS[2], False),  # 21 octets: longer than RFC 5280 allows
+        (SINGLE_SEEDS[3], True),  # serial number 0
+        (crypto_request_by_hash(*fake_hashes("sha256"), 2**159 - 1, "sha256", None), True),  # 20 octets
+        (simple_request(serial_content=b"\xff\x7f"), True),  # negative, minimal
+        (crypto_request_by_hash(*fake_hashes("sha1"), 0x80, "sha1", None), True),  # 00 80: minimal
+        (simple_request(serial_content=b"\xff\x80"), False),  # padded negative
+        (simple_request(algorithm=algorithm_identifier(SHA1_OID, b"")), True),  # no NULL parameters
+        (BASE_WITH_NONCE, False),
+        (LONG_FORM, False),
+        (simple_request(name_hash=b"\x33" * 20), False),  # an issuer not served
+    ],
+)
+def test_served_requests_read_the_usual_requests_as_common_request_does(der: bytes, read: bool) -> None:
+    assert served().read(der) == (common_request(der) if read else None)
+
+
+def test_served_requests_follow_the_issuers_served_and_the_size_limit() -> None:
+    der = SINGLE_SEEDS[0]
+    requests = served()
+    requests.serve_issuers([])
+    assert requests.read(der) is None
+    assert served(max_der_bytes=len(der)).read(der) is not None
+    assert served(max_der_bytes=len(der) - 1).read(der) is None  # what the general way refuses as too large
+
+
+@pytest.mark.parametrize("seed", [SINGLE_SEEDS[0], SINGLE_SEEDS[3], SINGLE_SEEDS[2][:-1]], ids=["1", "0", "20"])
+def test_served_requests_read_no_request_with_one_byte_changed_otherwise(seed: bytes) -> None:
+    """Every byte changed, dropped or doubled in turn: common_request's reading of it, or nothing."""
+    requests = served()
+    for at in range(len(seed)):
+        for mutant in (
+            *(seed[:at] + bytes((value,)) + seed[at + 1 :] for value in (0, 1, 0x7F, 0x80, 0xFF, seed[at] ^ 1)),
+            seed[:at] + seed[at + 1 :],
+            seed[:at] + seed[at : at + 1] + seed[at:],
+        ):
+            got = requests.read(mutant)
+            if got is not None:
+                assert got == common_request(mutant)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(range(len(SINGLE_SEEDS) + 1)), st.lists(MUTATIONS, min_size=1, max_size=3))
+def test_served_requests_read_mutants_as_common_request_does(
+    seed_index: int, mutations: list[tuple[str, int, int]]
+) -> None:
+    mutant = mutate([*SINGLE_SEEDS, LONG_FORM][seed_index], mutations)
+    got = served().read(mutant)
+    if got is None:
+        event("not found")
+        return
+    event("found")
+    assert got == common_request(mutant)
