@@ -10,6 +10,7 @@ COLORS = {
     "pki-edge": "#1f77b4",
     "pki-edge-asgi": "#aec7e8",
     "pki-edge-alt": "#17becf",
+    "pki-edge-base": "#bcbd22",
     "python-floor": "#9467bd",
     "nginx": "#2ca02c",
     "cfssl": "#ff7f0e",

@@ -4,6 +4,8 @@
 - ``pki-edge-asgi``: the same with ``PKI_EDGE_EDGE_FAST_LANE=false`` (every request through ASGI);
 - ``pki-edge-alt``: ``pki-edge`` from another interpreter's environment (``--alt-python``), so that two
   builds of Python are compared in the same rounds;
+- ``pki-edge-base``: ``pki-edge`` at another git revision (``--baseline REV``), checked out in a worktree
+  and run by this interpreter, so that a change is measured against the code before it in the same rounds;
 - ``nginx``: nginx-light serving the very same DER responses as static files (one worker, access log
   off, keep-alive without a request limit, open_file_cache): the HTTP serving limit. A file's path is
   the decoded GET path, i.e. the standard base64 of the request, whose ``/`` make directories, so
@@ -29,6 +31,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,6 +59,7 @@ SPECS = {
         "pki-edge-asgi", frozenset({"GET", "POST"}), "pki-edge edge, 1 worker, PKI_EDGE_EDGE_FAST_LANE=false"
     ),
     "pki-edge-alt": Spec("pki-edge-alt", frozenset({"GET", "POST"}), "pki-edge as pki-edge, under --alt-python"),
+    "pki-edge-base": Spec("pki-edge-base", frozenset({"GET", "POST"}), "pki-edge as pki-edge, at --baseline REV"),
     "nginx": Spec("nginx", frozenset({"GET"}), "nginx static files of the same DER responses, 1 worker"),
     "python-floor": Spec(
         "python-floor", frozenset({"GET", "POST"}), "bench.floor: uvloop + httptools, whole answers from a dict"
@@ -156,18 +160,60 @@ def start_pki_edge(
     fast_lane: bool = True,
     name: str = "",
     executable: str = "",
+    source: Path | None = None,
 ) -> Proc:
-    """``executable``: the ``pki-edge`` to run (default: the one beside this interpreter)."""
-    env = clean_env()
+    """``executable``: the ``pki-edge`` to run (default: the one beside this interpreter); ``source``: a
+    checkout whose code it runs instead of this one's (:func:`baseline_checkout`)."""
+    env = clean_env() if source is None else code_of(source)
     if not fast_lane:
         env["PKI_EDGE_EDGE_FAST_LANE"] = "false"
     name = name or ("pki-edge" if fast_lane else "pki-edge-asgi")
     cmd = [executable or pki_edge_bin(), "--data", str(data), "edge"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    return Proc(name, cmd, work / f"{name}-{port}.log", cpu=cpu, env=env)
+    return Proc(name, cmd, work / f"{name}-{port}.log", cpu=cpu, env=env, cwd=source)
 
 
 # ------------------------------------------------------------------------------------------ python floor
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def baseline_checkout(revision: str, where: Path) -> str:
+    """Check out ``revision`` of this repository at ``where`` (a detached git worktree); its commit.
+
+    Its pki-edge reads the store this checkout's code builds: a revision from before a change of the
+    store's format cannot be measured this way.
+    """
+    found = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0:
+        raise SystemExit(f"--baseline {revision}: not a commit of {REPO}")
+    commit = found.stdout.strip()
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(where), commit],
+        check=True,
+        capture_output=True,
+    )
+    return commit
+
+
+def remove_checkout(where: Path) -> None:
+    """Undo :func:`baseline_checkout` (nothing if it was not made)."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)], capture_output=True)
+    subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True)
+
+
+def code_of(checkout: Path) -> dict[str, str]:
+    """A child environment whose ``pki-edge`` (this interpreter's) imports the code of ``checkout``.
+
+    PYTHONPATH comes before site-packages, where this checkout is installed (editable); a console
+    script puts its own directory first, not the working directory.
+    """
+    return clean_env(PYTHONPATH=str(checkout))
 
 
 def alt_pki_edge(python: Path) -> str:

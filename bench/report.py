@@ -73,7 +73,16 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-SERVER_ORDER = ("pki-edge", "pki-edge-alt", "pki-edge-asgi", "python-floor", "nginx", "cfssl", "openssl")
+SERVER_ORDER = (
+    "pki-edge",
+    "pki-edge-base",
+    "pki-edge-alt",
+    "pki-edge-asgi",
+    "python-floor",
+    "nginx",
+    "cfssl",
+    "openssl",
+)
 
 
 def _server_order(name: str) -> int:
@@ -385,8 +394,28 @@ def cpu_split_line(runs: Sequence[dict[str, Any]], mix: str = "get-uniform") -> 
     return f"- CPU per request, {mix}, user + system µs (medians over rounds): " + "; ".join(parts) + "."
 
 
-def extras(results: dict[str, Any]) -> list[str]:
+def against_other_pki_edges(results: dict[str, Any]) -> list[str]:
+    """pki-edge against the pki-edge of another revision or interpreter measured in the same rounds."""
+    runs = results.get("runs", [])
     lines = []
+    for other, what in (("pki-edge-base", "pki-edge-base"), ("pki-edge-alt", "python of pki-edge-alt")):
+        parts = []
+        for mix in sorted({r["mix"] for r in runs if r["server"] == other}):
+            ratios = ratio_per_round(runs, "pki-edge", other, mix, "req_per_cpu_s")
+            if ratios:
+                parts.append(f"{mix} {statistics.median(ratios):.2f}× ({', '.join(f'{x:.2f}' for x in ratios)})")
+        if parts:
+            label = results.get("versions", {}).get(what, "")
+            lines.append(
+                f"- pki-edge against {other} ({label}), req/CPU-s, median of the per-round ratios (each round's): "
+                + "; ".join(parts)
+                + "."
+            )
+    return lines
+
+
+def extras(results: dict[str, Any]) -> list[str]:
+    lines = against_other_pki_edges(results)
     split = cpu_split_line(results.get("runs", []))
     if split is not None:
         lines.append(split)

@@ -153,8 +153,11 @@ class Bench:
         self.out = out
         self.server_cpu, self.load_cpu = (0, 1) if (os.cpu_count() or 1) >= 2 else (0, 0)
         self.servers: list[str] = [s for s in args.servers if s in SPECS]
-        if args.alt_python is not None:
-            self.servers.insert(self.servers.index("pki-edge") + 1 if "pki-edge" in self.servers else 0, "pki-edge-alt")
+        # The other pki-edges right after pki-edge: in every round they run in the same minutes.
+        for other, wanted in (("pki-edge-base", args.baseline), ("pki-edge-alt", args.alt_python)):
+            if wanted is not None:
+                self.servers.insert(self.servers.index("pki-edge") + 1 if "pki-edge" in self.servers else 0, other)
+        self.baseline = work / "baseline"  # the checkout of --baseline
         self.procs: dict[str, Proc] = {}
         self.ports: dict[str, int] = {}
         self.started = time.monotonic()
@@ -263,6 +266,8 @@ class Bench:
         elif server == "pki-edge-alt":
             executable = references.alt_pki_edge(self.args.alt_python)
             proc = references.start_pki_edge(work, self.main_data, port, cpu, name=server, executable=executable)
+        elif server == "pki-edge-base":
+            proc = references.start_pki_edge(work, self.main_data, port, cpu, name=server, source=self.baseline)
         elif server == "nginx":
             proc = references.start_nginx(self.work, self.exports["static"], port, cpu)
         elif server == "python-floor":
@@ -345,7 +350,7 @@ class Bench:
                 expected = self.responses[(item.serial, item.hash_name)].der
                 if reply.status != 200:
                     problems.append(f"{m}: HTTP {reply.status}")
-                elif server in ("pki-edge", "pki-edge-alt", "pki-edge-asgi", "python-floor", "nginx"):
+                elif server in ("pki-edge", "pki-edge-alt", "pki-edge-base", "pki-edge-asgi", "python-floor", "nginx"):
                     if reply.body != expected:
                         problems.append(f"{m}: body is not the stored response")
                 elif server == "cfssl":
@@ -748,6 +753,8 @@ class Bench:
             report.update_readme(self.args.readme, report.section(results))
         say("")
         say(report.table(results["summary"]))
+        for line in report.against_other_pki_edges(results):
+            say(line)
         if results.get("latency", {}).get("summary"):
             say("")
             say(report.latency_table(results["latency"]["summary"]))
@@ -864,6 +871,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="also run pki-edge (as pki-edge-alt) from the environment of this interpreter (a venv's "
         "bin/python with pki-edge installed), interleaved with the others: two Python builds compared",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run pki-edge (as pki-edge-base) at this git revision, checked out in a worktree and run by "
+        "this interpreter, interleaved with the others: a change against the code before it, in one run",
+    )
     parser.add_argument("--rounds", type=int, help="override the mode's rounds")
     parser.add_argument("--seconds", type=float, help="override the mode's seconds per run")
     parser.add_argument("--serials", type=int, help="override the comparison dataset size")
@@ -937,6 +950,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     say(f"pki-edge bench, {mode.name} mode, work directory {work}")
     try:
+        if args.baseline is not None:
+            commit = references.baseline_checkout(args.baseline, bench.baseline)
+            bench.results["versions"]["pki-edge-base"] = f"{args.baseline} = {commit}"
         bench.build_main()
         assert bench.requests is not None
         bench.results["config"]["items"] = len(bench.requests.items)
@@ -967,6 +983,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.finish(argv)
     finally:
         bench.stop_servers()
+        if args.baseline is not None:
+            references.remove_checkout(bench.baseline)
         if args.keep_work or args.work:
             say(f"work directory kept: {work}")
         else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,7 +49,8 @@ def test_nginx_conf(tmp_path: Path):
 
 
 def test_specs_cover_every_server():
-    assert set(references.SPECS) == {*references.ALL_SERVERS, "pki-edge-alt"}  # that one by --alt-python only
+    # pki-edge-alt and pki-edge-base by --alt-python and --baseline only
+    assert set(references.SPECS) == {*references.ALL_SERVERS, "pki-edge-alt", "pki-edge-base"}
     assert references.SPECS["nginx"].methods == {"GET"}
     assert references.SPECS["cfssl"].methods == {"POST"}
     assert references.SPECS["openssl"].fresh_per_run
@@ -68,6 +71,51 @@ def test_alt_python_adds_a_server_without_making_the_run_custom():
     args = run.parse_args(["--mode", "full", "--alt-python", "/opt/venv/bin/python"])
     assert args.alt_python == Path("/opt/venv/bin/python")
     assert not args.custom
+
+
+def test_baseline_adds_a_server_next_to_pki_edge_without_making_the_run_custom(tmp_path: Path):
+    args = run.parse_args(["--baseline", "HEAD~1", "--alt-python", "/opt/venv/bin/python"])
+    assert args.baseline == "HEAD~1"
+    assert not args.custom
+    bench = run.Bench(run.MODES["quick"], args, tmp_path, tmp_path)
+    assert bench.servers[:3] == ["pki-edge", "pki-edge-alt", "pki-edge-base"]
+    assert bench.baseline == tmp_path / "baseline"
+
+
+def _worktrees() -> str:
+    listed = subprocess.run(["git", "-C", str(references.REPO), "worktree", "list"], capture_output=True, text=True)
+    return listed.stdout
+
+
+def test_baseline_checkout_runs_that_revision_s_code_and_is_removed(tmp_path: Path):
+    where = tmp_path / "baseline"
+    head = subprocess.run(["git", "-C", str(references.REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    try:
+        assert references.baseline_checkout("HEAD", where) == head.stdout.strip()
+        assert (where / "edge" / "app.py").exists() and str(where) in _worktrees()
+        # What start_pki_edge runs with source=where: this interpreter's pki-edge, importing where's code
+        # (-P: as a console script, the working directory not first on the path; here, this checkout).
+        env = references.code_of(where)
+        for package in ("edge", "signer", "contract"):
+            found = subprocess.run(
+                [sys.executable, "-P", "-c", f"import {package}; print({package}.__file__)"],
+                cwd=references.REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert Path(found.stdout.strip()).parent == where / package
+    finally:
+        references.remove_checkout(where)
+    assert not where.exists() and str(where) not in _worktrees()
+    references.remove_checkout(where)  # twice (or never made): nothing happens
+
+
+def test_baseline_checkout_names_a_revision_it_cannot_find(tmp_path: Path):
+    with pytest.raises(SystemExit, match="--baseline no-such-revision: not a commit"):
+        references.baseline_checkout("no-such-revision", tmp_path / "baseline")
+    assert not (tmp_path / "baseline").exists()
 
 
 def test_paced_connections():

@@ -259,3 +259,25 @@ def test_the_tenth_rate_rows_are_context_of_the_p99_goal_not_a_goal():
     assert p99[0]["measured"] == (
         "p99 5.00 ms; nginx 1.50 ms at the same rate; at 50 req/s: pki-edge 3.00 ms, nginx 2.50 ms"
     )
+
+
+def test_pki_edge_against_the_other_pki_edges_of_the_same_rounds():
+    runs = [
+        _run("pki-edge", "get-uniform", 0, 1100, 1.0),
+        _run("pki-edge-base", "get-uniform", 0, 1000, 1.0),
+        _run("pki-edge", "get-uniform", 1, 900, 1.0),
+        _run("pki-edge-base", "get-uniform", 1, 1000, 1.0),
+        _run("pki-edge", "get-uniform", 2, 1300, 1.0),
+        _run("pki-edge-base", "get-uniform", 2, 1000, 1.0),
+        _run("pki-edge", "post-uniform", 0, 2000, 1.0),
+        _run("pki-edge-alt", "post-uniform", 0, 1000, 1.0),
+    ]
+    results = {"runs": runs, "versions": {"pki-edge-base": "HEAD~1 = abc", "python of pki-edge-alt": "3.11.2"}}
+    assert report.against_other_pki_edges(results) == [
+        "- pki-edge against pki-edge-base (HEAD~1 = abc), req/CPU-s, median of the per-round ratios (each round's): "
+        "get-uniform 1.10× (1.10, 0.90, 1.30).",
+        "- pki-edge against pki-edge-alt (3.11.2), req/CPU-s, median of the per-round ratios (each round's): "
+        "post-uniform 2.00× (2.00).",
+    ]
+    assert report.against_other_pki_edges({"runs": RUNS}) == []
+    assert report.extras(results)[:2] == report.against_other_pki_edges(results)
