@@ -31,7 +31,7 @@ from edge.jobqueue import JobQueue, QueueError, UnixSocketQueue
 from edge.loop_turn import at_end_of_loop_turn
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest, ServedRequests
-from edge.source import FreshnessPolicy, LmdbSource, build_issuer_table, read_only_store
+from edge.source import FreshnessPolicy, LmdbSource, read_only_store
 from edge.tls_trust import ClientTrust
 
 Scope = MutableMapping[str, Any]
@@ -257,7 +257,7 @@ def build_app(
         live_timeout=config.est.job_timeout_seconds,
     )
     # After start too: a CA added later is found by its first request, the general way (edge.source).
-    source.on_registry_change(lambda records: ocsp.serve_issuers(build_issuer_table(records)))
+    source.on_registry_change(lambda _: ocsp.serve_issuers(source.served_issuer_parts()))
     extra_trust = [path for path in (config.est.client_ca, config.est.ra_trust_anchors) if path]
     return EdgeApp(ocsp, starlette, ClientTrust(source, extra_trust, logger), config.edge.max_head_bytes)
 

@@ -167,7 +167,7 @@ def issuer_part(cert_id: CertID) -> bytes:
 
 # The headers of a request of the RFC 5019 shape, by its size: OCSPRequest, TBSRequest, requestList,
 # Request and CertID SEQUENCEs, each holding only the next (short-form lengths: 129 bytes at most).
-COMMON_HEADERS = {
+_COMMON_HEADERS = {
     size: bytes(
         (_SEQUENCE, size - 2, _SEQUENCE, size - 4, _SEQUENCE, size - 6, _SEQUENCE, size - 8, _SEQUENCE, size - 10)
     )
@@ -185,7 +185,7 @@ def common_request(der: bytes) -> tuple[bytes, bytes] | None:
     checks it). None means "not this shape"; it never raises.
     """
     size = len(der)
-    if der[:10] != COMMON_HEADERS.get(size):
+    if der[:10] != _COMMON_HEADERS.get(size):
         return None
     # The two OCTET STRING tags are not checked here: a part equal to a real encoding has them
     # where these lengths put them, and any other part is looked up in vain (_parse_single checks).
@@ -220,7 +220,7 @@ def common_beginnings(issuer_parts: Iterable[bytes], max_der_bytes: int) -> Iter
     for part in issuer_parts:
         for serial_length in range(1, MAX_COMMON_SERIAL_BYTES + 1):
             size = 10 + len(part) + 2 + serial_length
-            headers = COMMON_HEADERS.get(size)
+            headers = _COMMON_HEADERS.get(size)
             if headers is None or size > max_der_bytes:
                 break
             yield part, headers + part + bytes((_INTEGER, serial_length)), serial_length

@@ -181,6 +181,10 @@ class LmdbSource:
             listener(records)
         return True
 
+    def served_issuer_parts(self) -> list[bytes]:
+        """Every issuer part (as a CertID encodes it) answered from this store's registry as last read."""
+        return list(self._table)
+
     def on_registry_change(self, listener: Callable[[list[store.IssuerRecord]], None]) -> None:
         """Call ``listener`` with every CA record now (if open) and whenever the registry changes."""
         self._registry_listeners.append(listener)

@@ -101,3 +101,18 @@ def test_a_failing_store_is_unavailable_and_logged_once(world, caplog) -> None:
             with pytest.raises(Unavailable):
                 source.response(*lookup, AT)
     assert [r.getMessage().startswith("store read failed") for r in caplog.records] == [True]
+
+
+def test_served_issuer_parts_are_what_lookups_find_and_follow_the_registry(world) -> None:
+    st, _, lookup = world
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), at_once)
+    assert source.served_issuer_parts() == []  # not open yet
+    seen: list[list[bytes]] = []
+    source.on_registry_change(lambda _: seen.append(source.served_issuer_parts()))
+    assert source.open()
+    parts = source.served_issuer_parts()
+    assert seen == [parts] and len(parts) == 8  # four hash algorithms, each with and without NULL parameters
+    assert lookup[0] in parts and source.response(*lookup, AT).revoked is False
+    create_ca(st, "later", "ec-p256", 30, None, None, NOW)
+    assert source.refresh_issuers()
+    assert len(seen) == 2 and len(seen[1]) == 16 and set(parts) < set(seen[1])
