@@ -193,11 +193,13 @@ def baseline_checkout(revision: str, where: Path) -> str:
     if found.returncode != 0:
         raise SystemExit(f"--baseline {revision}: not a commit of {REPO}")
     commit = found.stdout.strip()
-    subprocess.run(
+    added = subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(where), commit],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if added.returncode != 0:
+        raise SystemExit(f"--baseline {revision}: cannot check it out at {where}: {added.stderr.strip()}")
     return commit
 
 

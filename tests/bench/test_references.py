@@ -116,6 +116,11 @@ def test_baseline_checkout_names_a_revision_it_cannot_find(tmp_path: Path):
     with pytest.raises(SystemExit, match="--baseline no-such-revision: not a commit"):
         references.baseline_checkout("no-such-revision", tmp_path / "baseline")
     assert not (tmp_path / "baseline").exists()
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "left-over").touch()  # a kept work directory's earlier checkout, say
+    with pytest.raises(SystemExit, match="--baseline HEAD: cannot check it out at"):
+        references.baseline_checkout("HEAD", tmp_path / "baseline")
+    assert str(tmp_path / "baseline") not in _worktrees()
 
 
 def test_paced_connections():
