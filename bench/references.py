@@ -173,10 +173,7 @@ def start_pki_edge(
     return Proc(name, cmd, work / f"{name}-{port}.log", cpu=cpu, env=env, cwd=source)
 
 
-# ------------------------------------------------------------------------------------------ python floor
-
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent  # bench is run from the checkout, not installed
 
 
 def baseline_checkout(revision: str, where: Path) -> str:
@@ -226,10 +223,12 @@ def alt_pki_edge(python: Path) -> str:
     return str(executable)
 
 
+# ------------------------------------------------------------------------------------------ python floor
+
+
 def start_floor(work: Path, answers: Path, port: int, cpu: int | None) -> Proc:
     cmd = [sys.executable, "-m", "bench.floor", "--port", str(port), "--answers", str(answers)]
-    repo = Path(__file__).resolve().parent.parent  # bench is run from the checkout, not installed
-    return Proc("python-floor", cmd, work / "python-floor.log", cpu=cpu, env=clean_env(), cwd=repo)
+    return Proc("python-floor", cmd, work / "python-floor.log", cpu=cpu, env=clean_env(), cwd=REPO)
 
 
 # ---------------------------------------------------------------------------------------------- openssl
