@@ -79,7 +79,8 @@ class OcspSigned(msgspec.Struct, frozen=True, tag="ocsp_signed"):
 
 
 class Refused(msgspec.Struct, frozen=True, tag="refused"):
-    """The request itself is wrong (``status`` is the HTTP status to answer, 4xx)."""
+    """The job cannot be granted: ``status`` is the HTTP status to answer, 4xx when the request itself
+    is wrong, 503 (answered with Retry-After) when its CA cannot issue for a time."""
 
     status: int
     reason: str

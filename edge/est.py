@@ -292,6 +292,8 @@ class EstService:
         if isinstance(result, jobs.Busy):
             raise EstError(503, "the signer is busy", {"Retry-After": str(result.retry_after)})
         if isinstance(result, jobs.Refused):
+            if result.status == 503:
+                raise self._busy(result.reason)
             raise EstError(result.status, result.reason)
         return result
 

@@ -2,9 +2,9 @@
 
 Signer worker processes (which hold the CA keys) run the three EST jobs here. A job's
 result is always a ``contract.jobs`` result: a client's mistake becomes ``Refused`` with
-the HTTP status the edge answers, never an exception. Exceptions that do escape are
-server-side faults (a bad profile in the configuration, a key that cannot be read, the
-store failing) for the job server to log.
+the HTTP status the edge answers (as does a CA that cannot issue for now: 503), never an
+exception. Exceptions that do escape are server-side faults (a bad profile in the configuration,
+a key that cannot be read, the store failing) for the job server to log.
 
 Issuance is one LMDB write transaction: the inventory entry and the certificate's signed
 OCSP responses (every configured hash algorithm) with their schedule and refresh entries,
@@ -68,7 +68,8 @@ _rng = random.Random()  # OCSP refresh jitter only
 
 
 class EnrollRefused(Exception):
-    """The request cannot be granted; ``status`` is the HTTP status (4xx), the message one line for the client."""
+    """The request cannot be granted; ``status`` is the HTTP status (4xx, or 503 while the CA cannot
+    issue for a time), the message one line for the client."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -448,6 +449,12 @@ def _issuing_ca(
     ca_cert, ca_key, response_signer = load_ca(issuer)
     if ca_cert.not_valid_after_utc.timestamp() <= now:
         raise EnrollRefused(403, f"CA {name!r} has expired: it cannot issue certificates")
+    if not response_signer.valid_from <= now < response_signer.valid_until:
+        # A certificate is answered only with its first OCSP responses stored (signer.precompute signs
+        # none outside this validity): a 503 until the operator gives the CA a valid responder.
+        raise EnrollRefused(
+            503, f"CA {name!r} cannot issue for now: the certificate signing its OCSP responses is not valid"
+        )
     return issuer, ca_cert, ca_key, response_signer
 
 

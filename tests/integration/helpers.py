@@ -370,7 +370,12 @@ def make_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 
 
 def make_leaf(
-    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str, serial: int, ocsp_signing: bool = False
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    serial: int,
+    ocsp_signing: bool = False,
+    not_after: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -382,7 +387,7 @@ def make_leaf(
         .public_key(key.public_key())
         .serial_number(serial)
         .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=90))
+        .not_valid_after(not_after or now + dt.timedelta(days=90))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
         .sign(ca_key, hashes.SHA256())

@@ -7,6 +7,7 @@ profile's extensions and the OCSP URL, and `openssl ocsp` says good for it at on
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -18,8 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from contract.config import Config
+from signer.state import key_path
 from tests.integration import helpers
 from tests.integration.helpers import Server, free_port, pki_edge
 
@@ -64,13 +69,14 @@ def est(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Est]:
     pki_edge(data, "ca", "create", "root", "--ocsp-url", ocsp_url)
     pki_edge(data, "ca", "create", "other")
     pki_edge(data, "ca", "create", "tlsca")
+    pki_edge(data, "ca", "create", "lapsing")  # its OCSP responder is let lapse
     (work / "root.pem").write_text(pki_edge(data, "ca", "show", "root").stdout)
     (work / "tlsca.pem").write_text(pki_edge(data, "ca", "show", "tlsca").stdout)
     pki_edge(
         data, "issue", "tlsca", "--cn", "localhost", "--san", "DNS:localhost", "--san", "IP:127.0.0.1", "--out", work
     )
     pki_edge(data, "issue", "root", "--cn", "dms1", "--out", work)
-    pki_edge(data, "ra", "add", "dms1", "--cert", work / "dms1.pem", "--cas", "root")
+    pki_edge(data, "ra", "add", "dms1", "--cert", work / "dms1.pem", "--cas", "root,lapsing")
     server = Server(
         "up",
         data,
@@ -216,6 +222,46 @@ def test_ra_not_authorised_for_a_label_is_refused(est: Est) -> None:
         expect_status=None,
     )  # fmt: skip
     assert status == 403 and b"may not enroll" in answer
+
+
+def test_no_enrollment_while_the_cas_ocsp_responder_is_not_valid(est: Est) -> None:
+    # A certificate is answered with its first OCSP responses stored, and none can be signed with a
+    # lapsed responder: the CA answers 503 with the reason (not a certificate whose status nobody can
+    # tell, nor "busy" after signing it), and issues again once the operator gives it a successor.
+    ca_pem = est.work / "lapsing.pem"
+    ca_pem.write_text(pki_edge(est.data, "ca", "show", "lapsing").stdout)
+    ca = helpers.load_cert(ca_pem)
+    ca_key = serialization.load_pem_private_key(key_path(est.data, "lapsing").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    lapses_at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=8)
+    responder = helpers.make_leaf(ca, ca_key, "lapsing responder", 0x7001, ocsp_signing=True, not_after=lapses_at)
+    successor = helpers.make_leaf(ca, ca_key, "next responder", 0x7002, ocsp_signing=True)
+
+    def install(pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], stem: str) -> None:
+        cert, key = (
+            helpers.write_pem(est.work / f"{stem}.pem", pair[0]),
+            helpers.write_pem(est.work / f"{stem}.key", pair[1]),
+        )
+        pki_edge(est.data, "ca", "responder", "lapsing", "--responder-cert", cert, "--responder-key", key)
+
+    def enroll(n: int) -> tuple[int, bytes]:
+        body = csr(est, f"lapsing{n}", f"lapsing-device-{n}")
+        return est.curl(
+            f"{est.https}/.well-known/est/lapsing/simpleenroll",
+            "--cert", est.work / "dms1.pem", "--key", est.work / "dms1.key", "-D", est.work / "lapsing.headers",
+            "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
+            expect_status=None,
+        )  # fmt: skip
+
+    install(responder, "lapsing-responder")
+    assert enroll(1)[0] == 200
+    time.sleep(max(0.0, (lapses_at - dt.datetime.now(dt.UTC)).total_seconds()) + 0.5)
+    status, answer = enroll(2)
+    assert status == 503, (status, answer)
+    assert b"cannot issue for now: the certificate signing its OCSP responses is not valid" in answer
+    assert "retry-after:" in (est.work / "lapsing.headers").read_text().lower()
+    install(successor, "next-responder")
+    assert enroll(3)[0] == 200
 
 
 def test_https_refuses_headers_past_the_bound_with_431(est: Est) -> None:

@@ -18,7 +18,7 @@ from contract import jobs, store
 from contract.config import Config
 from signer import enroll
 from signer.inventory import add_certificates, revoke
-from signer.registry import add_ca, create_ca, key_path
+from signer.registry import add_ca, create_ca, key_path, load_ca_key, set_responder
 from signer.state import SignerError, SignerStore
 from signer.worker import Worker
 from signer.worker_pool import WorkItem
@@ -171,6 +171,30 @@ def test_an_exception_while_signing_costs_only_its_own_job(ca_worker: Worker, mo
         [item(jobs.EnrollJob("ca", device_csr(1), "bug")), item(jobs.EnrollJob("ca", device_csr(2), "ra"))]
     )
     assert results[0] == jobs.Busy(Config().est.retry_after_seconds) and isinstance(results[1], jobs.Issued)
+
+
+@pytest.mark.parametrize("when", ["expired", "not yet valid"])
+def test_no_certificate_is_issued_while_its_ocsp_cannot_be_signed(st: SignerStore, data_dir: Path, when: str) -> None:
+    # Its first OCSP responses are signed with it, before it is answered: with the certificate that
+    # signs them out of its validity, the job waits (503 with the reason) and nothing is signed.
+    day = dt.timedelta(days=1)
+    record = create_ca(st, "ca", "ec-p256", 30, None, None, NOW - 10 * day)
+    ca_cert, ca_key = x509.load_der_x509_certificate(record.cert_der), load_ca_key(data_dir, record)
+    delegate_key = pool_key("ec-p256", 22)
+    if when == "expired":
+        delegate = build_delegate(ca_cert, ca_key, delegate_key, NOW - 5 * day, NOW - dt.timedelta(seconds=1))
+        set_responder(st, "ca", pem(delegate), key_pem(delegate_key), NOW - 2 * day)
+    else:
+        delegate = build_delegate(ca_cert, ca_key, delegate_key, NOW + day, NOW + 5 * day)
+        set_responder(st, "ca", pem(delegate), key_pem(delegate_key), NOW + 2 * day)
+    worker = worker_for(st, data_dir)
+    before = last_txnid(worker)
+    results = worker.run_batch(
+        [item(jobs.EnrollJob("ca", device_csr(1), "ra")), item(jobs.ServerKeygenJob("ca", device_csr(2), "ra"))]
+    )
+    reason = "CA 'ca' cannot issue for now: the certificate signing its OCSP responses is not valid"
+    assert results == [jobs.Refused(503, reason)] * 2
+    assert last_txnid(worker) == before
 
 
 # ---------------------------------------------------------------------------- live-signed OCSP
