@@ -248,6 +248,29 @@ def test_both_paths_refuse_an_invalid_request_alike(servers) -> None:
         assert closed
 
 
+@pytest.mark.parametrize(
+    ("head", "body", "status"),
+    [
+        (b"Content-Length: 10001\r\n", b"0" * 10001, b"413"),  # over edge.max_request_bytes
+        (b"Content-Length: 10000\r\n", b"0" * 10000, b"400"),  # at it: read, and malformed
+        (b"Transfer-Encoding: chunked\r\n", b"2711\r\n" + b"0" * 10001 + b"\r\n0\r\n\r\n", b"413"),
+        (b"Content-Length:  5 \r\n", b"00000", b"400"),
+        (b"Content-Length: +5\r\n", b"00000", b"400"),
+        (b"Content-Length: 5\r\nContent-Length: 6\r\n", b"000000", b"400"),
+        (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n", b"400"),
+    ],
+)
+def test_both_paths_answer_a_posts_length_alike(servers, head: bytes, body: bytes, status: bytes) -> None:
+    """Past the limit, at it, and lengths the parser refuses: the same status line and body on both paths."""
+    message = b"POST /ocsp HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body
+    answers = []
+    for url in servers:
+        received, _ = exchange(int(url.rsplit(":", 1)[1]), message)
+        assert received.startswith(b"HTTP/1.1 " + status), received[:200]
+        answers.append((received.split(b"\r\n", 1)[0], received.split(b"\r\n\r\n", 1)[1]))
+    assert answers[0] == answers[1]
+
+
 @pytest.mark.parametrize("target", [b"http://127.0.0.1{path}", b"http://127.0.0.1{path}?x=1", b"{path}?x=1"])
 def test_both_paths_answer_an_absolute_form_or_query_target(store, servers, target: bytes) -> None:
     """RFC 9112 §3.2.2: a server accepts the absolute form (proxies send it); a query is not the request."""

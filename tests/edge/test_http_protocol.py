@@ -216,6 +216,40 @@ def test_a_body_trickling_for_ever_is_cut_off(app, protocol_class) -> None:
 
 
 @PROTOCOLS
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_post_body_past_the_limit_is_counted_not_kept(app, protocol_class, framing: str) -> None:
+    """Read to its end and answered 413, holding no more than the limit (edge.max_request_bytes) of it."""
+    import tracemalloc
+
+    size = 4 * BIG
+    if framing == "chunked":
+        head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        pieces = [b"%x\r\n%s\r\n" % (PIECE, b"0" * PIECE)] * (size // PIECE) + [b"0\r\n\r\n"]
+    else:
+        head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+        pieces = [b"0" * PIECE] * (size // PIECE)
+
+    async def scenario() -> tuple[bytes, int]:
+        server, port = await InProcessEdge(app, 5.0, protocol_class).serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        tracemalloc.start()
+        writer.write(head)
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        writer.close()
+        server.close()
+        return answer, peak
+
+    answer, peak = run(scenario())
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert peak < size // 4, peak  # pieces in flight and the limit's 10 kB, not the body
+
+
+@PROTOCOLS
 def test_idle_connections_close_between_one_and_two_keep_alive_timeouts(store, app, protocol_class):
     _, ca = store
     der = request(ca, 1)
