@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/pki-edge --data $(DATA) up --demo
 
-# The tests drive the real `openssl` CLI: install it when missing (Debian/Ubuntu, as root or with sudo).
+# The tests drive the real `openssl` CLI, and wrk with the benchmark's Lua scripts: install them when
+# missing (Debian/Ubuntu, as root or with sudo).
 tools:
-	@command -v openssl >/dev/null 2>&1 || { \
-	  echo "installing the openssl CLI"; \
+	@missing=$$(for t in openssl wrk; do command -v $$t >/dev/null 2>&1 || echo $$t; done); \
+	[ -z "$$missing" ] || { \
+	  echo "installing" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -41,6 +41,7 @@ from cryptography import x509
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.server import ServerState
 
+from bench import reqset
 from bench.conftest import ocsp_request
 from bench.floor import FloorProtocol
 from contract.config import Config, StoreConfig
@@ -83,12 +84,8 @@ class FakeTransport:
         pass
 
 
-# What a CDN's cache miss carries besides Host (wrk sends Host alone): nine header lines.
-CDN_HEADERS = (
-    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) ocsp-check/1.0\r\nAccept: */*\r\nAccept-Encoding: gzip\r\n"
-    b"Via: 1.1 cdn-edge-42\r\nX-Forwarded-For: 203.0.113.7\r\nCDN-Loop: cdn; count=1\r\n"
-    b"X-Request-Id: 4f1c2a9e8d7b6c5a\r\nCache-Control: max-age=0\r\nTrue-Client-IP: 203.0.113.7\r\n"
-)
+# What a CDN's cache miss carries besides Host (wrk sends Host alone), as request header lines.
+CDN_HEADERS = "".join(f"{name}: {value}\r\n" for name, value in reqset.CDN_HEADERS).encode("ascii")
 
 
 def wrk_requests(ca: x509.Certificate, method: str, extra_headers: bytes = b"") -> list[bytes]:

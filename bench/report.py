@@ -311,6 +311,12 @@ def write_json(path: Path, results: dict[str, Any]) -> None:
     path.write_text(json.dumps(results, indent=1, sort_keys=False, default=str) + "\n")
 
 
+def extra_headers_note(cfg: dict[str, Any]) -> str:
+    """How the requests differ from wrk's own (Host alone), for the dataset line; empty when they do not."""
+    names = cfg.get("extra_headers") or []
+    return f"; every request with {len(names)} more headers, as a CDN sends them ({', '.join(names)})" if names else ""
+
+
 def steal_line(runs: list[dict[str, Any]]) -> str:
     """How much of the server core the hypervisor gave to others during the throughput runs."""
     steals = sorted(r["server_core_steal"] for r in runs if r.get("server_core_steal") is not None)
@@ -346,7 +352,9 @@ def section(results: dict[str, Any]) -> str:
         f"Dataset: {cfg['serials']:,} serials (a tenth revoked) × {len(cfg['hash_algorithms'])} hash algorithms; "
         f"{cfg['items']:,} distinct requests, mixes of {cfg['mix_length']:,}; "
         f"{cfg['rounds']} rounds × {cfg['seconds']:g} s per server and mix "
-        f"(openssl {cfg['openssl_seconds']:g} s), interleaved; wrk -t1 -c{cfg['connections']}, keep-alive.",
+        f"(openssl {cfg['openssl_seconds']:g} s), interleaved; wrk -t1 -c{cfg['connections']}, keep-alive"
+        + extra_headers_note(cfg)
+        + ".",
         "",
         "### Throughput (medians over rounds; ratios are medians of per-round ratios)",
         "",

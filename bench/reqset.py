@@ -11,7 +11,8 @@ A mix is a sequence of requests:
 Serials are drawn uniformly, or Zipf-distributed (s = 1.1, rank 1 the most requested; ranks are
 assigned to serials at random). Both hash algorithms are equally likely. The sequence is written as a
 file that ``bench/lua/mix.lua`` reads at start-up and walks with a counter, one line per request:
-``GET <path>`` or ``POST <path> <hex body>``.
+``GET <path>`` or ``POST <path> <hex body>``. Headers all requests of a run carry besides wrk's Host
+(``CDN_HEADERS``, with ``bench.run --cdn-headers``) are a file of their own (:func:`write_headers`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ from cryptography.x509 import ocsp
 from edge.source import issuer_hashes
 
 HASHES: dict[str, hashes.HashAlgorithm] = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}
+
+# What a CDN's cache miss carries besides Host (wrk sends Host alone): nine header lines.
+CDN_HEADERS: tuple[tuple[str, str], ...] = (
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) ocsp-check/1.0"),
+    ("Accept", "*/*"),
+    ("Accept-Encoding", "gzip"),
+    ("Via", "1.1 cdn-edge-42"),
+    ("X-Forwarded-For", "203.0.113.7"),
+    ("CDN-Loop", "cdn; count=1"),
+    ("X-Request-Id", "4f1c2a9e8d7b6c5a"),
+    ("Cache-Control", "max-age=0"),
+    ("True-Client-IP", "203.0.113.7"),
+)
 GET_ENCODINGS = ("pct", "raw")
 ZIPF_S = 1.1
 
@@ -136,6 +150,13 @@ def request_lines(
 
 def write_lines(path: Path, lines: Iterable[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="ascii")
+    return path
+
+
+def write_headers(path: Path, headers: Iterable[tuple[str, str]]) -> Path:
+    """Header lines every request of a wrk run carries (``bench/lua/mix.lua`` reads them from the file
+    named by ``BENCH_HEADERS``)."""
+    path.write_text("".join(f"{name}: {value}\n" for name, value in headers), encoding="ascii")
     return path
 
 

@@ -185,6 +185,10 @@ class Bench:
         self.requests: RequestSet | None = None
         self.responses: dict[tuple[int, str], Any] = {}
         self.exports: dict[str, Path] = {}
+        # --cdn-headers: every request carries the headers a CDN adds (wrk alone sends Host).
+        self.headers_file = (
+            reqset.write_headers(work / "cdn-headers.txt", reqset.CDN_HEADERS) if args.cdn_headers else None
+        )
 
     # ------------------------------------------------------------------------------------------ dataset
 
@@ -397,6 +401,7 @@ class Bench:
             duration_s=seconds,
             cpu=self.load_cpu,
             delay_ms=delay_ms,
+            headers_file=self.headers_file,
         )
         try:
             steal0 = procstat.steal_seconds(self.server_cpu)
@@ -752,6 +757,8 @@ class Bench:
         if not self.args.custom and self.args.readme:
             report.update_readme(self.args.readme, report.section(results))
         say("")
+        if note := report.extra_headers_note(results["config"]):
+            say(f"Requests{note.removeprefix(';').removeprefix(' every request')}.")
         say(report.table(results["summary"]))
         for line in report.against_other_pki_edges(results):
             say(line)
@@ -877,6 +884,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="also run pki-edge (as pki-edge-base) at this git revision, checked out in a worktree and run by "
         "this interpreter, interleaved with the others: a change against the code before it, in one run",
     )
+    parser.add_argument(
+        "--cdn-headers",
+        action="store_true",
+        help="every request carries the nine headers a CDN's cache miss adds (bench/reqset.py CDN_HEADERS), "
+        "for every server; wrk alone sends Host",
+    )
     parser.add_argument("--rounds", type=int, help="override the mode's rounds")
     parser.add_argument("--seconds", type=float, help="override the mode's seconds per run")
     parser.add_argument("--serials", type=int, help="override the comparison dataset size")
@@ -896,6 +909,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         or args.serials
         or args.scale is not None
         or args.skip
+        or args.cdn_headers
         or set(args.servers) != set(references.ALL_SERVERS)
     )
     return args
@@ -947,6 +961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hash_algorithms": list(HASH_ALGORITHMS),
         "servers": bench.servers,
         "paced_delay_ms": PACED_DELAY_MS,
+        "extra_headers": [name for name, _ in reqset.CDN_HEADERS] if args.cdn_headers else [],
     }
     say(f"pki-edge bench, {mode.name} mode, work directory {work}")
     try:

@@ -115,8 +115,10 @@ def command(
     cpu: int | None,
     delay_ms: int | None = None,
     timeout_s: float = 5.0,
+    headers_file: Path | None = None,
 ) -> list[str]:
-    """The wrk command line: one thread, ``connections`` keep-alive connections, a mix replayed by Lua."""
+    """The wrk command line: one thread, ``connections`` keep-alive connections, a mix replayed by Lua;
+    with ``headers_file`` (``reqset.write_headers``) every request carries its header lines too."""
     script = LUA_DIR / ("paced.lua" if delay_ms is not None else "mix.lua")
     cmd = [
         "wrk",
@@ -133,6 +135,8 @@ def command(
     ]
     if delay_ms is not None:
         cmd.append(str(delay_ms))
+    if headers_file is not None:
+        cmd = ["env", f"BENCH_HEADERS={headers_file}", *cmd]
     return (["taskset", "-c", str(cpu)] if cpu is not None else []) + cmd
 
 

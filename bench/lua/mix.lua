@@ -1,7 +1,8 @@
 -- wrk script: replay a request mix file, one request per line, in order, round and round.
 --   GET <path>
 --   POST <path> <hex-encoded body>
--- Usage: wrk -s bench/lua/mix.lua URL -- MIXFILE
+-- Usage: [BENCH_HEADERS=FILE] wrk -s bench/lua/mix.lua URL -- MIXFILE
+-- FILE: "Name: value" lines every request carries besides wrk's Host (bench.run --cdn-headers).
 -- done() prints machine-readable lines starting "@@".
 
 local requests = {}
@@ -31,10 +32,26 @@ local function unhex(text)
   return (text:gsub("..", BYTE))
 end
 
+-- The header lines of the file named by BENCH_HEADERS, if any, added to `headers`.
+local function add_extra_headers(headers)
+  local path = os.getenv("BENCH_HEADERS")
+  if path == nil or path == "" then return end
+  local file = assert(io.open(path, "r"), "cannot open headers file " .. path)
+  for line in file:lines() do
+    local name, value = line:match("^([^:]+): (.*)$")
+    assert(name ~= nil, "not a header line in " .. path .. ": " .. line)
+    headers[name] = value
+  end
+  file:close()
+end
+
 function init(args)
   local path = args[1]
   local file = assert(io.open(path, "r"), "cannot open mix file " .. tostring(path))
+  local get_headers = {}
   local post_headers = { ["Content-Type"] = "application/ocsp-request" }
+  add_extra_headers(get_headers)
+  add_extra_headers(post_headers)
   local formatted = {} -- a line seen before reuses its request (mixes repeat requests)
   for line in file:lines() do
     local request = formatted[line]
@@ -43,7 +60,7 @@ function init(args)
       if method == "POST" then
         request = wrk.format("POST", target, post_headers, unhex(body))
       elseif method == "GET" then
-        request = wrk.format("GET", target)
+        request = wrk.format("GET", target, get_headers)
       end
       formatted[line] = request
     end
