@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -135,7 +136,9 @@ class Server:
         log_path: Path,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        open_files: int | None = None,
     ) -> None:
+        """``open_files``: the process's limit of open files, soft and hard (it cannot raise it)."""
         self.name = name
         self.data_dir = data_dir
         self.port = port
@@ -149,6 +152,9 @@ class Server:
             stdin=subprocess.DEVNULL,
             env=clean_env(PYTHONUNBUFFERED="1", **(env or {})),
             start_new_session=True,  # its own process group: a kill on failure takes the children too
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files)))
+            if open_files is not None
+            else None,
         )
         SERVERS.append(self)
 
