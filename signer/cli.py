@@ -16,6 +16,7 @@ from contract.config import Config, ConfigError, data_dir_from, load_config
 from signer.keys import KEY_TYPES
 
 if TYPE_CHECKING:
+    from contract.store import IssuerRecord
     from signer.state import SignerStore
 
 Handler = Callable[[argparse.Namespace, Path, Config], int]
@@ -131,11 +132,23 @@ def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.issue import issue_to_directory
 
     st = open_store(data_dir, config)
-    cert_path, key_path = issue_to_directory(
-        st, st.issuer(args.name), args.cn, args.san or [], args.key, args.days, args.out, _now()
-    )
+    issuer, now = st.issuer(args.name), _now()
+    cert_path, key_path = issue_to_directory(st, issuer, args.cn, args.san or [], args.key, args.days, args.out, now)
     print(f"{cert_path}\n{key_path}")
+    _warn_if_ocsp_waits(issuer, now)
     return 0
+
+
+def _warn_if_ocsp_waits(issuer: IssuerRecord, now: dt.datetime) -> None:
+    """What was just added has no OCSP response while the CA cannot sign any (EST refuses then: 503)."""
+    from signer.registry import ocsp_signer_valid
+
+    if not ocsp_signer_valid(issuer, now):
+        print(
+            f"warning: the certificate signing CA {issuer.name}'s OCSP responses is not valid now: no response is"
+            " signed for these certificates until the CA has a valid one (pki-edge ca responder)",
+            file=sys.stderr,
+        )
 
 
 def _progress(label: str) -> Callable[[str, int], None]:
@@ -164,6 +177,7 @@ def cmd_import(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     if progress:
         print(file=sys.stderr)
     print(f"{issuer.name}: {report.summary()}")
+    _warn_if_ocsp_waits(issuer, _now())
     return 0
 
 

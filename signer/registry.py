@@ -133,6 +133,13 @@ def add_ca(
     )
 
 
+def ocsp_signer_valid(record: IssuerRecord, now: dt.datetime) -> bool:
+    """Whether the certificate signing the CA's OCSP responses (its delegated responder, else the CA
+    itself) is valid at ``now``: outside that, the signer signs none (signer.precompute)."""
+    cert = x509.load_der_x509_certificate(record.responder_cert_der or record.cert_der)
+    return cert.not_valid_before_utc <= now < cert.not_valid_after_utc
+
+
 def check_responder(responder: x509.Certificate, ca: x509.Certificate, now: dt.datetime) -> None:
     """RFC 6960 §4.2.2.2: a delegate is issued directly by the CA and carries id-kp-OCSPSigning."""
     if reason := check_directly_issued(responder, ca):
