@@ -449,7 +449,7 @@ def _issuing_ca(
     ca_cert, ca_key, response_signer = load_ca(issuer)
     if ca_cert.not_valid_after_utc.timestamp() <= now:
         raise EnrollRefused(403, f"CA {name!r} has expired: it cannot issue certificates")
-    if not response_signer.valid_from <= now < response_signer.valid_until:
+    if not response_signer.valid_at(now):
         # A certificate is answered only with its first OCSP responses stored (signer.precompute signs
         # none outside this validity): a 503 until the operator gives the CA a valid responder.
         raise EnrollRefused(

@@ -117,6 +117,10 @@ class ResponseSigner:
             key_hash = hashlib.new(name, key_bits).digest()
             self.cert_id_prefixes[code] = issuer_part_encodings(oid, name_hash, key_hash)[0]  # with NULL
 
+    def valid_at(self, now: int) -> bool:
+        """Whether responses may be signed at ``now`` (Unix seconds): inside the signing certificate's validity."""
+        return self.valid_from <= now < self.valid_until
+
     def sign_response(
         self,
         hash_code: int,

@@ -291,7 +291,7 @@ class Precomputer:
             txn.delete(inv_key, db=st.refresh)
             return
         signer = signer or self._signers.get(issuer_number)
-        if signer is None or not signer.valid_from <= now < signer.valid_until:
+        if signer is None or not signer.valid_at(now):
             # The CA's key cannot be loaded now, or the certificate that signs its responses is
             # expired (or not valid yet): keep what is stored (the edge stops serving it at
             # nextUpdate) and retry later rather than block the other work.

@@ -126,7 +126,7 @@ class Worker:
                     return jobs.Refused(404, "unknown serial")  # never sign for serials never issued
                 cert = store.CERT_DECODER.decode(raw)
                 singles.append((ref.hash_code, ref.serial_key, CertStatus(cert.revoked_at, cert.reason)))
-        if not signer.valid_from <= now < signer.valid_until:
+        if not signer.valid_at(now):
             return self._busy  # what signs this CA's responses is not valid now (the signer logs it)
         this_update = now - self._config.signer.backdate_seconds
         next_update = min(this_update + int(self._config.signer.validity_hours * 3600), signer.valid_until)
