@@ -324,10 +324,10 @@ def write_json(path: Path, results: dict[str, Any]) -> None:
     path.write_text(json.dumps(results, indent=1, sort_keys=False, default=str) + "\n")
 
 
-def extra_headers_note(cfg: dict[str, Any]) -> str:
-    """How the requests differ from wrk's own (Host alone), for the dataset line; empty when they do not."""
+def extra_headers(cfg: dict[str, Any]) -> str:
+    """How every request differs from wrk's own (Host alone), or "" when it does not."""
     names = cfg.get("extra_headers") or []
-    return f"; every request with {len(names)} more headers, as a CDN sends them ({', '.join(names)})" if names else ""
+    return f"with {len(names)} more headers, as a CDN sends them ({', '.join(names)})" if names else ""
 
 
 def steal_line(runs: list[dict[str, Any]]) -> str:
@@ -366,7 +366,7 @@ def section(results: dict[str, Any]) -> str:
         f"{cfg['items']:,} distinct requests, mixes of {cfg['mix_length']:,}; "
         f"{cfg['rounds']} rounds × {cfg['seconds']:g} s per server and mix "
         f"(openssl {cfg['openssl_seconds']:g} s), interleaved; wrk -t1 -c{cfg['connections']}, keep-alive"
-        + extra_headers_note(cfg)
+        + (f"; every request {extra}" if (extra := extra_headers(cfg)) else "")
         + ".",
         "",
         "### Throughput (medians over rounds; ratios are medians of per-round ratios)",

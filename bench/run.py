@@ -757,8 +757,8 @@ class Bench:
         if not self.args.custom and self.args.readme:
             report.update_readme(self.args.readme, report.section(results))
         say("")
-        if note := report.extra_headers_note(results["config"]):
-            say(f"Requests{note.removeprefix(';').removeprefix(' every request')}.")
+        if extra := report.extra_headers(results["config"]):
+            say(f"Every request {extra}.")
         say(report.table(results["summary"]))
         for line in report.against_other_pki_edges(results):
             say(line)

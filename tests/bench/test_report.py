@@ -183,6 +183,15 @@ def test_readme_section_is_replaced_in_place(tmp_path: Path):
     assert second.split(report.README_START)[0] == first.split(report.README_START)[0]
 
 
+def test_the_dataset_line_names_headers_added_to_every_request() -> None:
+    results = _results()
+    assert "wrk -t1 -c32, keep-alive.\n" in report.section(results)
+    results["config"]["extra_headers"] = ["Via", "X-Forwarded-For"]
+    assert "keep-alive; every request with 2 more headers, as a CDN sends them (Via, X-Forwarded-For).\n" in (
+        report.section(results)
+    )
+
+
 def test_json_and_plots(tmp_path: Path):
     results = _results()
     report.write_json(tmp_path / "out" / "latest.json", results)
