@@ -12,9 +12,10 @@ is the difference of two runs of different lengths (start-up cancels out) over t
     python -m bench.icount get --store /tmp/ic    # one store (and CA key) for every run: A/B of commits
     python -m bench.icount get --cdn              # with the nine headers a CDN adds (wrk sends Host only)
 
-A loop turn's ends (the write batch's flush, the end of the store's read snapshot and of the clock's
-reading) are run by the feeder after every ``--per-turn`` requests (default 1: the most a turn can cost
-a request).
+A loop turn's end (the write batch's flush) is run by the feeder after every ``--per-turn`` requests
+(default 1: the most a turn can cost a request); the timers ending the store's read snapshot and the
+clock's reading after every ``--per-snapshot`` (default 100: a snapshot lasts 10 ms, which holds some
+150 requests at half of the edge's saturation on the benchmark's machine, and a reading a second).
 
 To compare two commits, run it in a worktree of each (``PYTHONPATH=WORKTREE``). Needs valgrind.
 """
@@ -46,9 +47,9 @@ from bench.conftest import ocsp_request
 from bench.floor import FloorProtocol
 from contract.config import Config, StoreConfig
 from edge.app import build_app
-from edge.clock import LoopTurnClock
+from edge.clock import WholeSecondClock
 from edge.fastlane import OCSPHttpToolsProtocol, WriteBatch
-from edge.loop_turn import LoopTurn
+from edge.later import End
 from edge.metrics import CounterMetrics
 from edge.source import LmdbSource
 from signer.registry import create_ca
@@ -104,10 +105,10 @@ def wrk_requests(ca: x509.Certificate, method: str, extra_headers: bytes = b"") 
 
 
 def feeder(
-    data: Path, method: str, variant: str, per_turn: int = 1, cdn: bool = False
+    data: Path, method: str, variant: str, per_turn: int = 1, cdn: bool = False, per_snapshot: int = 100
 ) -> tuple[Callable[[int], None], FakeTransport]:
-    """A function feeding N requests, ``per_turn`` in each loop turn (its end writes the answers and ends
-    the store's read snapshot, as the event loop would), and the transport."""
+    """A function feeding N requests, ``per_turn`` in each loop turn (its end writes the answers, as the
+    event loop would), ``per_snapshot`` in each read snapshot and clock reading, and the transport."""
     config = Config(store=StoreConfig(map_size_mb=64))  # valgrind cannot map the default 64 GiB
     st = SignerStore(data, config)
     ca_file = data / "icount-ca.der"
@@ -122,15 +123,16 @@ def feeder(
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     transport = FakeTransport()
-    turn = LoopTurn.of(loop)  # its ends are run here, as the loop would at the end of a turn
+    batch = WriteBatch.of(loop)  # flushed here, as the loop would at the end of a turn
+    timed: list[End] = []  # what the loop's timers would end: run here every per_snapshot requests
     if variant == "floor":
-        floor = FloorProtocol({}, WriteBatch.of(loop))
+        floor = FloorProtocol({}, batch)
         floor.connection_made(transport)  # type: ignore[arg-type]
         receive: Callable[[bytes], None] = floor.data_received
     else:
-        source = LmdbSource(lambda: st.env, logging.getLogger("icount"), turn.at_end)
+        source = LmdbSource(lambda: st.env, logging.getLogger("icount"), timed.append)
         source.open()
-        clock = LoopTurnClock(turn.at_end)
+        clock = WholeSecondClock(lambda _, end: timed.append(end))
         app = build_app(source, config, clock, CounterMetrics(), logging.getLogger("icount"))
         if variant == "fixed":
             answer = app.ocsp.answer_post(ocsp_request(ca, 1))
@@ -151,10 +153,19 @@ def feeder(
         for n in range(count):
             receive(requests[n % SERIALS])
             if (n + 1) % per_turn == 0:
-                turn.run_ends()
-        turn.run_ends()
+                batch.flush()
+            if (n + 1) % per_snapshot == 0:
+                _run(timed)
+        batch.flush()
+        _run(timed)
 
     return feed, transport
+
+
+def _run(ends: list[End]) -> None:
+    for end in ends:
+        end()
+    ends.clear()
 
 
 def count_instructions(
@@ -165,6 +176,7 @@ def count_instructions(
     per_turn: int = 1,
     store: Path | None = None,
     cdn: bool = False,
+    per_snapshot: int = 100,
 ) -> float:
     """Instructions per request: two runs under valgrind, the difference over the extra requests.
 
@@ -190,6 +202,8 @@ def count_instructions(
             variant,
             "--per-turn",
             str(per_turn),
+            "--per-snapshot",
+            str(per_snapshot),
             "--run",
             str(requests),
             *(["--store", str(store)] if store is not None else []),
@@ -209,6 +223,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("method", choices=("get", "post"))
     parser.add_argument("--variant", choices=VARIANTS, default="whole")
     parser.add_argument("--per-turn", type=int, default=1, metavar="K", help="requests per event-loop turn (default 1)")
+    parser.add_argument(
+        "--per-snapshot",
+        type=int,
+        default=100,
+        metavar="K",
+        help="requests per read snapshot and clock reading (default 100)",
+    )
     parser.add_argument("--run", type=int, metavar="N", help="feed N requests and exit (what valgrind runs)")
     parser.add_argument("--short", type=int, default=1000)
     parser.add_argument("--long", type=int, default=4000)
@@ -224,15 +245,18 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.ExitStack() as stack:
             data = args.store or Path(stack.enter_context(tempfile.TemporaryDirectory()))
             data.mkdir(parents=True, exist_ok=True)
-            feed, transport = feeder(data, args.method, args.variant, args.per_turn, args.cdn)
+            feed, transport = feeder(data, args.method, args.variant, args.per_turn, args.cdn, args.per_snapshot)
             feed(args.run)
             if len(transport.written) != args.run:
                 raise SystemExit(f"{len(transport.written)} answers for {args.run} requests")
         return
     store = args.store.resolve() if args.store else None
-    per_request = count_instructions(args.method, args.variant, args.short, args.long, args.per_turn, store, args.cdn)
+    per_request = count_instructions(
+        args.method, args.variant, args.short, args.long, args.per_turn, store, args.cdn, args.per_snapshot
+    )
     shape = ", as a CDN sends it" if args.cdn else ""
-    print(f"{args.method} {args.variant}{shape}, {args.per_turn} per turn: {per_request:,.0f} instructions per request")
+    per = f"{args.per_turn} per turn, {args.per_snapshot} per snapshot"
+    print(f"{args.method} {args.variant}{shape}, {per}: {per_request:,.0f} instructions per request")
 
 
 if __name__ == "__main__":

@@ -24,14 +24,14 @@ from starlette.routing import Route
 from contract.config import Config, data_dir_from, load_config
 from contract.jobs import LiveOcspJob, OcspSigned, Refused, socket_path
 from edge.answer import NO_CONDITIONS, Answer, Conditional, LiveSigning, OCSPAnswerer, conditional_of, render_head
-from edge.clock import Clock, LoopTurnClock
+from edge.clock import Clock, WholeSecondClock
 from edge.est import EstService, RateLimiter
 from edge.get_path import GetPaths
 from edge.jobqueue import JobQueue, QueueError, UnixSocketQueue
-from edge.loop_turn import at_end_of_loop_turn
+from edge.later import after, later_on_running_loop
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest, ServedRequests
-from edge.source import FreshnessPolicy, LmdbSource, read_only_store
+from edge.source import READ_SNAPSHOT_SECONDS, FreshnessPolicy, LmdbSource, read_only_store
 from edge.tls_trust import ClientTrust
 
 Scope = MutableMapping[str, Any]
@@ -271,6 +271,6 @@ def create_app(config: Config | None = None) -> EdgeApp:
     data_dir = data_dir_from(os.environ.get("PKI_EDGE_DATA"))
     logger = logging.getLogger("pki_edge.edge")
     config = config or load_config(data_dir)
-    source = LmdbSource(read_only_store(data_dir, config.store.map_size_mb << 20), logger, at_end_of_loop_turn)
+    source = LmdbSource(read_only_store(data_dir, config.store.map_size_mb << 20), logger, after(READ_SNAPSHOT_SECONDS))
     queue = UnixSocketQueue(socket_path(data_dir), config.est.max_inflight, logger)
-    return build_app(source, config, LoopTurnClock(at_end_of_loop_turn), CounterMetrics(), logger, queue)
+    return build_app(source, config, WholeSecondClock(later_on_running_loop), CounterMetrics(), logger, queue)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from edge.loop_turn import AtEnd
+from edge.later import Later
 
 
 class Clock(Protocol):
@@ -19,24 +19,26 @@ class SystemClock:
         return int(time.time())
 
 
-class LoopTurnClock:
-    """The system clock, read once per turn of the event loop: every request of a turn sees one time.
+class WholeSecondClock:
+    """The system clock, read once for each second it tells: a reading holds until the next whole second.
 
-    A reading costs more than the rest of a request's freshness and max-age work; a turn lasts a few
-    milliseconds, which whole seconds cannot tell apart. ``at_end`` forgets the reading when the turn
-    ends (``edge.loop_turn.at_end_of_loop_turn``: at once, so a fresh reading each time, without a loop).
+    A reading costs more than the rest of a request's freshness and max-age work, and whole seconds
+    do not change in between. ``later`` forgets the reading at the next second
+    (``edge.later.later_on_running_loop``: a timer, late by at most the turn then running, which
+    a reading per turn was too; without a loop at once, so a fresh reading each time).
     """
 
-    def __init__(self, at_end: AtEnd) -> None:
-        self._at_end = at_end
-        self._now = 0  # no reading in this turn yet (no real reading is 0)
-        self._forget_reading = self._forget  # bound once, not once per turn
+    def __init__(self, later: Later) -> None:
+        self._later = later
+        self._now = 0  # no reading held (no real reading is 0)
+        self._forget_reading = self._forget  # bound once, not once per reading
 
     def now(self) -> int:
         now = self._now
         if not now:
-            now = self._now = int(time.time())
-            self._at_end(self._forget_reading)
+            reading = time.time()
+            now = self._now = int(reading)
+            self._later(now + 1 - reading, self._forget_reading)
         return now
 
     def _forget(self) -> None:

@@ -34,7 +34,6 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from edge.answer import CONDITIONAL_HEADERS, NO_CONDITIONS, Answer, LiveSigning, conditional_of, render_head
 from edge.app import OCSPApp
 from edge.http_protocol import EdgeHttpProtocol
-from edge.loop_turn import LoopTurn
 
 _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
 # On the hot path, bytes are searched with an int (a byte search) and compared by slices: `bytes in
@@ -52,7 +51,7 @@ class WriteBatch:
     _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch]] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._turn = LoopTurn.of(loop)
+        self._loop = loop
         self._pending: list[tuple[asyncio.Transport, bytes, bool]] = []
         self._flush = self.flush  # bound once, not once per turn
 
@@ -65,7 +64,7 @@ class WriteBatch:
 
     def write(self, transport: asyncio.Transport, data: bytes, close: bool) -> None:
         if not self._pending:
-            self._turn.at_end(self._flush)
+            self._loop.call_soon(self._flush)  # runs once the loop has dispatched this turn's reads
         self._pending.append((transport, data, close))
 
     def flush(self) -> None:

@@ -26,10 +26,14 @@ from contract import store
 from contract.cert_id import issuer_part_encodings
 from contract.store import StoredResponse
 from edge import ocsp_request
-from edge.loop_turn import AtEnd, End
+from edge.later import AtEnd, End
 from edge.ocsp_request import CertID
 
 MAX_LMDB_KEY = 511  # LMDB's default key size limit
+# How long the edge's read snapshot serves lookups: short beside the second a revocation may take to
+# show (and the few milliseconds it takes the signer), long beside a loop turn, which at low load
+# serves one request.
+READ_SNAPSHOT_SECONDS = 0.01
 _HASHLIB_NAMES = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
 
 
@@ -107,8 +111,8 @@ class LmdbSource:
     """Reads the signer's LMDB store. One instance per worker process.
 
     ``end_of_read`` says how long one read transaction serves response lookups: the edge keeps one
-    for a turn of its event loop (a begin and an end cost more than the lookup itself, and a turn
-    serves many requests), so a revocation shows from the next turn on, a few milliseconds at most.
+    for ``READ_SNAPSHOT_SECONDS`` (a begin and an end cost more than the lookup itself), so a newly
+    signed response (a revocation) is served that long after its commit at most.
     """
 
     def __init__(self, opener: EnvOpener, logger: logging.Logger, end_of_read: AtEnd = at_once) -> None:

@@ -1,7 +1,8 @@
-"""How long one LMDB read snapshot serves lookups (``edge.source``): a lookup, or a turn of the event loop."""
+"""How long one LMDB read snapshot serves lookups (``edge.source``): a lookup, or a few milliseconds."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ import pytest
 
 from contract.config import Config
 from contract.store import IssuerRecord
+from edge.later import after
 from edge.ocsp_request import common_request
 from edge.source import LmdbSource, NotFound, Unavailable, at_once, issuer_hashes
 from signer.inventory import revoke
@@ -40,18 +42,18 @@ def _revoke_and_sign(st: SignerStore, issuer: IssuerRecord) -> None:
     drain(st)
 
 
-def test_one_snapshot_serves_a_turn_and_the_next_turn_sees_new_responses(world) -> None:
+def test_one_snapshot_serves_until_it_ends_and_the_next_sees_new_responses(world) -> None:
     st, issuer, lookup = world
-    turn_ends: list[Callable[[], None]] = []
-    source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
+    snapshot_ends: list[Callable[[], None]] = []
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), snapshot_ends.append)
     assert source.response(*lookup, AT).revoked is False
-    assert len(turn_ends) == 1  # one end per turn, however many lookups
+    assert len(snapshot_ends) == 1  # one end per snapshot, however many lookups
     _revoke_and_sign(st, issuer)
-    assert source.response(*lookup, AT).revoked is False  # same turn, same snapshot
-    assert len(turn_ends) == 1
-    turn_ends.pop()()
+    assert source.response(*lookup, AT).revoked is False  # the same snapshot
+    assert len(snapshot_ends) == 1
+    snapshot_ends.pop()()
     assert source.response(*lookup, AT).revoked is True
-    assert len(turn_ends) == 1
+    assert len(snapshot_ends) == 1
 
 
 def test_at_once_each_lookup_sees_the_newest_responses(world) -> None:
@@ -62,23 +64,40 @@ def test_at_once_each_lookup_sees_the_newest_responses(world) -> None:
     assert source.response(*lookup, AT).revoked is True
 
 
+def test_a_snapshot_ended_by_a_timer_serves_until_it_runs(world) -> None:
+    """As the edge wires it (``after(READ_SNAPSHOT_SECONDS)``, here longer than a revocation takes)."""
+    st, issuer, lookup = world
+    seconds = 1.0
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), after(seconds))
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        before = source.response(*lookup, AT).revoked
+        _revoke_and_sign(st, issuer)
+        await asyncio.sleep(0)
+        in_snapshot = source.response(*lookup, AT).revoked  # a turn later, the same snapshot
+        await asyncio.sleep(seconds + 0.02)
+        return before, in_snapshot, source.response(*lookup, AT).revoked
+
+    assert asyncio.run(scenario()) == (False, False, True)
+
+
 def test_an_unknown_serial_ends_its_snapshot_too(world) -> None:
     st, issuer, lookup = world
-    turn_ends: list[Callable[[], None]] = []
-    source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
+    snapshot_ends: list[Callable[[], None]] = []
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), snapshot_ends.append)
     with pytest.raises(NotFound):
         source.response(lookup[0], b"\x7f\x7f", AT)
-    assert len(turn_ends) == 1
-    turn_ends.pop()()
+    assert len(snapshot_ends) == 1
+    snapshot_ends.pop()()
     _revoke_and_sign(st, issuer)
     assert source.response(*lookup, AT).revoked is True
 
 
-def test_a_ca_added_during_a_turn_answers_from_the_next_turn(world) -> None:
-    """The registry is read in a second read transaction beside the turn's (py-lmdb: MDB_NOTLS)."""
+def test_a_ca_added_during_a_snapshot_answers_from_the_next_one(world) -> None:
+    """The registry is read in a second read transaction beside the snapshot (py-lmdb: MDB_NOTLS)."""
     st, _, lookup = world
-    turn_ends: list[Callable[[], None]] = []
-    source = LmdbSource(lambda: st.env, logging.getLogger("t"), turn_ends.append)
+    snapshot_ends: list[Callable[[], None]] = []
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), snapshot_ends.append)
     assert source.response(*lookup, AT).revoked is False
     second = create_ca(st, "ca2", "ec-p256", 30, None, None, NOW)
     add_devices(st, second, (7,), NOW)
@@ -87,7 +106,7 @@ def test_a_ca_added_during_a_turn_answers_from_the_next_turn(world) -> None:
     assert second_lookup is not None
     with pytest.raises(NotFound):
         source.response(*second_lookup, AT)  # the issuer is known now, its responses not in this snapshot
-    turn_ends.pop()()
+    snapshot_ends.pop()()
     assert source.response(*second_lookup, AT).revoked is False
 
 
