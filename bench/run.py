@@ -472,7 +472,9 @@ class Bench:
             if row is None or not row["rps"]:
                 continue
             target = row["rps"] / 2
-            servers = [s for s in ("pki-edge", *others) if s in self.servers and self.serves(s, mix)]
+            # The other pki-edges (--baseline, --alt-python) at pki-edge's rate: their p99 and CPU beside it.
+            mine = ("pki-edge", "pki-edge-base", "pki-edge-alt")
+            servers = [s for s in (*mine, *others) if s in self.servers and self.serves(s, mix)]
             connections, delay = paced_connections(target)
             # Calibrate once on pki-edge: wrk's think time comes after each answer, so the offered rate
             # also depends on latency; scale the connection count by offered/achieved (at most 2×).
