@@ -290,6 +290,35 @@ def test_the_tenth_rate_rows_are_context_of_the_p99_goal_not_a_goal():
     )
 
 
+UNDECIDED = "; the threshold lies inside it: not decided by this run"
+
+
+@pytest.mark.parametrize(
+    ("p99s_us", "note", "verdict"),
+    [
+        ((1500.0, 1900.0, 1800.0), " (rounds 1.50-1.90 ms)", "PASS"),
+        ((1500.0, 2600.0, 1800.0), f" (rounds 1.50-2.60 ms{UNDECIDED})", "PASS"),
+        ((2000.0, 2100.0, 2400.0), f" (rounds 2.00-2.40 ms{UNDECIDED})", "FAIL"),
+        ((2100.0, 2400.0, 3000.0), " (rounds 2.10-3.00 ms)", "FAIL"),
+        ((2100.0,), "", "FAIL"),  # one round: no range
+    ],
+)
+def test_the_p99_goal_names_the_rounds_range_and_whether_it_decides(p99s_us, note: str, verdict: str) -> None:
+    runs = [
+        {
+            **_run("pki-edge", "get-uniform", rnd, 500.0, 1.0, p99=p99),
+            "target_rps": 500.0,
+            "connections": 5,
+            "delay_ms": 10,
+        }
+        for rnd, p99 in enumerate(p99s_us)
+    ]
+    goals = report.goals({"runs": [], "summary": [], "latency": {"summary": report.summarize_latency(runs)}})
+    line = next(goal for goal in goals if "p99 ≤ 2 ms" in goal["goal"])
+    median = sorted(p99s_us)[len(p99s_us) // 2] / 1000
+    assert (line["measured"], line["verdict"]) == (f"p99 {median:.2f} ms{note}", verdict)
+
+
 def test_pki_edge_against_the_other_pki_edges_of_the_same_rounds():
     runs = [
         _run("pki-edge", "get-uniform", 0, 1100, 1.0),
