@@ -96,8 +96,12 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         self._ocsp: OCSPApp | None = ocsp if isinstance(ocsp, OCSPApp) else None
         self._fast = False
         self._fast_method = b""
-        self._fast_body: list[bytes] = []
+        # A POST's body: its first read as it is (one read holds most bodies whole: no list, no join),
+        # the reads after it as a list joined once. At most max_request_bytes of it is kept.
+        self._fast_body = b""
+        self._fast_pieces: list[bytes] | None = None
         self._fast_size = 0
+        self._max_body = self._ocsp.max_request_bytes if self._ocsp is not None else 0
         self._fast_early: Answer | LiveSigning | None = None
         self._connection_header = False
         self._conditional = False
@@ -191,7 +195,6 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         self._fast = True
         self._fast_method = method
         if method == b"POST":
-            self._fast_body = []
             self._fast_size = 0
             # Not OCSPApp.check_post_headers (3k instructions a POST): llhttp refuses an invalid or
             # repeated Content-Length before this, and on_body's count answers a body over the limit
@@ -206,13 +209,18 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             super().on_body(body)
             return
         if self._fast_early is None:
-            assert self._ocsp is not None
-            self._fast_size += len(body)
-            if self._fast_size > self._ocsp.max_request_bytes:
+            size = self._fast_size + len(body)
+            self._fast_size = size
+            if size > self._max_body:
+                assert self._ocsp is not None
                 self._fast_early = self._ocsp.too_large  # stop buffering; answer once the body ends
-                self._fast_body = []
+                self._fast_body, self._fast_pieces = b"", None
+            elif size == len(body):
+                self._fast_body = body
+            elif self._fast_pieces is None:
+                self._fast_pieces = [self._fast_body, body]
             else:
-                self._fast_body.append(body)
+                self._fast_pieces.append(body)
 
     def on_message_complete(self) -> None:
         if not self._fast:
@@ -224,8 +232,12 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         found = self._fast_early
         if found is None:
             assert self._ocsp is not None
-            found = self._ocsp.answer_post(b"".join(self._fast_body))
-            self._fast_body = []
+            if self._fast_pieces is None:
+                found = self._ocsp.answer_post(self._fast_body)
+            else:
+                found = self._ocsp.answer_post(b"".join(self._fast_pieces))
+                self._fast_pieces = None
+            self._fast_body = b""
         # As uvicorn decides for ASGI answers: never kept alive after HTTP/1.0.
         parser = self.parser
         keep_alive = parser.should_keep_alive() and (not self._connection_header or parser.get_http_version() != "1.0")

@@ -125,6 +125,22 @@ def test_fast_lane_reads_a_post_body_arriving_in_pieces(store, servers):
     assert ocsp.load_der_ocsp_response(data.split(b"\r\n\r\n", 1)[1]).serial_number == 2
 
 
+def test_fast_lane_reads_the_post_after_one_in_pieces_on_its_own(store, servers):
+    """What a body read in pieces kept is not carried over to the next request of the connection."""
+    _, ca = store
+    first, second = request(ca, 2), request(ca, 1)
+    head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", int(servers[0].rsplit(":", 1)[1])), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(head % len(first) + first[:1])
+        for piece in (first[1:30], first[30:]):
+            time.sleep(0.1)
+            s.sendall(piece)
+        s.sendall(head % len(second) + second)
+        answers = read_answers(s, 2)
+    assert [ocsp.load_der_ocsp_response(body).serial_number for _, body in answers] == [2, 1]
+
+
 def test_graceful_shutdown_sends_the_answers_already_gathered(store, app):
     import asyncio
 
