@@ -14,8 +14,9 @@ is the difference of two runs of different lengths (start-up cancels out) over t
 
 A loop turn's end (the write batch's flush) is run by the feeder after every ``--per-turn`` requests
 (default 1: the most a turn can cost a request); the timers ending the store's read snapshot and the
-clock's reading after every ``--per-snapshot`` (default 100: a snapshot lasts 10 ms, which holds some
-150 requests at half of the edge's saturation on the benchmark's machine, and a reading a second).
+clock's reading after every ``--per-snapshot`` (default 100, fewer than they serve: a snapshot lasts
+10 ms, about 250 requests at half of the edge's saturation on the benchmark's machine, and a reading a
+second).
 
 To compare two commits, run it in a worktree of each (``PYTHONPATH=WORKTREE``). Needs valgrind.
 """

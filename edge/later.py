@@ -2,8 +2,8 @@
 
 What the requests of many loop turns can share ends by a timer: the store's read snapshot
 (``edge.source``) and the clock's reading of a second (``edge.clock``). At low load a turn serves one
-or two requests, and a snapshot and a clock reading per turn cost a sixth of such a request
-(``bench.icount --per-turn 1``). The answers of one turn are written together at its end by
+or two requests, and a snapshot, a clock reading and the handle ending them each turn cost a sixth
+of such a request (``bench.icount --per-turn 1``). The answers of one turn are written together at its end by
 ``edge.fastlane.WriteBatch``.
 """
 
