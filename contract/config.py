@@ -184,7 +184,7 @@ def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config
 
 
 def _validate(config: Config) -> None:
-    from contract.store import HASH_ALGORITHMS
+    from contract.store import HASH_ALGORITHMS, MAX_BATCH_SECONDS
 
     unknown = [h for h in config.signer.hash_algorithms if h not in HASH_ALGORITHMS]
     if unknown or not config.signer.hash_algorithms:
@@ -194,6 +194,9 @@ def _validate(config: Config) -> None:
         raise ConfigError("signer.refresh_fraction and jitter_fraction must leave refresh before nextUpdate")
     if signer.batch_size < 1 or signer.batch_seconds <= 0 or signer.poll_interval_ms < 1:
         raise ConfigError("signer.batch_size, batch_seconds and poll_interval_ms must be positive")
+    if signer.batch_seconds > MAX_BATCH_SECONDS:
+        # A response must be served within a minute of its producedAt (contract.store.SERVED_WITHIN_SECONDS).
+        raise ConfigError(f"signer.batch_seconds must be at most {MAX_BATCH_SECONDS:g}")
     if config.signer.validity_hours <= 0 or config.signer.backdate_seconds < 0:
         raise ConfigError("signer.validity_hours must be positive and backdate_seconds not negative")
     earliest_refresh = (signer.refresh_fraction - signer.jitter_fraction) * signer.validity_hours * 3600

@@ -54,6 +54,12 @@ HASH_ALGORITHMS: dict[str, tuple[int, bytes]] = {
 }
 HashName = Literal["sha1", "sha256", "sha384", "sha512"]
 
+# A response is served within this long of its producedAt: the signer commits a batch at most
+# signer.batch_seconds (and a last chunk) after it began, the edge reads a commit 10 ms later at most.
+# If-Modified-Since is judged by it (edge.answer.not_modified_since).
+SERVED_WITHIN_SECONDS = 60
+MAX_BATCH_SECONDS = SERVED_WITHIN_SECONDS / 2
+
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
@@ -99,9 +105,12 @@ class StoredResponse(msgspec.Struct, frozen=True, array_like=True, gc=False):
     refresh_at: int
     serve_until: int
     etag: bytes
-    last_modified: bytes
+    last_modified: bytes  # producedAt (thisUpdate in responses stored before produced_at was recorded)
     expires: bytes
     revoked: bool
+    # When it was signed (its producedAt, Unix seconds): what If-Modified-Since is judged by. 0 in a
+    # response stored by a signer that did not record it (the field was added later, at the end).
+    produced_at: int = 0
 
 
 class RaRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

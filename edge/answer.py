@@ -16,7 +16,7 @@ from typing import NamedTuple
 import msgspec
 
 from contract.jobs import CertRef
-from contract.store import StoredResponse
+from contract.store import SERVED_WITHIN_SECONDS, StoredResponse
 from edge.clock import Clock
 from edge.metrics import Metrics
 from edge.ocsp_request import CertID, MalformedRequest, common_request, issuer_part, parse_ocsp_request
@@ -113,9 +113,18 @@ def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     return any(tag == opaque or tag == b"*" for tag in _LIST_MEMBER.findall(if_none_match))
 
 
-def not_modified_since(if_modified_since: bytes, this_update: int, last_modified: bytes) -> bool:
-    if if_modified_since == last_modified:
-        return True
+def not_modified_since(if_modified_since: bytes, produced_at: int) -> bool:
+    """RFC 9110 §13.1.3, judged by when the response was signed (its Last-Modified, producedAt).
+
+    Not by its thisUpdate: that is backdated, and a revocation signed a minute ago would look older
+    than the good response a client fetched an hour ago. Nor by producedAt alone: a response is served
+    a moment after it is signed, and one signed in the second a client fetched the one before it has
+    the same date. So a date counts only when the current response was already being served then:
+    signed at least SERVED_WITHIN_SECONDS before it. A date echoing Last-Modified is earlier than that
+    and gets the whole response: ETag (If-None-Match) is the validator that saves it.
+    """
+    if not produced_at:  # stored by a signer that did not record it: the condition cannot be judged
+        return False
     parsed = parsedate_tz(if_modified_since.decode("latin-1"))
     if parsed is None:
         return False  # an invalid date is ignored (RFC 9110 §13.1.3)
@@ -124,7 +133,7 @@ def not_modified_since(if_modified_since: bytes, this_update: int, last_modified
         since = dt.datetime(*parsed[:6], tzinfo=dt.UTC).timestamp() - (parsed[9] or 0)
     except (ValueError, OverflowError):
         return False
-    return this_update <= since
+    return produced_at + SERVED_WITHIN_SECONDS <= since
 
 
 class OCSPAnswerer:
@@ -268,5 +277,5 @@ class OCSPAnswerer:
         if conditional.if_none_match is not None:
             return etag_matches(conditional.if_none_match, stored.etag)
         if conditional.if_modified_since is not None:
-            return not_modified_since(conditional.if_modified_since, stored.this_update, stored.last_modified)
+            return not_modified_since(conditional.if_modified_since, stored.produced_at)
         return False

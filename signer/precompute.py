@@ -256,7 +256,7 @@ class Precomputer:
             next_update,
             generalized_time(now),
             status_and_times(CertStatus(), this_update, next_update),
-            http_date(this_update),
+            http_date(now),  # Last-Modified: when it was made, not the backdated thisUpdate (README)
             http_date(next_update),
         )
 
@@ -344,6 +344,7 @@ class Precomputer:
                 times.last_modified,
                 times.expires,
                 revoked,
+                times.now,
             )
             puts.responses(key, store.RESPONSE_ENCODER.encode(stored))
 

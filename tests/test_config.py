@@ -220,6 +220,12 @@ def test_env_override_on_a_malformed_section_is_a_config_error(tmp_path: Path) -
 # ---------------------------------------------------------------------------- validation
 
 
+def test_a_batch_commits_well_within_the_minute_if_modified_since_allows(tmp_path: Path) -> None:
+    assert load_config(tmp_path, {"PKI_EDGE_SIGNER_BATCH_SECONDS": "30"}).signer.batch_seconds == 30
+    with pytest.raises(ConfigError, match=r"signer\.batch_seconds must be at most 30"):
+        load_config(tmp_path, {"PKI_EDGE_SIGNER_BATCH_SECONDS": "31"})
+
+
 def test_the_head_bound_must_hold_the_longest_get_the_edge_reads(tmp_path: Path) -> None:
     assert Config().edge.max_head_bytes == 65536
     write(tmp_path, "[edge]\nmax_request_bytes = 30000\n")  # GET paths up to 90,000 bytes

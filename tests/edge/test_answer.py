@@ -13,12 +13,13 @@ import time
 from collections.abc import Iterator
 from email.utils import formatdate
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contract.config import Config
-from contract.store import HASH_ALGORITHMS, StoredResponse, serial_key
+from contract.store import HASH_ALGORITHMS, SERVED_WITHIN_SECONDS, StoredResponse, serial_key
 from edge import answer as answer_module
 from edge.answer import Answer, Conditional, OCSPAnswerer, etag_matches, not_modified_since
 from edge.clock import FakeClock
@@ -76,7 +77,10 @@ def stored(
     serve_until: int = NOW + 365 * DAY,
     revoked: bool = False,
     etag: bytes = ETAG,
+    produced_at: int | None = None,
 ) -> StoredResponse:
+    """A stored response as the signer makes it: thisUpdate backdated an hour before producedAt."""
+    signed_at = this_update + HOUR if produced_at is None else produced_at
     return StoredResponse(
         der=RESPONSE_DER,
         this_update=this_update,
@@ -84,9 +88,10 @@ def stored(
         refresh_at=refresh_at,
         serve_until=serve_until,
         etag=etag,
-        last_modified=http_date(this_update),
+        last_modified=http_date(signed_at),
         expires=http_date(next_update),
         revoked=revoked,
+        produced_at=signed_at,
     )
 
 
@@ -376,8 +381,9 @@ def test_authoritative_headers_are_not_shared_between_answers() -> None:
 
 # ------------------------------------------------------------------ conditional requests
 
-RESPONSE = stored()  # this_update = NOW - HOUR
+RESPONSE = stored()  # this_update = NOW - HOUR, signed at NOW
 LAST_MODIFIED = RESPONSE.last_modified
+SERVED_SINCE = RESPONSE.produced_at + SERVED_WITHIN_SECONDS  # the earliest If-Modified-Since that gives 304
 
 
 def rfc850(timestamp: int) -> bytes:
@@ -399,10 +405,14 @@ CONDITIONAL_CASES = [
     ("inm-unquoted", Conditional(if_none_match=ETAG.strip(b'"')), 200),
     ("inm-prefix-of-etag", Conditional(if_none_match=ETAG[:-2] + b'"'), 200),
     ("inm-empty", Conditional(if_none_match=b""), 200),
-    ("ims-equal-string", Conditional(if_modified_since=LAST_MODIFIED), 304),
-    ("ims-same-instant-rfc850", Conditional(if_modified_since=rfc850(RESPONSE.this_update)), 304),
-    ("ims-later-date", Conditional(if_modified_since=http_date(RESPONSE.this_update + MINUTE)), 304),
-    ("ims-now", Conditional(if_modified_since=http_date(NOW)), 304),
+    ("ims-served-since", Conditional(if_modified_since=http_date(SERVED_SINCE)), 304),
+    ("ims-served-since-rfc850", Conditional(if_modified_since=rfc850(SERVED_SINCE)), 304),
+    ("ims-a-day-later", Conditional(if_modified_since=http_date(SERVED_SINCE + DAY)), 304),
+    # Last-Modified (thisUpdate) is backdated: its echo, or any date up to a minute after signing,
+    # may be that of an older response (good, before a revocation).
+    ("ims-last-modified-echo", Conditional(if_modified_since=LAST_MODIFIED), 200),
+    ("ims-signing-instant", Conditional(if_modified_since=http_date(RESPONSE.produced_at)), 200),
+    ("ims-just-short", Conditional(if_modified_since=http_date(SERVED_SINCE - 1)), 200),
     ("ims-earlier-date", Conditional(if_modified_since=http_date(RESPONSE.this_update - 1)), 200),
     ("ims-much-earlier", Conditional(if_modified_since=http_date(RESPONSE.this_update - 30 * DAY)), 200),
     ("ims-garbage", Conditional(if_modified_since=b"yesterday-ish"), 200),
@@ -410,7 +420,7 @@ CONDITIONAL_CASES = [
     ("ims-non-latin", Conditional(if_modified_since="Montag, 1. Jänner".encode()), 200),
     (
         "inm-wins-nonmatching-over-matching-ims",
-        Conditional(if_none_match=b'"other"', if_modified_since=LAST_MODIFIED),
+        Conditional(if_none_match=b'"other"', if_modified_since=http_date(SERVED_SINCE)),
         200,
     ),
     (
@@ -463,7 +473,9 @@ def test_not_modified_tracks_the_max_age() -> None:
 def test_validators_never_turn_a_failure_into_304(outcome: StoredResponse | Exception) -> None:
     """'*' matches only a current representation; without one the failure answer stands."""
     plain = Harness(outcome).answer()
-    conditional = Harness(outcome).answer(REQUEST, Conditional(if_none_match=b"*", if_modified_since=LAST_MODIFIED))
+    conditional = Harness(outcome).answer(
+        REQUEST, Conditional(if_none_match=b"*", if_modified_since=http_date(NOW + DAY))
+    )
     assert conditional == plain
     assert conditional.status != 304
 
@@ -530,19 +542,19 @@ def test_etag_matches_etag_containing_a_comma() -> None:
     assert etag_matches(b'"a,b"', b'"a,b"')
 
 
-THIS_UPDATE = 1_699_999_999  # Tue, 14 Nov 2023 22:13:19 GMT
-LAST_MODIFIED_HEADER = http_date(THIS_UPDATE)
+PRODUCED_AT = 1_699_999_939  # Tue, 14 Nov 2023 22:12:19 GMT
+SINCE = PRODUCED_AT + SERVED_WITHIN_SECONDS  # Tue, 14 Nov 2023 22:13:19 GMT
 
 IMS_CASES = [
-    ("equal-string", LAST_MODIFIED_HEADER, True),
-    ("same-instant-rfc850", rfc850(THIS_UPDATE), True),
-    ("same-instant-numeric-zone", b"Tue, 14 Nov 2023 22:13:19 +0000", True),
-    ("same-instant-other-zone", b"Tue, 14 Nov 2023 23:13:19 +0100", True),
-    ("one-second-later", http_date(THIS_UPDATE + 1), True),
-    ("a-year-later", http_date(THIS_UPDATE + 365 * DAY), True),
-    ("one-second-earlier", http_date(THIS_UPDATE - 1), False),
-    ("one-second-earlier-other-zone", b"Tue, 14 Nov 2023 17:13:18 -0500", False),
-    ("a-year-earlier", http_date(THIS_UPDATE - 365 * DAY), False),
+    ("served-since", http_date(SINCE), True),
+    ("served-since-rfc850", rfc850(SINCE), True),
+    ("served-since-numeric-zone", b"Tue, 14 Nov 2023 22:13:19 +0000", True),
+    ("served-since-other-zone", b"Tue, 14 Nov 2023 23:13:19 +0100", True),
+    ("a-year-later", http_date(SINCE + 365 * DAY), True),
+    ("one-second-short", http_date(SINCE - 1), False),
+    ("one-second-short-other-zone", b"Tue, 14 Nov 2023 17:13:18 -0500", False),
+    ("signing-instant", http_date(PRODUCED_AT), False),
+    ("a-year-earlier", http_date(SINCE - 365 * DAY), False),
     ("garbage", b"garbage", False),
     ("empty", b"", False),
     ("number", b"1699999999", False),
@@ -555,7 +567,29 @@ IMS_CASES = [
 
 @pytest.mark.parametrize(("if_modified_since", "expected"), [c[1:] for c in IMS_CASES], ids=[c[0] for c in IMS_CASES])
 def test_not_modified_since(if_modified_since: bytes, expected: bool) -> None:
-    assert not_modified_since(if_modified_since, THIS_UPDATE, LAST_MODIFIED_HEADER) is expected
+    assert not_modified_since(if_modified_since, PRODUCED_AT) is expected
+
+
+def test_not_modified_since_unknown_signing_time() -> None:
+    """A response stored before producedAt was recorded: no date can show that the client has it."""
+    assert not_modified_since(http_date(SINCE + 365 * DAY), 0) is False
+
+
+def test_if_modified_since_after_a_revocation_gets_the_revoked_response() -> None:
+    """A client holding the good response, asking with its Last-Modified or the Date it got it at,
+    gets the revocation signed since, although that one's thisUpdate is backdated before both."""
+    good = stored(this_update=NOW - 2 * HOUR)  # signed at NOW - HOUR
+    fetched_at = NOW - HOUR + 5
+    harness = Harness(good, now=fetched_at)
+    assert harness.answer().body == RESPONSE_DER
+    revoked_der = b"\x30\x03revoked"
+    harness.source.outcome = msgspec.structs.replace(stored(revoked=True), der=revoked_der)  # signed at NOW
+    harness.clock.advance(NOW + 30 - fetched_at)
+    for validator in (good.last_modified, http_date(fetched_at), http_date(NOW)):
+        answer = harness.answer(REQUEST, Conditional(if_modified_since=validator))
+        assert (answer.status, answer.body) == (200, revoked_der), validator
+    # A date when the revocation had been served for a while: that is what the client holds.
+    assert harness.answer(REQUEST, Conditional(if_modified_since=http_date(NOW + MINUTE))).status == 304
 
 
 @pytest.fixture
@@ -576,20 +610,20 @@ def asctime(timestamp: int) -> bytes:
 def test_asctime_if_modified_since_is_utc_whatever_the_local_zone(local_zone: pytest.MonkeyPatch, zone: str) -> None:
     local_zone.setenv("TZ", zone)
     time.tzset()
-    same_instant = asctime(THIS_UPDATE)
-    hour_before = asctime(THIS_UPDATE - HOUR)
+    same_instant = asctime(SINCE)
+    hour_before = asctime(SINCE - HOUR)
     assert same_instant == b"Tue Nov 14 22:13:19 2023"
 
-    assert not_modified_since(same_instant, THIS_UPDATE, LAST_MODIFIED_HEADER) is True
-    assert not_modified_since(hour_before, THIS_UPDATE, LAST_MODIFIED_HEADER) is False
+    assert not_modified_since(same_instant, PRODUCED_AT) is True
+    assert not_modified_since(hour_before, PRODUCED_AT) is False
 
 
 def test_asctime_if_modified_since_in_utc() -> None:
     """In a UTC process the asctime format already works; the bug above is the zone dependence."""
     if time.timezone != 0 or time.daylight:
         pytest.skip("process time zone is not UTC")
-    assert not_modified_since(asctime(THIS_UPDATE), THIS_UPDATE, LAST_MODIFIED_HEADER) is True
-    assert not_modified_since(asctime(THIS_UPDATE - HOUR), THIS_UPDATE, LAST_MODIFIED_HEADER) is False
+    assert not_modified_since(asctime(SINCE), PRODUCED_AT) is True
+    assert not_modified_since(asctime(SINCE - HOUR), PRODUCED_AT) is False
 
 
 # ------------------------------------------------- the common-request way against the general way

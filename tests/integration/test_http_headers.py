@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import subprocess
+import time
 from collections.abc import Iterator
 from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -15,8 +18,19 @@ from asn1crypto import ocsp as asn1_ocsp
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
+from contract.store import SERVED_WITHIN_SECONDS
 from tests.integration.conftest import Shared
-from tests.integration.helpers import MALFORMED, UNAUTHORIZED, ocsp_request_by_serial, ocsp_request_der
+from tests.integration.helpers import (
+    CURL,
+    MALFORMED,
+    UNAUTHORIZED,
+    cert_status,
+    load_cert,
+    ocsp_request_by_serial,
+    ocsp_request_der,
+    openssl,
+    wait_ocsp_status,
+)
 
 CACHE_CONTROL = re.compile(r"max-age=(\d+), public, no-transform, must-revalidate")
 IMF_FIXDATE = re.compile(
@@ -59,7 +73,7 @@ def _check_cacheable(r: httpx.Response) -> None:
     assert 0 < int(m.group(1)) <= (expires - date).total_seconds()
     resp = ocsp.load_der_ocsp_response(r.content)
     assert resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
-    assert parsedate_to_datetime(h["last-modified"]) == resp.this_update_utc
+    assert parsedate_to_datetime(h["last-modified"]) == resp.produced_at_utc
     assert resp.next_update_utc is not None
     assert expires == resp.next_update_utc
     # The signature's tail (and a tag of the responder certificate when one is sent): see README.
@@ -103,14 +117,54 @@ def test_if_none_match_other_etag_gets_the_body(client: httpx.Client, request_de
 
 def test_if_modified_since(client: httpx.Client, request_der: bytes) -> None:
     full = client.get(_get_path(request_der))
-    r = client.get(_get_path(request_der), headers={"if-modified-since": full.headers["last-modified"]})
+    _check_cacheable(full)
+    produced_at = ocsp.load_der_ocsp_response(full.content).produced_at_utc
+    # A date when the response had been served for a minute: the client holds it.
+    served = format_datetime(produced_at + dt.timedelta(seconds=SERVED_WITHIN_SECONDS), usegmt=True)
+    r = client.get(_get_path(request_der), headers={"if-modified-since": served})
     assert r.status_code == 304
     assert r.content == b""
     for name in CACHE_HEADERS:
         assert r.headers[name] == full.headers[name]
-    earlier = format_datetime(parsedate_to_datetime(full.headers["last-modified"]) - dt.timedelta(hours=1), usegmt=True)
-    r = client.get(_get_path(request_der), headers={"if-modified-since": earlier})
+    # An echo of Last-Modified may stand for an older response signed in the same second.
+    r = client.get(_get_path(request_der), headers={"if-modified-since": full.headers["last-modified"]})
     _check_cacheable(r)
+    assert r.content == full.content
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is needed")
+def test_curl_time_condition_sees_a_revocation(shared: Shared) -> None:
+    """curl -z FILE asks If-Modified-Since the file's time, and keeps the file unless Last-Modified is
+    later: after a revocation it must get the new response, whose thisUpdate is backdated before the
+    file's time (Last-Modified is producedAt)."""
+    assert CURL is not None
+    work = shared.work / "ims"
+    leaf_pem = Path(shared.run("issue", "root", "--cn", "ims.example", "--out", work).stdout.splitlines()[0])
+    url = shared.base_url + _get_path(ocsp_request_der(load_cert(leaf_pem), shared.ca))
+    wait_ocsp_status(shared.base_url, ocsp_request_der(load_cert(leaf_pem), shared.ca), "good")
+    held = work / "status.der"
+
+    def fetch() -> str:
+        out = subprocess.run(
+            [CURL, "-s", "-z", str(held), "-o", str(held), "-w", "%{http_code}", url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+        return out.stdout
+
+    assert fetch() == "200"
+    assert cert_status(held.read_bytes()) == "good"
+    assert fetch() == "304"  # unchanged (Last-Modified is not later than the file): curl keeps its file
+    assert cert_status(held.read_bytes()) == "good"
+    # HTTP dates have whole seconds: curl keeps a file whose time is the second of Last-Modified.
+    time.sleep(1.1)
+    serial = openssl("x509", "-in", leaf_pem, "-noout", "-serial").strip()
+    shared.run("revoke", "root", serial, "--reason", "keyCompromise")
+    wait_ocsp_status(shared.base_url, ocsp_request_der(load_cert(leaf_pem), shared.ca), "revoked")
+    assert fetch() == "200"
+    assert cert_status(held.read_bytes()) == "revoked"
 
 
 def test_head_has_the_get_headers_and_no_body(client: httpx.Client, request_der: bytes) -> None:

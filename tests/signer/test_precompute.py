@@ -181,7 +181,7 @@ def check_stored(
     else:
         assert stored.refresh_at == serve_until or low <= stored.refresh_at <= serve_until
     assert stored.refresh_at > now
-    assert stored.last_modified == imf_fixdate(this_update)
+    assert stored.last_modified == imf_fixdate(now)  # producedAt, not the backdated thisUpdate
     assert stored.expires == imf_fixdate(this_update + validity)
     assert stored.revoked is (revoked_at is not None)
 
@@ -191,6 +191,7 @@ def check_stored(
     assert resp.serial_number == serial
     assert isinstance(resp.hash_algorithm, CRYPTO_HASH[code])
     assert resp.produced_at_utc == utc(now)
+    assert stored.produced_at == now
     assert resp.this_update_utc == utc(this_update)
     assert resp.next_update_utc == utc(this_update + validity)
     if revoked_at is None:
