@@ -123,12 +123,8 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             self.logger.warning(msg)
             self.send_400_response(msg)
             return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-                self._next_message()
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data, upgrade.args[0])
             return
         if self.url:  # a read ended inside a request's head
             self._head_grew(data)
@@ -143,9 +139,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
     on_message_begin = None  # type: ignore[assignment]
 
     def _next_message(self) -> None:
-        self.url = b""
-        self.expect_100_continue = False
-        self.headers = []
+        super()._next_message()
         self._connection_header = False
         self._conditional = False
 
@@ -184,7 +178,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             or (self.cycle is not None and not self.cycle.response_complete)
             or (self._connection_header and parser.should_upgrade())  # llhttp upgrades only with one
         ):
-            self._to_asgi()
+            self._to_asgi()  # an upgrade too: WebSocket's is handed over, a declined one read again without it
             return
         url = self.url
         raw_path = url[: url.find(b"?")] if _QUERY in url else url

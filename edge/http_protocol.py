@@ -16,7 +16,12 @@ stayed open for good). Every connection of the edge, on either port and either p
   (RFC 9112 §9.6): the write side is shut and what the client still sends is read and dropped for up
   to ``LINGER_SECONDS``, so that it reads the answer instead of a connection reset;
 - the ASGI ``tls`` scope extension on TLS connections (uvicorn verifies a client certificate but does
-  not pass it on).
+  not pass it on);
+- an ``Upgrade`` other than to WebSocket (``h2c``, which curl --http2 and Java's HTTP clients offer)
+  is declined as RFC 9110 §7.8 allows: the request is served as HTTP/1.1. llhttp stops at the end of
+  such a head, body unread (uvicorn then lost the body and the rest of the connection: its issue
+  #2722), so the head is given again, without its Upgrade header, to a new parser, followed by
+  what came after it.
 
 A request's head is "in progress" while ``url`` holds anything: uvicorn's parser callbacks fill it, and
 this protocol empties it when the head is complete (unless the connection is handed to WebSocket).
@@ -89,21 +94,62 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self.logger.warning(msg)
             self.send_400_response(msg)
             return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data, upgrade.args[0])
             return
         if self.url:
             self._head_grew(data)
 
+    def _upgrade(self, data: bytes, offset: int) -> None:
+        """llhttp stopped at ``offset``, the end of a head asking for an upgrade: WebSocket's, or declined."""
+        while not self._should_upgrade():
+            data = self._without_upgrade(data, offset)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.send_400_response("Invalid HTTP request received.")
+                return
+            except httptools.HttpParserUpgrade as upgrade:  # a later request in the same read asks again
+                offset = upgrade.args[0]
+                continue
+            if self.url:
+                self._head_grew(data)
+            return
+        self.handle_websocket_upgrade()
+
+    def _without_upgrade(self, data: bytes, offset: int) -> bytes:
+        """The declined request's head again, without its Upgrade header, and what followed it, for a new parser.
+
+        Rebuilt from what the parser read of it (names lower-cased, values as sent), which llhttp has
+        already checked: the same request, bounded as the first reading was.
+        """
+        parser = self.parser
+        lines = [b"%s %s HTTP/%s\r\n" % (parser.get_method(), self.url, parser.get_http_version().encode())]
+        lines += [b"%s: %s\r\n" % header for header in self.headers if header[0] != b"upgrade"]
+        lines.append(b"\r\n")
+        self._next_message()
+        self.parser = httptools.HttpRequestParser(self)
+        return b"".join(lines) + data[offset:]
+
+    def _next_message(self) -> None:
+        """What a request's callbacks fill, emptied for the next one."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            return  # declined: served once it is given again without the upgrade (_without_upgrade)
         if self._tls_extension is not None:
             self.scope["extensions"] = {"tls": self._tls_extension}  # type: ignore[dict-item]
         super().on_headers_complete()
         if not (self.parser.should_upgrade() and self._should_upgrade()):  # WebSocket's handover reads it
             self.url = b""
+
+    def on_message_complete(self) -> None:
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            return  # declined: it has no cycle (on_headers_complete), and is read again
+        super().on_message_complete()
 
     def _head_grew(self, data: bytes) -> None:
         """A read ended inside a request's head: count it, and refuse the request past the bound."""

@@ -405,3 +405,31 @@ def test_both_paths_go_on_after_an_upgrade_they_do_not_support(store, servers) -
         answers = received.split(b"HTTP/1.1 ")[1:]
         assert [answer[:6] for answer in answers] == [b"200 OK"] * 2, received[:300]
         assert ocsp.load_der_ocsp_response(answers[1].split(b"\r\n\r\n", 1)[1]).serial_number == 1
+
+
+H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.3], ids=["one-write", "body-later"])
+def test_both_paths_read_the_body_and_the_requests_after_a_declined_upgrade(store, servers, pause: float) -> None:
+    """RFC 9110 §7.8: a server that declines an upgrade serves the request as HTTP/1.1, body and all
+    (curl --http2 and Java's HTTP clients offer h2c on every request), and what follows on the connection."""
+    _, ca = store
+    der = request(ca, 1)
+    posted = b"POST /ocsp HTTP/1.1\r\nHost: x\r\n" + H2C + b"Content-Length: %d\r\n\r\n" % len(der)
+    chunked = b"POST / HTTP/1.1\r\nHost: x\r\n" + H2C + b"Transfer-Encoding: chunked\r\n\r\n"
+    chunks = b"%x\r\n%s\r\n0\r\n\r\n" % (len(der), der)
+    path = b"/ocsp/" + base64.b64encode(der).replace(b"/", b"%2F").replace(b"+", b"%2B").replace(b"=", b"%3D")
+    get = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + H2C + b"\r\n"
+    for url in servers:
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(posted)
+            time.sleep(pause)
+            s.sendall(der + chunked)
+            time.sleep(pause)
+            s.sendall(chunks + get + get)  # two declined upgrades in one read
+            answers = read_answers(s, 4)
+        for head, body in answers:
+            assert head.startswith(b"HTTP/1.1 200 OK"), (url, head)
+            assert ocsp.load_der_ocsp_response(body).serial_number == 1, url

@@ -315,3 +315,26 @@ def test_padded_serial_finds_the_same_response(shared: Shared, client: httpx.Cli
     r = client.post("/ocsp", content=request(b"\x00\x00"))
     assert r.status_code == 200
     assert r.content == plain.content
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is needed")
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_curl_offering_http2_is_answered_as_http1(shared: Shared, request_der: bytes, method: str) -> None:
+    """curl --http2 offers h2c (Upgrade) with each request on plain http: declined, served as HTTP/1.1."""
+    assert CURL is not None
+    work = shared.work / "h2c"
+    work.mkdir(exist_ok=True)
+    (work / "req.der").write_bytes(request_der)
+    out = work / f"{method}.der"
+    args = ["--data-binary", f"@{work / 'req.der'}", shared.base_url + "/ocsp"]
+    if method == "GET":
+        args = [shared.base_url + _get_path(request_der)]
+    done = subprocess.run(
+        [CURL, "-s", "--http2", "-o", str(out), "-w", "%{http_code} %{http_version}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    assert done.stdout == "200 1.1"
+    assert cert_status(out.read_bytes()) == "good"
