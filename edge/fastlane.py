@@ -33,7 +33,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from edge.answer import CONDITIONAL_HEADERS, NO_CONDITIONS, Answer, LiveSigning, conditional_of, render_head
 from edge.app import OCSPApp
-from edge.http_protocol import EdgeHttpProtocol
+from edge.http_protocol import REPEATED_HOST, EdgeHttpProtocol
 
 _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
 # On the hot path, bytes are searched with an int (a byte search) and compared by slices: `bytes in
@@ -42,7 +42,7 @@ _QUERY = ord("?")
 _CLOSE = b"connection: close\r\n\r\n"
 # The header names the fast lane acts on: one set lookup a header, not a comparison with each.
 _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection"})
-_NOTED_HEADERS = _CONNECTION_HEADERS | CONDITIONAL_HEADERS | {b"expect"}
+_NOTED_HEADERS = _CONNECTION_HEADERS | CONDITIONAL_HEADERS | {b"expect", b"host"}
 
 
 class WriteBatch:
@@ -118,10 +118,8 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+        except httptools.HttpParserError as exc:
+            self._invalid_request(exc)
             return
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data, upgrade.args[0])
@@ -147,10 +145,13 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         # uvicorn's, noting what the fast lane acts on. A Connection header: only with one (llhttp
         # reads Proxy-Connection as one too) can an HTTP/1.0 request ask to be kept alive or upgrade,
         # so only then are the version and the upgrade flag read (httptools formats the version as a
-        # str each time). Validators: only then are the headers searched for them.
+        # str each time). Validators: only then are the headers searched for them. Host: kept, and
+        # checked once the head is complete (EdgeHttpProtocol.check_host).
         name = name.lower()
         if name in _NOTED_HEADERS:
-            if name in _CONNECTION_HEADERS:
+            if name == b"host":
+                self._host = value if self._host is None else REPEATED_HOST
+            elif name in _CONNECTION_HEADERS:
                 self._connection_header = True
             elif name == b"expect":
                 if value.lower() == b"100-continue":
@@ -161,13 +162,15 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
 
     def _to_asgi(self) -> None:
         self._fast = False
-        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        url, headers, expect, host = self.url, self.headers, self.expect_100_continue, self._host
         super().on_message_begin()
-        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.url, self.headers, self.expect_100_continue, self._host = url, headers, expect, host
         self.scope["headers"] = headers
         super().on_headers_complete()
 
     def on_headers_complete(self) -> None:
+        if self._host != self._valid_host:
+            self.check_host()
         ocsp = self._ocsp
         parser = self.parser
         method = parser.get_method()
@@ -239,6 +242,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         # (the URL was emptied when the head was complete)
         self.expect_100_continue = False
         self.headers = []
+        self._host = None
         self._connection_header = False
         self._conditional = False
         if isinstance(found, Answer):

@@ -17,6 +17,8 @@ stayed open for good). Every connection of the edge, on either port and either p
   to ``LINGER_SECONDS``, so that it reads the answer instead of a connection reset;
 - the ASGI ``tls`` scope extension on TLS connections (uvicorn verifies a client certificate but does
   not pass it on);
+- one valid ``Host`` header (RFC 9112 §3.2: none in HTTP/1.1, several or an invalid one are a 400,
+  with the connection closed);
 - an ``Upgrade`` other than to WebSocket (``h2c``, which curl --http2 and Java's HTTP clients offer)
   is declined as RFC 9110 §7.8 allows: the request is served as HTTP/1.1. llhttp stops at the end of
   such a head, body unread (uvicorn then lost the body and the rest of the connection: its issue
@@ -30,6 +32,7 @@ this protocol empties it when the head is complete (unless the connection is han
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from typing import Any
 
@@ -40,6 +43,29 @@ from contract.config import DEFAULT_MAX_HEAD_BYTES
 from edge.answer import render_head
 
 LINGER_SECONDS = 5.0
+# RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP-literal, an IPv4 address or a reg-name
+# (which may be empty).
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
+# Host values already found valid: a server hears the same few again and again, and a set lookup costs
+# a tenth of the pattern. Bounded: past it, new names are checked each time.
+VALID_HOSTS: set[bytes] = set()
+MAX_VALID_HOSTS = 1024
+
+
+def valid_host(value: bytes) -> bool:
+    if _HOST.fullmatch(value) is None:
+        return False
+    if len(VALID_HOSTS) < MAX_VALID_HOSTS:
+        VALID_HOSTS.add(value)
+    return True
+
+
+# What a request's second Host header leaves: no valid Host holds a NUL (llhttp refuses one anyway).
+REPEATED_HOST = b"\x00"
+
+
+class BadRequest(Exception):
+    """Raised by a parser callback for a request llhttp accepts and HTTP does not: answered 400."""
 
 
 class EdgeHttpProtocol(HttpToolsProtocol):
@@ -55,6 +81,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._incomplete_at_check: list[tuple[bytes, bytes]] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._refusal: bytes | None = None  # written once the answers under way are
+        self._host: bytes | None = None  # the Host of the request being read (REPEATED_HOST: two came)
+        self._valid_host = REPEATED_HOST  # the last one found valid on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -89,10 +117,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+        except httptools.HttpParserError as exc:
+            self._invalid_request(exc)
             return
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data, upgrade.args[0])
@@ -100,14 +126,25 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if self.url:
             self._head_grew(data)
 
+    def _invalid_request(self, exc: httptools.HttpParserError) -> None:
+        """A request llhttp refused, or one a callback did (BadRequest): 400, and the connection closed."""
+        cause = exc.__context__
+        msg = (
+            f"Invalid HTTP request received: {cause}."
+            if isinstance(cause, BadRequest)
+            else "Invalid HTTP request received."
+        )
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
     def _upgrade(self, data: bytes, offset: int) -> None:
         """llhttp stopped at ``offset``, the end of a head asking for an upgrade: WebSocket's, or declined."""
         while not self._should_upgrade():
             data = self._without_upgrade(data, offset)
             try:
                 self.parser.feed_data(data)
-            except httptools.HttpParserError:
-                self.send_400_response("Invalid HTTP request received.")
+            except httptools.HttpParserError as exc:
+                self._invalid_request(exc)
                 return
             except httptools.HttpParserUpgrade as upgrade:  # a later request in the same read asks again
                 offset = upgrade.args[0]
@@ -136,8 +173,35 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+        self._host = None
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._host = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if self.headers[-1][0] == b"host":
+            self._host = value if self._host is None else REPEATED_HOST
+
+    def check_host(self) -> None:
+        """BadRequest unless the request came with one valid Host header (or none, in HTTP/1.0).
+
+        Called when its Host is not the one last found valid on the connection (a comparison of
+        bytes is cheaper than anything else per request).
+        """
+        host = self._host
+        if host is None:
+            if self.parser.get_http_version() in ("1.0", "0.9"):
+                return
+        elif host in VALID_HOSTS or valid_host(host):  # REPEATED_HOST is not
+            self._valid_host = host
+            return
+        raise BadRequest("missing, repeated or invalid Host header")
 
     def on_headers_complete(self) -> None:
+        if self._host != self._valid_host:
+            self.check_host()
         if self.parser.should_upgrade() and not self._should_upgrade():
             return  # declined: served once it is given again without the upgrade (_without_upgrade)
         if self._tls_extension is not None:

@@ -433,3 +433,54 @@ def test_both_paths_read_the_body_and_the_requests_after_a_declined_upgrade(stor
         for head, body in answers:
             assert head.startswith(b"HTTP/1.1 200 OK"), (url, head)
             assert ocsp.load_der_ocsp_response(body).serial_number == 1, url
+
+
+@pytest.mark.parametrize(
+    ("version", "hosts", "served"),
+    [
+        (b"1.1", b"Host: ocsp.example\r\n", True),
+        (b"1.1", b"Host: ocsp.example:8080\r\n", True),
+        (b"1.1", b"Host: [2001:db8::1]:80\r\n", True),
+        (b"1.1", b"Host: 192.0.2.1\r\n", True),
+        (b"1.1", b"Host:\r\n", True),  # empty: the target has no authority (RFC 9112 §3.2)
+        (b"1.0", b"", True),  # HTTP/1.0 needs none
+        (b"1.1", b"", False),
+        (b"1.1", b"Host: a.example\r\nHost: a.example\r\n", False),
+        (b"1.0", b"Host: a.example\r\nHost: b.example\r\n", False),
+        (b"1.1", b"Host: a b/c@d\r\n", False),
+        (b"1.1", b"Host: a.example:80x\r\n", False),
+        (b"1.1", b"Host: [::1\r\n", False),
+    ],
+    ids=[
+        "name",
+        "port",
+        "ipv6",
+        "ipv4",
+        "empty",
+        "1.0-none",
+        "none",
+        "twice",
+        "1.0-twice",
+        "invalid",
+        "bad-port",
+        "bad-ipv6",
+    ],
+)
+def test_both_paths_want_one_valid_host(store, servers, version: bytes, hosts: bytes, served: bool) -> None:
+    """RFC 9112 §3.2: a 400 for an HTTP/1.1 request without Host, and for any with several or an invalid one,
+    after the answers to the requests before it on the connection."""
+    _, ca = store
+    path = b"/ocsp/" + base64.b64encode(request(ca, 1)).replace(b"/", b"%2F").replace(b"+", b"%2B")
+    before = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    message = b"GET " + path + b" HTTP/" + version + b"\r\n" + hosts + b"Connection: close\r\n\r\n"
+    for url in servers:
+        received, closed = exchange(int(url.rsplit(":", 1)[1]), before + message)
+        answers = received.split(b"HTTP/1.1 ")[1:]
+        assert closed and len(answers) == 2, (url, received[:400])
+        assert answers[0].startswith(b"200 OK"), (url, answers[0][:200])
+        if served:
+            assert answers[1].startswith(b"200 OK"), (url, answers[1][:200])
+            assert ocsp.load_der_ocsp_response(answers[1].split(b"\r\n\r\n", 1)[1]).serial_number == 1
+        else:
+            assert answers[1].startswith(b"400 "), (url, answers[1][:200])
+            assert answers[1].endswith(b"Invalid HTTP request received: missing, repeated or invalid Host header.")
