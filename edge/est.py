@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -77,6 +78,17 @@ class RateLimiter:
             return False
         self._buckets[client] = (tokens - 1, now)
         return True
+
+    def refund(self, client: str) -> None:
+        """Give back the token of a request that turned out not to count (a good password)."""
+        found = self._buckets.get(client)
+        if found is not None:
+            self._buckets[client] = (min(self._burst, found[0] + 1), found[1])
+
+    def seconds_to_next(self, client: str) -> int:
+        """Whole seconds until ``client`` has a token again (at least 1)."""
+        tokens = self._buckets.get(client, (self._burst, 0.0))[0]
+        return max(1, math.ceil((1 - tokens) / self._rate)) if self._rate > 0 else 60
 
 
 class EstService:
@@ -226,12 +238,17 @@ class EstService:
                 raise EstError(403, decision.reason or "not authorised")
         authorization = request.headers.get("authorization")
         if authorization is not None and self._secure(request):  # HTTPS here or at a trusted proxy
-            self._rate_limit("basic:" + (request.client.host if request.client else "?"))
+            # Password guesses are limited per address (each costs a memory-hard hash): a token is
+            # taken before the hash and given back for a good password, so that the users behind
+            # one address (a NAT, a proxy) are limited each on their own, by the rate below.
+            address = "basic:" + (request.client.host if request.client else "?")
+            self._rate_limit(address)
             async with self._kdf_slots:  # memory-hard: a few at a time, off the event loop
                 user = await asyncio.to_thread(
                     est_auth.verify_basic, authorization.encode("latin-1"), ca.name, self._source.est_user
                 )
             if user is not None:
+                self._limiter.refund(address)
                 return f"user:{ca.name}:{user}"
             raise EstError(401, "", {"WWW-Authenticate": f'Basic realm="{ca.name}", charset="UTF-8"'})
         if cert is not None:
@@ -265,17 +282,21 @@ class EstService:
 
     def _rate_limit(self, client: str) -> None:
         if not self._limiter.allow(client):
-            raise EstError(429, "too many requests from this client", {"Retry-After": "60"})
+            wait = self._limiter.seconds_to_next(client)
+            raise EstError(429, "too many requests from this client", {"Retry-After": str(wait)})
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._est.max_body_bytes:
             raise EstError(413, f"request body over {self._est.max_body_bytes} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self._est.max_body_bytes:
-                raise EstError(413, f"request body over {self._est.max_body_bytes} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self._est.max_body_bytes:
+                    raise EstError(413, f"request body over {self._est.max_body_bytes} bytes")
+        except ClientDisconnect:  # the client went away, or did not send it in time (a 408 went out)
+            raise EstError(400, "the request body did not arrive whole") from None
         return bytes(body)
 
     def _check_room(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import warnings
 from typing import Literal
 
 from asn1crypto import core as asn1_core
@@ -159,7 +160,11 @@ def _load_csr(der: bytes) -> x509.CertificateSigningRequest:
     # cryptography parses some fields lazily: touch them here so that callers never meet a
     # ValueError later on.
     try:
-        _ = csr.subject.rdns
+        with warnings.catch_warnings():
+            # cryptography only warns of an attribute past RFC 5280's upper bounds (a commonName of
+            # more than 64 characters, say): refused here, before anything is issued with it.
+            warnings.simplefilter("error", UserWarning)
+            _ = csr.subject.rdns
         _ = list(csr.extensions)
         _ = list(csr.attributes)
     except Exception as exc:

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -305,6 +306,26 @@ def test_unparsable_bodies_get_400(case: str) -> None:
     assert message
     assert "\n" not in message
     assert "\r" not in message
+
+
+def test_a_common_name_past_rfc_5280s_bound_gets_400_and_no_warning() -> None:
+    """ub-common-name is 64 (RFC 5280 Appendix A): cryptography only warns of a longer one."""
+    assert decode_csr(b64(make_csr(ec_key(), "x" * 64)).encode(), PKCS10).subject.rfc4514_string() == "CN=" + "x" * 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cryptography warns even here; a device's CSR may carry such a name
+        long_cn = x509.NameAttribute(NameOID.COMMON_NAME, "x" * 65, _validate=False)
+    too_long = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([long_cn]))
+        .sign(ec_key(), hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(EstBodyError) as info:
+        warnings.simplefilter("always")
+        decode_csr(b64(too_long).encode(), PKCS10)
+    assert not seen  # refused, not warned of in the log
+    assert info.value.status == 400
+    assert "64" in str(info.value)
 
 
 @pytest.mark.parametrize("csr_der", [ec_csr_der, rsa_csr_der], ids=["ec", "rsa"])

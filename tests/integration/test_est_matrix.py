@@ -22,6 +22,8 @@ import itertools
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -631,6 +633,26 @@ def test_http_basic_user(main: Est) -> None:
     expect(reply, 401, None, main)
 
 
+def test_a_body_cut_short_ends_quietly(main: Est) -> None:
+    """A device that goes away in the middle of its CSR: no traceback in the log, the edge serves on."""
+    context = ssl.create_default_context(cafile=str(main.material.tls_ca))
+    context.load_cert_chain(main.work / "dms1.pem", main.work / "dms1.key")  # an RA: authorised before the body
+    head = (
+        b"POST /.well-known/est/root/simpleenroll HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/pkcs10\r\nContent-Length: 500\r\n\r\nMIIB"
+    )
+    with (
+        socket.create_connection(("127.0.0.1", main.tls_port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(head)
+        time.sleep(0.5)  # the request is under way when the client leaves
+    time.sleep(0.5)
+    log = main.servers[0].log(tail=400)
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    expect(main.curl(f"{EST}/root/cacerts"), 200, est=main)
+
+
 # ============================================================================== trusted proxy
 
 
@@ -679,6 +701,29 @@ def test_rate_limit_third_enroll_in_a_row_gets_429(limited: Est) -> None:
     expect(reply, 429, "too many requests", limited)
     assert reply.headers.get("retry-after", "").isdigit() and int(reply.headers["retry-after"]) > 0, reply.headers
     assert limited.inventory() == before + 2
+
+
+def test_rate_limit_counts_password_guesses_per_address_and_enrollments_per_user(limited: Est) -> None:
+    """Several Basic users behind one address each enroll at their own rate; two wrong passwords
+    from that address (the burst) hold back the next attempt, whoever makes it."""
+    for name in ("u1", "u2", "u3", "u4"):
+        added = subprocess.run(
+            [helpers.PKI_EDGE, "--data", str(limited.data), "est", "user", "add", "root", name, "--password-stdin"],
+            input="pw-" + name + "\n", capture_output=True, text=True, timeout=60, env=helpers.clean_env(), check=False,
+        )  # fmt: skip
+        assert added.returncode == 0, added
+    before = limited.inventory()
+    for name in ("u1", "u2", "u3"):  # three from one address, past its burst of two
+        limited.enroll(f"basic-{name}", f"device-basic-{name}", "-u", f"{name}:pw-{name}")
+    assert limited.inventory() == before + 3
+    csr = limited.work / "basic-u1.b64"
+    for _ in range(2):
+        with limited.nothing_issued():
+            expect(limited.post(f"{EST}/root/simpleenroll", csr, "-u", "u4:guess"), 401, None, limited)
+    with limited.nothing_issued():
+        reply = limited.post(f"{EST}/root/simpleenroll", csr, "-u", "u4:pw-u4")
+    expect(reply, 429, "too many requests", limited)
+    assert reply.headers.get("retry-after") == "60", reply.headers  # one a minute
 
 
 # ============================================================================== csrattrs

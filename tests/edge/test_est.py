@@ -1,0 +1,39 @@
+"""``edge.est.RateLimiter``: token buckets per client, with a fake clock."""
+
+from __future__ import annotations
+
+from edge.est import RateLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_then_the_rate() -> None:
+    clock = Clock()
+    limiter = RateLimiter(per_minute=6, burst=2, clock=clock)
+    assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
+    assert limiter.allow("b")  # buckets are per client
+    assert limiter.seconds_to_next("a") == 10  # one token every ten seconds
+    clock.now += 9
+    assert not limiter.allow("a")
+    assert limiter.seconds_to_next("a") == 1
+    clock.now += 1
+    assert limiter.allow("a")
+
+
+def test_a_refund_gives_the_token_back_up_to_the_burst() -> None:
+    clock = Clock()
+    limiter = RateLimiter(per_minute=1, burst=2, clock=clock)
+    for _ in range(5):  # good passwords: each token taken is given back
+        assert limiter.allow("basic:192.0.2.1")
+        limiter.refund("basic:192.0.2.1")
+    limiter.refund("basic:192.0.2.1")  # never above the burst
+    assert [limiter.allow("basic:192.0.2.1") for _ in range(3)] == [True, True, False]
+    assert limiter.seconds_to_next("basic:192.0.2.1") == 60
+    limiter.refund("never-seen")  # nothing to give back
+    assert limiter.seconds_to_next("never-seen") == 1
