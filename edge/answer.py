@@ -71,25 +71,34 @@ Locate = Callable[[CertID], tuple[int, int] | None]
 
 
 class Conditional(NamedTuple):
-    """Validators a GET or HEAD request carried (raw header values)."""
+    """Preconditions a GET or HEAD request carried (raw header values, RFC 9110 §13.1)."""
 
     if_none_match: bytes | None = None
     if_modified_since: bytes | None = None
+    if_match: bytes | None = None
+    if_unmodified_since: bytes | None = None
 
 
 NO_CONDITIONS = Conditional()
-CONDITIONAL_HEADERS = frozenset({b"if-none-match", b"if-modified-since"})
+_FIELDS = {b"if-none-match": "if_none_match", b"if-modified-since": "if_modified_since"}
+_FIELDS |= {b"if-match": "if_match", b"if-unmodified-since": "if_unmodified_since"}
+CONDITIONAL_HEADERS = frozenset(_FIELDS)
+_LIST_FIELDS = frozenset({"if_none_match", "if_match"})
 
 
 def conditional_of(headers: Headers) -> Conditional:
-    """The validators among a request's headers (lower-case names, as uvicorn gives them)."""
-    conditional = NO_CONDITIONS
+    """The preconditions among a request's headers (lower-case names, as uvicorn gives them).
+
+    A list field sent in several lines is one list (RFC 9110 §5.3); a date sent twice is not one date.
+    """
+    found: dict[str, bytes] = {}
     for name, value in headers:
-        if name == b"if-none-match":
-            conditional = conditional._replace(if_none_match=value)
-        elif name == b"if-modified-since":
-            conditional = conditional._replace(if_modified_since=value)
-    return conditional
+        field = _FIELDS.get(name)
+        if field is not None:
+            if field in found:  # a list's lines are one list; two dates are an invalid one, ignored
+                value = found[field] + b", " + value if field in _LIST_FIELDS else b""
+            found[field] = value
+    return Conditional(**found) if found else NO_CONDITIONS
 
 
 # The headers of an authoritative answer, in this order (a 304 has the cache lines only).
@@ -103,14 +112,37 @@ def _unsigned(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> Answer:
     return Answer(status, render_head([CONTENT_TYPE, (b"content-length", b"%d" % len(body)), NO_CACHE, *extra]), body)
 
 
-# One member of an If-None-Match list: an entity-tag (quotes may hold commas) or "*".
-_LIST_MEMBER = re.compile(rb'(?:^|,)[ \t]*(?:W/)?("[^"]*"|\*)[ \t]*(?=,|$)')
+# One member of an If-None-Match or If-Match list: an entity-tag (quotes may hold commas), weak or not.
+_LIST_MEMBER = re.compile(rb'(?:^|,)[ \t]*(W/)?("[^"]*")[ \t]*(?=,|$)')
 
 
 def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
-    """RFC 9110 §13.1.2: weak comparison over the list; ``*`` matches any current entity."""
+    """RFC 9110 §13.1.2: weak comparison over the list; ``*`` alone matches any current entity."""
+    if if_none_match.strip(b" \t") == b"*":
+        return True
     opaque = etag.removeprefix(b"W/")
-    return any(tag == opaque or tag == b"*" for tag in _LIST_MEMBER.findall(if_none_match))
+    return any(tag == opaque for _, tag in _LIST_MEMBER.findall(if_none_match))
+
+
+def etag_matches_strongly(if_match: bytes, etag: bytes) -> bool:
+    """RFC 9110 §13.1.1: strong comparison over the list (a weak tag never matches); ``*`` alone matches."""
+    if if_match.strip(b" \t") == b"*":
+        return True
+    if etag[:2] == b"W/":
+        return False
+    return any(not weak and tag == etag for weak, tag in _LIST_MEMBER.findall(if_match))
+
+
+def _http_date(value: bytes) -> float | None:
+    """An HTTP-date in any of its three forms (RFC 9110 §5.6.7), as Unix seconds; None if it is none."""
+    parsed = parsedate_tz(value.decode("latin-1"))
+    if parsed is None:
+        return None
+    # HTTP dates are UTC whatever their form; asctime carries no zone at all.
+    try:
+        return dt.datetime(*parsed[:6], tzinfo=dt.UTC).timestamp() - (parsed[9] or 0)
+    except (ValueError, OverflowError):
+        return None
 
 
 def not_modified_since(if_modified_since: bytes, produced_at: int) -> bool:
@@ -125,15 +157,19 @@ def not_modified_since(if_modified_since: bytes, produced_at: int) -> bool:
     """
     if not produced_at:  # stored by a signer that did not record it: the condition cannot be judged
         return False
-    parsed = parsedate_tz(if_modified_since.decode("latin-1"))
-    if parsed is None:
+    since = _http_date(if_modified_since)
+    if since is None:
         return False  # an invalid date is ignored (RFC 9110 §13.1.3)
-    # HTTP dates are UTC whatever their form (RFC 9110 §5.6.7); asctime carries no zone at all.
-    try:
-        since = dt.datetime(*parsed[:6], tzinfo=dt.UTC).timestamp() - (parsed[9] or 0)
-    except (ValueError, OverflowError):
-        return False
     return produced_at + SERVED_WITHIN_SECONDS <= since
+
+
+def modified_since(if_unmodified_since: bytes, produced_at: int) -> bool:
+    """RFC 9110 §13.1.4: whether If-Unmodified-Since fails (the response was signed after the date).
+
+    An invalid date, or a response whose signing time was not recorded, is no condition at all.
+    """
+    since = _http_date(if_unmodified_since)
+    return bool(produced_at) and since is not None and produced_at > since
 
 
 class OCSPAnswerer:
@@ -162,6 +198,7 @@ class OCSPAnswerer:
         self.malformed = _unsigned(400, MALFORMED_REQUEST)
         self.too_large = _unsigned(413, MALFORMED_REQUEST)
         self.unauthorized = _unsigned(200, UNAUTHORIZED)
+        self.precondition_failed = Answer(412, render_head([(b"content-length", b"0"), NO_CACHE]), b"")
         self.try_later = _unsigned(503, TRY_LATER, self._retry_after)
 
     def _hit_counts(self) -> dict[str, int]:
@@ -233,9 +270,13 @@ class OCSPAnswerer:
         if stored.next_update < until:
             until = stored.next_update
         max_age = until - now if until > now else 0
-        if conditional is not NO_CONDITIONS and self._not_modified(conditional, stored):
-            self._metrics.inc("ocsp_not_modified")
-            return Answer(304, _CACHE_HEAD % (max_age, stored.last_modified, stored.expires, stored.etag), b"")
+        if conditional is not NO_CONDITIONS:
+            if self._precondition_failed(conditional, stored):
+                self._metrics.inc("ocsp_precondition_failed")
+                return self.precondition_failed
+            if self._not_modified(conditional, stored):
+                self._metrics.inc("ocsp_not_modified")
+                return Answer(304, _CACHE_HEAD % (max_age, stored.last_modified, stored.expires, stored.etag), b"")
         if stored.revoked:
             self._revoked_hits += 1
         else:
@@ -271,6 +312,15 @@ class OCSPAnswerer:
     def live_signed(self, der: bytes) -> Answer:
         """A response the workers signed for this request: authoritative, but for this request only."""
         return Answer(200, _AUTHORITATIVE % 0 + _RESPONSE_HEAD % len(der), der)
+
+    @staticmethod
+    def _precondition_failed(conditional: Conditional, stored: StoredResponse) -> bool:
+        """RFC 9110 §13.2.2 steps 1 and 2: If-Match, else If-Unmodified-Since."""
+        if conditional.if_match is not None:
+            return not etag_matches_strongly(conditional.if_match, stored.etag)
+        if conditional.if_unmodified_since is not None:
+            return modified_since(conditional.if_unmodified_since, stored.produced_at)
+        return False
 
     @staticmethod
     def _not_modified(conditional: Conditional, stored: StoredResponse) -> bool:

@@ -40,6 +40,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 ALLOW = (b"allow", b"GET, HEAD, POST")
+_FRAGMENT = ord("#")
 STARLETTE_PATHS = frozenset({"/healthz", "/readyz"})
 STARLETTE_RAW_PATHS = frozenset(p.encode() for p in STARLETTE_PATHS)
 _LONGEST_STARLETTE_PATH = max(map(len, STARLETTE_RAW_PATHS))
@@ -99,6 +100,8 @@ class OCSPApp:
             try:
                 der = self._paths.der(raw_path)
             except MalformedRequest:
+                if _FRAGMENT in raw_path:  # invalid in a request target; uvicorn's path for ASGI drops it
+                    return self.answer_get(raw_path[: raw_path.find(b"#")], conditional, head)
                 answer = self._answerer.malformed
             else:
                 answer = self._answerer.answer_der(der, conditional)

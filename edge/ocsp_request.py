@@ -123,7 +123,11 @@ def _cert_id(buf: bytes, pos: int, end: int) -> CertID:
 
 
 def _extensions_have_nonce(buf: bytes, pos: int, end: int) -> bool:
-    """Walk ``Extensions ::= SEQUENCE SIZE (1..MAX) OF Extension``; True if one is the nonce."""
+    """Walk ``Extensions ::= SEQUENCE SIZE (1..MAX) OF Extension``; True if one is the nonce.
+
+    RFC 6960 §4.4: extensions are ignored, unless critical and not understood: a critical one other
+    than the nonce (which is understood, and answered without, RFC 5019bis) is a malformed request.
+    """
     start, stop = _expect(buf, pos, end, _SEQUENCE)
     if stop != end or start == stop:
         raise MalformedRequest("bad extensions")
@@ -139,6 +143,8 @@ def _extensions_have_nonce(buf: bytes, pos: int, end: int) -> bool:
             # DER omits the DEFAULT FALSE, so an encoded critical flag must be TRUE (0xff).
             if b_stop - b_start != 1 or buf[b_start] != 0xFF:
                 raise MalformedRequest("bad critical flag")
+            if oid != ID_PKIX_OCSP_NONCE:
+                raise MalformedRequest("critical extension not understood")
             inner = b_stop
         _, value_stop = _expect(buf, inner, ext_stop, _OCTET_STRING)
         if value_stop != ext_stop:

@@ -21,7 +21,16 @@ from hypothesis import strategies as st
 from contract.config import Config
 from contract.store import HASH_ALGORITHMS, SERVED_WITHIN_SECONDS, StoredResponse, serial_key
 from edge import answer as answer_module
-from edge.answer import Answer, Conditional, OCSPAnswerer, etag_matches, not_modified_since
+from edge.answer import (
+    NO_CONDITIONS,
+    Answer,
+    Conditional,
+    OCSPAnswerer,
+    conditional_of,
+    etag_matches,
+    etag_matches_strongly,
+    not_modified_since,
+)
 from edge.clock import FakeClock
 from edge.metrics import CounterMetrics
 from edge.ocsp_request import CertID, common_request, parse_ocsp_request_general
@@ -433,6 +442,20 @@ CONDITIONAL_CASES = [
         Conditional(if_none_match=b"*", if_modified_since=b"garbage"),
         304,
     ),
+    ("inm-star-in-a-list", Conditional(if_none_match=b'*, "other"'), 200),  # not the grammar: "*" or tags
+    # If-Match (strong comparison) and If-Unmodified-Since come first: 412 when they fail (RFC 9110 §13.2.2).
+    ("im-exact", Conditional(if_match=ETAG), 200),
+    ("im-in-list", Conditional(if_match=b'"other", ' + ETAG), 200),
+    ("im-star", Conditional(if_match=b"*"), 200),
+    ("im-other", Conditional(if_match=b'"other"'), 412),
+    ("im-weak-never-matches", Conditional(if_match=b"W/" + ETAG), 412),
+    ("im-star-in-a-list", Conditional(if_match=b'*, "other"'), 412),
+    ("ius-signing-instant", Conditional(if_unmodified_since=http_date(RESPONSE.produced_at)), 200),
+    ("ius-a-second-before", Conditional(if_unmodified_since=http_date(RESPONSE.produced_at - 1)), 412),
+    ("ius-garbage", Conditional(if_unmodified_since=b"garbage"), 200),
+    ("im-match-ignores-ius", Conditional(if_match=ETAG, if_unmodified_since=http_date(NOW - DAY)), 200),
+    ("im-fails-before-inm", Conditional(if_match=b'"other"', if_none_match=ETAG), 412),
+    ("im-passes-then-inm", Conditional(if_match=ETAG, if_none_match=ETAG), 304),
 ]
 
 
@@ -449,6 +472,10 @@ def test_conditional_requests(conditional: Conditional, status: int) -> None:
     if status == 200:
         assert answer == unconditional
         assert harness.metrics.snapshot() == {"ocsp_good": 2}
+    elif status == 412:
+        assert answer.body == b""
+        assert header_dict(answer) == {b"content-length": b"0", b"cache-control": b"max-age=0, no-cache"}
+        assert harness.metrics.snapshot() == {"ocsp_good": 1, "ocsp_precondition_failed": 1}
     else:
         # The 304 repeats the cache headers of the 200 it stands for, and has no body.
         assert answer.body == b""
@@ -509,7 +536,8 @@ def test_nonce_in_the_request_is_ignored(outcome: StoredResponse | Exception, co
 ETAG_CASES = [
     ("exact", b'"abc"', b'"abc"', True),
     ("star", b"*", b'"abc"', True),
-    ("star-in-list", b'"x", *', b'"abc"', True),
+    ("star-with-spaces", b" * ", b'"abc"', True),
+    ("star-in-list", b'"x", *', b'"abc"', False),
     ("weak-candidate", b'W/"abc"', b'"abc"', True),
     ("list-last", b'"a", "b", "abc"', b'"abc"', True),
     ("list-first", b'"abc","b"', b'"abc"', True),
@@ -531,6 +559,42 @@ ETAG_CASES = [
 )
 def test_etag_matches(if_none_match: bytes, etag: bytes, expected: bool) -> None:
     assert etag_matches(if_none_match, etag) is expected
+
+
+@pytest.mark.parametrize(
+    ("if_match", "etag", "expected"),
+    [
+        (b'"abc"', b'"abc"', True),
+        (b'"x", "abc"', b'"abc"', True),
+        (b"*", b'"abc"', True),
+        (b'W/"abc"', b'"abc"', False),
+        (b'"abc"', b'W/"abc"', False),
+        (b'"abd"', b'"abc"', False),
+        (b'"x", *', b'"abc"', False),
+        (b"", b'"abc"', False),
+    ],
+)
+def test_etag_matches_strongly(if_match: bytes, etag: bytes, expected: bool) -> None:
+    assert etag_matches_strongly(if_match, etag) is expected
+
+
+def test_conditional_of_reads_every_precondition_and_joins_list_lines() -> None:
+    headers = [
+        (b"host", b"x"),
+        (b"if-none-match", b'"a"'),
+        (b"if-none-match", b'"b"'),
+        (b"if-match", b"*"),
+        (b"if-unmodified-since", b"Tue, 14 Nov 2023 22:13:19 GMT"),
+        (b"if-modified-since", b"Tue, 14 Nov 2023 22:13:19 GMT"),
+        (b"if-modified-since", b"Wed, 15 Nov 2023 22:13:19 GMT"),
+    ]
+    conditional = conditional_of(headers)
+    assert conditional.if_none_match == b'"a", "b"'
+    assert conditional.if_match == b"*"
+    assert conditional.if_unmodified_since == b"Tue, 14 Nov 2023 22:13:19 GMT"
+    # Two dates are no date (RFC 9110 §13.1.3): the condition is then ignored.
+    assert not not_modified_since(conditional.if_modified_since or b"", PRODUCED_AT - DAY)
+    assert conditional_of([(b"host", b"x")]) is NO_CONDITIONS
 
 
 def test_etag_matches_weak_stored_etag() -> None:

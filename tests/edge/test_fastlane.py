@@ -484,3 +484,18 @@ def test_both_paths_want_one_valid_host(store, servers, version: bytes, hosts: b
         else:
             assert answers[1].startswith(b"400 "), (url, answers[1][:200])
             assert answers[1].endswith(b"Invalid HTTP request received: missing, repeated or invalid Host header.")
+
+
+def test_both_paths_answer_a_target_with_a_fragment_alike(store, servers) -> None:
+    """A fragment is invalid in a request target (RFC 9112 §3.2); uvicorn drops it from the ASGI path,
+    and the fast lane reads the path as that one does (httpx would not send it: raw sockets)."""
+    _, ca = store
+    path = b"/ocsp/" + base64.b64encode(request(ca, 1)).replace(b"/", b"%2F").replace(b"+", b"%2B")
+    message = b"GET " + path + b"#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    bodies = []
+    for url in servers:
+        received, _ = exchange(int(url.rsplit(":", 1)[1]), message)
+        assert received.startswith(b"HTTP/1.1 200 OK"), (url, received[:200])
+        bodies.append(received.split(b"\r\n\r\n", 1)[1])
+    assert bodies[0] == bodies[1]
+    assert ocsp.load_der_ocsp_response(bodies[0]).serial_number == 1

@@ -401,7 +401,7 @@ ACCEPTED = [
     ),
     (
         "single-request-extensions",
-        ocsp_request([single_request(cert_id(), [extension("1.2.3.4", b"\x05\x00", DER_TRUE)])]),
+        ocsp_request([single_request(cert_id(), [extension("1.2.3.4", b"\x05\x00")])]),
         [expected_id()],
         False,
     ),
@@ -677,6 +677,16 @@ REJECTED = [
     ("deep-nesting-as-algorithm", simple_request(algorithm=nested_sequences(1000))),
     ("all-zero", b"\x00" * 64),
     ("all-ones", b"\xff" * 64),
+    # RFC 6960 §4.4: a critical extension not understood (anything but the nonce) is not ignored.
+    ("critical-request-extension", ocsp_request([REQUEST], extensions=[extension("1.2.3.4", b"", DER_TRUE)])),
+    (
+        "critical-extension-beside-the-nonce",
+        ocsp_request([REQUEST], extensions=[nonce_extension(), extension("1.3.6.1.5.5.7.48.1.4", b"", DER_TRUE)]),
+    ),
+    (
+        "critical-single-request-extension",
+        ocsp_request([single_request(cert_id(), [extension("1.2.3.4", b"\x05\x00", DER_TRUE)])]),
+    ),
 ]
 
 
@@ -715,7 +725,7 @@ def truncation_seeds() -> list[tuple[str, bytes]]:
         (
             "everything",
             ocsp_request(
-                [single_request(cert_id(), [extension("1.2.3.4", b"\x05\x00", DER_TRUE)])],
+                [single_request(cert_id(), [extension(NONCE_OID, octets(b"\x05"), DER_TRUE)])],
                 version=integer(0),
                 requestor=DIRECTORY_NAME,
                 extensions=[nonce_extension()],

@@ -132,6 +132,29 @@ def test_if_modified_since(client: httpx.Client, request_der: bytes) -> None:
     assert r.content == full.content
 
 
+def test_if_match_and_if_unmodified_since(client: httpx.Client, request_der: bytes) -> None:
+    """RFC 9110 §13.2.2: a failed If-Match, else a failed If-Unmodified-Since, is a 412 with no body."""
+    full = client.get(_get_path(request_der))
+    _check_cacheable(full)
+    produced_at = ocsp.load_der_ocsp_response(full.content).produced_at_utc
+    for headers in (
+        {"if-match": full.headers["etag"]},
+        {"if-match": "*"},
+        {"if-unmodified-since": full.headers["last-modified"]},
+    ):
+        r = client.get(_get_path(request_der), headers=headers)
+        _check_cacheable(r)
+        assert r.content == full.content
+    before = format_datetime(produced_at - dt.timedelta(seconds=1), usegmt=True)
+    for headers in (
+        {"if-match": '"not-this-one"'},
+        {"if-match": "W/" + full.headers["etag"]},
+        {"if-unmodified-since": before},
+    ):
+        r = client.get(_get_path(request_der), headers=headers)
+        assert (r.status_code, r.content, r.headers["cache-control"]) == (412, b"", "max-age=0, no-cache"), headers
+
+
 @pytest.mark.skipif(CURL is None, reason="curl is needed")
 def test_curl_time_condition_sees_a_revocation(shared: Shared) -> None:
     """curl -z FILE asks If-Modified-Since the file's time, and keeps the file unless Last-Modified is
