@@ -47,6 +47,7 @@ _DER = Encoding.DER
 _SHA256 = hashes.SHA256()
 OPERATIONS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "serverkeygen", "csrattrs", "fullcmc"})
 POST_OPERATIONS = frozenset({"simpleenroll", "simplereenroll", "serverkeygen", "fullcmc"})
+_HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]  # RFC 9110 §9 and PATCH
 
 
 class EstError(Exception):
@@ -118,8 +119,9 @@ class EstService:
     def routes(self) -> list[BaseRoute]:
         routes: list[BaseRoute] = []
         for prefix in self._est.prefixes:
-            routes.append(Route(prefix + "/{op}", self.endpoint, methods=["GET", "POST"]))
-            routes.append(Route(prefix + "/{label}/{op}", self.endpoint, methods=["GET", "POST"]))
+            # Every method reaches the endpoint, which answers 405 with the operation's own Allow.
+            routes.append(Route(prefix + "/{op}", self.endpoint, methods=_HTTP_METHODS))
+            routes.append(Route(prefix + "/{label}/{op}", self.endpoint, methods=_HTTP_METHODS))
         return routes
 
     async def endpoint(self, request: Request) -> Response:
@@ -145,8 +147,8 @@ class EstService:
         label = request.path_params.get("label")
         if op not in OPERATIONS:
             raise EstError(404, f"unknown EST operation {op!r}")
-        if (request.method == "POST") != (op in POST_OPERATIONS):
-            allowed = "POST" if op in POST_OPERATIONS else "GET"
+        allowed = "POST" if op in POST_OPERATIONS else "GET, HEAD"
+        if request.method not in allowed.split(", "):
             raise EstError(405, f"{op} takes {allowed}", {"Allow": allowed})
         if not self._secure(request):
             raise EstError(403, "EST requires HTTPS (or a trusted TLS-terminating proxy)")

@@ -633,6 +633,25 @@ def test_http_basic_user(main: Est) -> None:
     expect(reply, 401, None, main)
 
 
+@pytest.mark.parametrize(
+    ("method", "op", "allowed"),
+    [
+        ("PUT", "cacerts", "GET, HEAD"),
+        ("POST", "cacerts", "GET, HEAD"),
+        ("OPTIONS", "csrattrs", "GET, HEAD"),
+        ("GET", "simpleenroll", "POST"),
+        ("PUT", "simpleenroll", "POST"),
+        ("DELETE", "serverkeygen", "POST"),
+    ],
+)
+def test_a_method_an_operation_does_not_take_gets_405_with_its_allow(
+    main: Est, method: str, op: str, allowed: str
+) -> None:
+    reply = main.curl(f"{EST}/root/{op}", "-X", method)
+    expect(reply, 405, None, main)
+    assert reply.headers.get("allow") == allowed, reply.headers
+
+
 def test_a_body_cut_short_ends_quietly(main: Est) -> None:
     """A device that goes away in the middle of its CSR: no traceback in the log, the edge serves on."""
     context = ssl.create_default_context(cafile=str(main.material.tls_ca))
