@@ -258,8 +258,8 @@ class EstService:
         raise EstError(401, "", {"WWW-Authenticate": f'Basic realm="{ca.name}", charset="UTF-8"'})
 
     async def _reenroll(self, request: Request, label: str | None, cert: x509.Certificate | None) -> Response:
-        if cert is None:
-            raise EstError(401, "", {"WWW-Authenticate": 'Basic realm="simplereenroll", charset="UTF-8"'})
+        if cert is None:  # no password can stand for it: no Basic challenge (RFC 7030 §4.2.2)
+            raise EstError(403, "re-enrollment is authenticated by the certificate it renews: present it over TLS")
         self._source.refresh_issuers()
         if label is not None:
             ca = self._ca(label)

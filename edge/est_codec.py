@@ -136,6 +136,9 @@ def _unarmour(body: bytes) -> bytes:
         raise EstBodyError(400, "PEM -----BEGIN----- and -----END----- labels differ")
     if b":" in content:
         raise EstBodyError(400, "PEM headers (encrypted or annotated PEM) are not supported in a CSR")
+    # Text around the block is allowed (RFC 7468 §2); a second block would be a second request.
+    if b"-----BEGIN" in body[match.end() :]:
+        raise EstBodyError(400, "more than one PEM block; an EST request carries one CSR")
     return content
 
 

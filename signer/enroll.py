@@ -31,7 +31,7 @@ import msgspec
 from asn1crypto import parser as der
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
@@ -265,6 +265,9 @@ def check_csr(csr: x509.CertificateSigningRequest, profile: CAProfile) -> Reques
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise EnrollRefused(400, f"the CSR's key or signature cannot be read: {_one_line(exc)}") from None
     if not valid:
+        algorithm = csr.signature_hash_algorithm
+        if isinstance(algorithm, hashes.SHA1 | hashes.MD5):  # cryptography verifies no such signature
+            raise EnrollRefused(400, f"the CSR is signed with {algorithm.name.upper()}: sign it with SHA-256 or better")
         raise EnrollRefused(400, "the CSR's signature does not verify with its public key")
     check_key(public_key, profile)
     names = requested_names(csr)

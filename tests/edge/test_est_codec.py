@@ -294,6 +294,7 @@ REJECTED_BODIES: dict[str, Callable[[], bytes]] = {
     "PEM with mismatched labels": lambda: pem(ec_csr_der()).replace(b"END CERTIFICATE", b"END NEW CERTIFICATE"),
     "PEM with headers": lambda: pem(ec_csr_der()).replace(b"-----\n", b"-----\nProc-Type: 4,ENCRYPTED\n\n", 1),
     "UTF-16 base64": lambda: b64(ec_csr_der()).encode("utf-16"),
+    "two PEM CSRs": lambda: pem(ec_csr_der()) + pem(rsa_csr_der()),
 }
 
 

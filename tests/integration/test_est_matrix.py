@@ -442,7 +442,7 @@ def test_cacerts_of_an_intermediate_gives_it_and_its_parent(main: Est) -> None:
         assert shown in text, name
 
 
-@pytest.mark.parametrize("op", ["simpleenroll", "simplereenroll"])
+@pytest.mark.parametrize("op", ["simpleenroll", "serverkeygen"])  # simplereenroll: 403, below
 def test_no_client_certificate_gets_a_bare_challenge(main: Est, op: str) -> None:
     csr = make_csr(main.work, f"nocert-{op}", "nocert")
     with main.nothing_issued():
@@ -532,6 +532,16 @@ def test_revoked_device_certificate_cannot_reenroll(main: Est, labelled: bool) -
     with main.nothing_issued():
         reply = main.post(path, csr, "--cert", cert, "--key", main.work / f"{name}.key")
     expect(reply, 403, "revoked", main)
+
+
+def test_reenroll_without_the_certificate_it_renews_is_403(main: Est) -> None:
+    """Neither a password nor nothing stands for the certificate being renewed: 403, no Basic challenge."""
+    csr = make_csr(main.work, "reenroll-nocert", "device-nocert")
+    for credentials in ((), ("-u", "nobody:secret")):
+        with main.nothing_issued():
+            reply = main.post(f"{EST}/root/simplereenroll", csr, *credentials)
+        expect(reply, 403, "the certificate it renews", main)
+        assert "www-authenticate" not in reply.headers, reply.headers
 
 
 def test_reenroll_must_keep_subject_and_san(main: Est) -> None:

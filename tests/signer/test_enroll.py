@@ -831,6 +831,27 @@ def test_enroll_refusals_from_profile(world: World) -> None:
     assert isinstance(world.enroll(make_csr(subject=cn_name("laptop")), ca="ca2"), Issued)
 
 
+def test_a_csr_signed_with_sha1_is_refused_for_what_it_is(world: World, tmp_path: Path) -> None:
+    """cryptography verifies no SHA-1 signature (nor makes one): the refusal says why, not that the
+    signature is bad. The CSR as an old device's openssl makes it."""
+    key = tmp_path / "key.pem"
+    key.write_bytes(
+        pool_key("ec-p256", 1).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    made = subprocess.run(
+        ["openssl", "req", "-new", "-key", str(key), "-subj", "/CN=device-1", "-sha1", "-outform", "DER"],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    sha1_csr = made.stdout
+    before = all_dbs(world.st)
+    assert world.enroll(sha1_csr) == Refused(400, "the CSR is signed with SHA1: sign it with SHA-256 or better")
+    assert all_dbs(world.st) == before
+
+
 def test_unknown_ca_is_404(world: World) -> None:
     csr = make_csr()
     assert world.enroll(csr, ca="nope") == Refused(404, "unknown CA 'nope'")
