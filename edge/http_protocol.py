@@ -60,8 +60,11 @@ def valid_host(value: bytes) -> bool:
     return True
 
 
-# What a request's second Host header leaves: no valid Host holds a NUL (llhttp refuses one anyway).
-REPEATED_HOST = b"\x00"
+# What a request's second Host header leaves, and what no request's Host equals before one was found
+# valid on a connection: no valid Host holds a NUL (llhttp refuses one anyway). Two values, so that a
+# connection's first request with two Host headers is not taken for a valid one.
+REPEATED_HOST = b"\x00repeated"
+_NO_VALID_HOST = b"\x00none"
 
 
 class BadRequest(Exception):
@@ -82,7 +85,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._refusal: bytes | None = None  # written once the answers under way are
         self._host: bytes | None = None  # the Host of the request being read (REPEATED_HOST: two came)
-        self._valid_host = REPEATED_HOST  # the last one found valid on this connection
+        self._valid_host = _NO_VALID_HOST  # the last one found valid on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
