@@ -47,6 +47,11 @@ _DER = Encoding.DER
 _SHA256 = hashes.SHA256()
 OPERATIONS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "serverkeygen", "csrattrs", "fullcmc"})
 POST_OPERATIONS = frozenset({"simpleenroll", "simplereenroll", "serverkeygen", "fullcmc"})
+# RFC 7030 §4.4.1.1 and §4.4.1.2: the client asks for its server-generated key encrypted (id-aa-decryptKeyID,
+# id-aa-asymmDecryptKeyID). Not supported here: refused rather than answered with the key in the clear.
+_KEY_ENCRYPTION_REQUESTS = frozenset(
+    {x509.ObjectIdentifier("1.2.840.113549.1.9.16.2.37"), x509.ObjectIdentifier("1.2.840.113549.1.9.16.2.54")}
+)
 _HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]  # RFC 9110 §9 and PATCH
 
 
@@ -174,6 +179,8 @@ class EstService:
         if op == "simpleenroll":
             result = await self._submit(jobs.EnrollJob(ca.name, _der(csr), requester))
             return self._certificate(result)
+        if any(attribute.oid in _KEY_ENCRYPTION_REQUESTS for attribute in csr.attributes):
+            raise EstError(400, "an encrypted server-generated key is not supported; ask for it without encryption")
         result = await self._submit(jobs.ServerKeygenJob(ca.name, _der(csr), requester))
         if not isinstance(result, jobs.IssuedWithKey):
             raise EstError(500, "unexpected answer from the signer")

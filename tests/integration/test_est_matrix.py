@@ -14,6 +14,7 @@ from LMDB (read-only) is the same after the answer as before it. Servers, groupe
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import datetime as dt
@@ -660,6 +661,25 @@ def test_a_method_an_operation_does_not_take_gets_405_with_its_allow(
     reply = main.curl(f"{EST}/root/{op}", "-X", method)
     expect(reply, 405, None, main)
     assert reply.headers.get("allow") == allowed, reply.headers
+
+
+@pytest.mark.parametrize(
+    "oid", ["1.2.840.113549.1.9.16.2.37", "1.2.840.113549.1.9.16.2.54"], ids=["symmetric", "asymmetric"]
+)
+def test_serverkeygen_asked_for_an_encrypted_key_is_refused(main: Est, oid: str) -> None:
+    """RFC 7030 §4.4.1.1/2: a client asking for its key encrypted must not get it in the clear."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keygen-encrypted")]))
+        .add_attribute(x509.ObjectIdentifier(oid), b"key-id-1")
+        .sign(key, hashes.SHA256())
+    )
+    body = main.work / f"keygen-encrypted-{oid}.b64"
+    body.write_bytes(base64.b64encode(csr.public_bytes(serialization.Encoding.DER)))
+    with main.nothing_issued():
+        reply = main.post(f"{EST}/root/serverkeygen", body, *main.ra)
+    expect(reply, 400, "encrypted server-generated key is not supported", main)
 
 
 def test_a_body_cut_short_ends_quietly(main: Est) -> None:
