@@ -143,6 +143,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def _upgrade(self, data: bytes, offset: int) -> None:
         """llhttp stopped at ``offset``, the end of a head asking for an upgrade: WebSocket's, or declined."""
         while not self._should_upgrade():
+            if self.parser.get_method() == b"CONNECT":  # llhttp hands over every CONNECT: no header to drop
+                self._refuse(501, "CONNECT is not supported.")
+                return
+            rest = len(data) - offset
             data = self._without_upgrade(data, offset)
             try:
                 self.parser.feed_data(data)
@@ -151,6 +155,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
                 return
             except httptools.HttpParserUpgrade as upgrade:  # a later request in the same read asks again
                 offset = upgrade.args[0]
+                if offset <= len(data) - rest:  # not later: the request given again asks again (never loop)
+                    self._refuse(400, "Unsupported upgrade request.")
+                    return
                 continue
             if self.url:
                 self._head_grew(data)

@@ -499,3 +499,13 @@ def test_both_paths_answer_a_target_with_a_fragment_alike(store, servers) -> Non
         bodies.append(received.split(b"\r\n\r\n", 1)[1])
     assert bodies[0] == bodies[1]
     assert ocsp.load_der_ocsp_response(bodies[0]).serial_number == 1
+
+
+def test_both_paths_refuse_connect_and_serve_on(servers) -> None:
+    """llhttp hands every CONNECT over as an upgrade, with no Upgrade header to drop: 501 and close
+    (giving it again to a new parser would loop for ever, the worker's CPU with it)."""
+    for url in servers:
+        port = int(url.rsplit(":", 1)[1])
+        received, closed = exchange(port, b"CONNECT h:80 HTTP/1.1\r\nHost: h:80\r\n\r\n")
+        assert closed and received.startswith(b"HTTP/1.1 501 "), (url, received[:200])
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200
