@@ -258,7 +258,8 @@ def build_app(
         answerer,
         config.edge.ocsp_prefixes,
         config.edge.max_request_bytes,
-        not_ocsp=tuple(prefix + "/" for prefix in config.est.prefixes),
+        # A fragment (invalid, but uvicorn drops it for ASGI) after a health path keeps it Starlette's.
+        not_ocsp=(*(prefix + "/" for prefix in config.est.prefixes), *(path + "#" for path in sorted(STARLETTE_PATHS))),
         queue=queue,
         live_inflight=config.workers.live_ocsp_max_inflight,
         live_timeout=config.est.job_timeout_seconds,

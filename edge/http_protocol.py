@@ -43,9 +43,11 @@ from contract.config import DEFAULT_MAX_HEAD_BYTES
 from edge.answer import render_head
 
 LINGER_SECONDS = 5.0
-# RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP-literal, an IPv4 address or a reg-name
-# (which may be empty).
-_HOST = re.compile(rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
+# RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP-literal (with an RFC 6874 zone, "%25…"),
+# an IPv4 address or a reg-name (which may be empty).
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+)
 # Host values already found valid: a server hears the same few again and again, and a set lookup costs
 # a tenth of the pattern. Bounded: past it, new names are checked each time.
 VALID_HOSTS: set[bytes] = set()
@@ -204,7 +206,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if host is None:
             if self.parser.get_http_version() in ("1.0", "0.9"):
                 return
-        elif host in VALID_HOSTS or valid_host(host):  # REPEATED_HOST is not
+        elif host in VALID_HOSTS or valid_host(host.strip(b" \t")):  # REPEATED_HOST is not; llhttp keeps trailing OWS
             self._valid_host = host
             return
         raise BadRequest("missing, repeated or invalid Host header")

@@ -443,6 +443,8 @@ def test_both_paths_read_the_body_and_the_requests_after_a_declined_upgrade(stor
         (b"1.1", b"Host: [2001:db8::1]:80\r\n", True),
         (b"1.1", b"Host: 192.0.2.1\r\n", True),
         (b"1.1", b"Host:\r\n", True),  # empty: the target has no authority (RFC 9112 §3.2)
+        (b"1.1", b"Host: ocsp.example \t\r\n", True),  # whitespace around a value is not the value
+        (b"1.1", b"Host: [fe80::1%25eth0]:80\r\n", True),  # an IPv6 zone (RFC 6874)
         (b"1.0", b"", True),  # HTTP/1.0 needs none
         (b"1.1", b"", False),
         (b"1.1", b"Host: a.example\r\nHost: a.example\r\n", False),
@@ -457,6 +459,8 @@ def test_both_paths_read_the_body_and_the_requests_after_a_declined_upgrade(stor
         "ipv6",
         "ipv4",
         "empty",
+        "whitespace",
+        "ipv6-zone",
         "1.0-none",
         "none",
         "twice",
@@ -499,6 +503,11 @@ def test_both_paths_answer_a_target_with_a_fragment_alike(store, servers) -> Non
         bodies.append(received.split(b"\r\n\r\n", 1)[1])
     assert bodies[0] == bodies[1]
     assert ocsp.load_der_ocsp_response(bodies[0]).serial_number == 1
+    for url in servers:  # and a health path with one is still the health path
+        received, _ = exchange(
+            int(url.rsplit(":", 1)[1]), b"GET /healthz#x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert received.startswith(b"HTTP/1.1 200 OK"), (url, received[:200])
 
 
 def test_both_paths_refuse_connect_and_serve_on(servers) -> None:
