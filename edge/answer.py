@@ -145,7 +145,7 @@ def _http_date(value: bytes) -> float | None:
         return None
 
 
-def not_modified_since(if_modified_since: bytes, produced_at: int) -> bool:
+def not_modified_since(if_modified_since: bytes, produced_at: int, now: int) -> bool:
     """RFC 9110 §13.1.3, judged by when the response was signed (its Last-Modified, producedAt).
 
     Not by its thisUpdate: that is backdated, and a revocation signed a minute ago would look older
@@ -153,13 +153,14 @@ def not_modified_since(if_modified_since: bytes, produced_at: int) -> bool:
     a moment after it is signed, and one signed in the second a client fetched the one before it has
     the same date. So a date counts only when the current response was already being served then:
     signed at least SERVED_WITHIN_SECONDS before it. A date echoing Last-Modified is earlier than that
-    and gets the whole response: ETag (If-None-Match) is the validator that saves it.
+    and gets the whole response: ETag (If-None-Match) is the validator that saves it. A date later
+    than ``now`` is none (a client's clock ahead would otherwise keep a revoked status good).
     """
     if not produced_at:  # stored by a signer that did not record it: the condition cannot be judged
         return False
     since = _http_date(if_modified_since)
-    if since is None:
-        return False  # an invalid date is ignored (RFC 9110 §13.1.3)
+    if since is None or since > now:
+        return False  # an invalid date is ignored (RFC 9110 §13.1.3), a future one too (RFC 7232 §3.3)
     return produced_at + SERVED_WITHIN_SECONDS <= since
 
 
@@ -274,7 +275,7 @@ class OCSPAnswerer:
             if self._precondition_failed(conditional, stored):
                 self._metrics.inc("ocsp_precondition_failed")
                 return self.precondition_failed
-            if self._not_modified(conditional, stored):
+            if self._not_modified(conditional, stored, now):
                 self._metrics.inc("ocsp_not_modified")
                 return Answer(304, _CACHE_HEAD % (max_age, stored.last_modified, stored.expires, stored.etag), b"")
         if stored.revoked:
@@ -323,9 +324,9 @@ class OCSPAnswerer:
         return False
 
     @staticmethod
-    def _not_modified(conditional: Conditional, stored: StoredResponse) -> bool:
+    def _not_modified(conditional: Conditional, stored: StoredResponse, now: int) -> bool:
         if conditional.if_none_match is not None:
             return etag_matches(conditional.if_none_match, stored.etag)
         if conditional.if_modified_since is not None:
-            return not_modified_since(conditional.if_modified_since, stored.produced_at)
+            return not_modified_since(conditional.if_modified_since, stored.produced_at, now)
         return False

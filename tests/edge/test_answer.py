@@ -393,6 +393,7 @@ def test_authoritative_headers_are_not_shared_between_answers() -> None:
 RESPONSE = stored()  # this_update = NOW - HOUR, signed at NOW
 LAST_MODIFIED = RESPONSE.last_modified
 SERVED_SINCE = RESPONSE.produced_at + SERVED_WITHIN_SECONDS  # the earliest If-Modified-Since that gives 304
+CONDITIONAL_NOW = NOW + 2 * DAY  # when the table's requests come: its dates are in the past, but one
 
 
 def rfc850(timestamp: int) -> bytes:
@@ -417,6 +418,7 @@ CONDITIONAL_CASES = [
     ("ims-served-since", Conditional(if_modified_since=http_date(SERVED_SINCE)), 304),
     ("ims-served-since-rfc850", Conditional(if_modified_since=rfc850(SERVED_SINCE)), 304),
     ("ims-a-day-later", Conditional(if_modified_since=http_date(SERVED_SINCE + DAY)), 304),
+    ("ims-ahead-of-the-server", Conditional(if_modified_since=http_date(CONDITIONAL_NOW + 1)), 200),
     # Last-Modified (thisUpdate) is backdated: its echo, or any date up to a minute after signing,
     # may be that of an older response (good, before a revocation).
     ("ims-last-modified-echo", Conditional(if_modified_since=LAST_MODIFIED), 200),
@@ -463,7 +465,7 @@ CONDITIONAL_CASES = [
     ("conditional", "status"), [c[1:] for c in CONDITIONAL_CASES], ids=[c[0] for c in CONDITIONAL_CASES]
 )
 def test_conditional_requests(conditional: Conditional, status: int) -> None:
-    harness = Harness(RESPONSE)
+    harness = Harness(RESPONSE, now=CONDITIONAL_NOW)
     unconditional = harness.answer()
 
     answer = harness.answer(REQUEST, conditional)
@@ -500,9 +502,7 @@ def test_not_modified_tracks_the_max_age() -> None:
 def test_validators_never_turn_a_failure_into_304(outcome: StoredResponse | Exception) -> None:
     """'*' matches only a current representation; without one the failure answer stands."""
     plain = Harness(outcome).answer()
-    conditional = Harness(outcome).answer(
-        REQUEST, Conditional(if_none_match=b"*", if_modified_since=http_date(NOW + DAY))
-    )
+    conditional = Harness(outcome).answer(REQUEST, Conditional(if_none_match=b"*", if_modified_since=http_date(NOW)))
     assert conditional == plain
     assert conditional.status != 304
 
@@ -593,7 +593,7 @@ def test_conditional_of_reads_every_precondition_and_joins_list_lines() -> None:
     assert conditional.if_match == b"*"
     assert conditional.if_unmodified_since == b"Tue, 14 Nov 2023 22:13:19 GMT"
     # Two dates are no date (RFC 9110 §13.1.3): the condition is then ignored.
-    assert not not_modified_since(conditional.if_modified_since or b"", PRODUCED_AT - DAY)
+    assert not not_modified_since(conditional.if_modified_since or b"", PRODUCED_AT - DAY, PRODUCED_AT + DAY)
     assert conditional_of([(b"host", b"x")]) is NO_CONDITIONS
 
 
@@ -608,6 +608,7 @@ def test_etag_matches_etag_containing_a_comma() -> None:
 
 PRODUCED_AT = 1_699_999_939  # Tue, 14 Nov 2023 22:12:19 GMT
 SINCE = PRODUCED_AT + SERVED_WITHIN_SECONDS  # Tue, 14 Nov 2023 22:13:19 GMT
+IMS_NOW = SINCE + 2 * 365 * DAY  # the server's time: every date below is in its past but "a-day-ahead"
 
 IMS_CASES = [
     ("served-since", http_date(SINCE), True),
@@ -615,6 +616,8 @@ IMS_CASES = [
     ("served-since-numeric-zone", b"Tue, 14 Nov 2023 22:13:19 +0000", True),
     ("served-since-other-zone", b"Tue, 14 Nov 2023 23:13:19 +0100", True),
     ("a-year-later", http_date(SINCE + 365 * DAY), True),
+    ("the-servers-now", http_date(IMS_NOW), True),
+    ("a-second-ahead-of-the-server", http_date(IMS_NOW + 1), False),
     ("one-second-short", http_date(SINCE - 1), False),
     ("one-second-short-other-zone", b"Tue, 14 Nov 2023 17:13:18 -0500", False),
     ("signing-instant", http_date(PRODUCED_AT), False),
@@ -631,12 +634,12 @@ IMS_CASES = [
 
 @pytest.mark.parametrize(("if_modified_since", "expected"), [c[1:] for c in IMS_CASES], ids=[c[0] for c in IMS_CASES])
 def test_not_modified_since(if_modified_since: bytes, expected: bool) -> None:
-    assert not_modified_since(if_modified_since, PRODUCED_AT) is expected
+    assert not_modified_since(if_modified_since, PRODUCED_AT, IMS_NOW) is expected
 
 
 def test_not_modified_since_unknown_signing_time() -> None:
     """A response stored before producedAt was recorded: no date can show that the client has it."""
-    assert not_modified_since(http_date(SINCE + 365 * DAY), 0) is False
+    assert not_modified_since(http_date(SINCE + DAY), 0, IMS_NOW) is False
 
 
 def test_if_modified_since_after_a_revocation_gets_the_revoked_response() -> None:
@@ -653,6 +656,7 @@ def test_if_modified_since_after_a_revocation_gets_the_revoked_response() -> Non
         answer = harness.answer(REQUEST, Conditional(if_modified_since=validator))
         assert (answer.status, answer.body) == (200, revoked_der), validator
     # A date when the revocation had been served for a while: that is what the client holds.
+    harness.clock.advance(2 * MINUTE)
     assert harness.answer(REQUEST, Conditional(if_modified_since=http_date(NOW + MINUTE))).status == 304
 
 
@@ -678,16 +682,16 @@ def test_asctime_if_modified_since_is_utc_whatever_the_local_zone(local_zone: py
     hour_before = asctime(SINCE - HOUR)
     assert same_instant == b"Tue Nov 14 22:13:19 2023"
 
-    assert not_modified_since(same_instant, PRODUCED_AT) is True
-    assert not_modified_since(hour_before, PRODUCED_AT) is False
+    assert not_modified_since(same_instant, PRODUCED_AT, IMS_NOW) is True
+    assert not_modified_since(hour_before, PRODUCED_AT, IMS_NOW) is False
 
 
 def test_asctime_if_modified_since_in_utc() -> None:
     """In a UTC process the asctime format already works; the bug above is the zone dependence."""
     if time.timezone != 0 or time.daylight:
         pytest.skip("process time zone is not UTC")
-    assert not_modified_since(asctime(SINCE), PRODUCED_AT) is True
-    assert not_modified_since(asctime(SINCE - HOUR), PRODUCED_AT) is False
+    assert not_modified_since(asctime(SINCE), PRODUCED_AT, IMS_NOW) is True
+    assert not_modified_since(asctime(SINCE - HOUR), PRODUCED_AT, IMS_NOW) is False
 
 
 # ------------------------------------------------- the common-request way against the general way
