@@ -85,16 +85,21 @@ class RateLimiter:
         self._buckets[client] = (tokens - 1, now)
         return True
 
-    def refund(self, client: str) -> None:
-        """Give back the token of a request that turned out not to count (a good password)."""
+    def exhausted(self, client: str) -> bool:
+        """Whether ``allow`` would refuse ``client`` now (nothing is taken)."""
         found = self._buckets.get(client)
-        if found is not None:
-            self._buckets[client] = (min(self._burst, found[0] + 1), found[1])
+        if found is None:
+            return self._burst < 1
+        tokens, last = found
+        return min(self._burst, tokens + (self._clock() - last) * self._rate) < 1
 
     def seconds_to_next(self, client: str) -> int:
         """Whole seconds until ``client`` has a token again (at least 1)."""
-        tokens = self._buckets.get(client, (self._burst, 0.0))[0]
-        return max(1, math.ceil((1 - tokens) / self._rate)) if self._rate > 0 else 60
+        found = self._buckets.get(client)
+        if found is None or self._rate <= 0:
+            return 1 if found is None else 60
+        tokens = min(self._burst, found[0] + (self._clock() - found[1]) * self._rate)
+        return max(1, math.ceil((1 - tokens) / self._rate))
 
 
 class EstService:
@@ -247,18 +252,21 @@ class EstService:
                 raise EstError(403, decision.reason or "not authorised")
         authorization = request.headers.get("authorization")
         if authorization is not None and self._secure(request):  # HTTPS here or at a trusted proxy
-            # Password guesses are limited per address (each costs a memory-hard hash): a token is
-            # taken before the hash and given back for a good password, so that the users behind
-            # one address (a NAT, a proxy) are limited each on their own, by the rate below.
+            # Wrong passwords are limited per address (each costs a memory-hard hash): one takes a
+            # token of the address, and none is hashed while the address has none left (checked again
+            # once a hashing slot is free, so that guesses sent at once wait and are refused). Right
+            # ones take nothing of it: the users behind one address (a NAT, a proxy) are limited each
+            # on their own, by the rate below.
             address = "basic:" + (request.client.host if request.client else "?")
-            self._rate_limit(address)
+            self._refuse_guesses_from(address)
             async with self._kdf_slots:  # memory-hard: a few at a time, off the event loop
+                self._refuse_guesses_from(address)
                 user = await asyncio.to_thread(
                     est_auth.verify_basic, authorization.encode("latin-1"), ca.name, self._source.est_user
                 )
             if user is not None:
-                self._limiter.refund(address)
                 return f"user:{ca.name}:{user}"
+            self._limiter.allow(address)
             raise EstError(401, "", {"WWW-Authenticate": f'Basic realm="{ca.name}", charset="UTF-8"'})
         if cert is not None:
             raise EstError(403, "this client certificate is not a registration authority for this CA")
@@ -288,6 +296,11 @@ class EstService:
         csr = decode_csr(await self._body(request), request.headers.get("content-type"), self._est.max_body_bytes)
         result = await self._submit(jobs.ReenrollJob(ca.name, _der(csr), cert.public_bytes(_DER)))
         return self._certificate(result)
+
+    def _refuse_guesses_from(self, address: str) -> None:
+        if self._limiter.exhausted(address):
+            wait = self._limiter.seconds_to_next(address)
+            raise EstError(429, "too many wrong passwords from this address", {"Retry-After": str(wait)})
 
     def _rate_limit(self, client: str) -> None:
         if not self._limiter.allow(client):

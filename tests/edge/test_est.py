@@ -26,14 +26,17 @@ def test_a_burst_then_the_rate() -> None:
     assert limiter.allow("a")
 
 
-def test_a_refund_gives_the_token_back_up_to_the_burst() -> None:
+def test_exhausted_looks_without_taking() -> None:
     clock = Clock()
     limiter = RateLimiter(per_minute=1, burst=2, clock=clock)
-    for _ in range(5):  # good passwords: each token taken is given back
-        assert limiter.allow("basic:192.0.2.1")
-        limiter.refund("basic:192.0.2.1")
-    limiter.refund("basic:192.0.2.1")  # never above the burst
-    assert [limiter.allow("basic:192.0.2.1") for _ in range(3)] == [True, True, False]
+    for _ in range(5):  # right passwords only look: nothing is taken
+        assert not limiter.exhausted("basic:192.0.2.1")
+    assert [limiter.allow("basic:192.0.2.1") for _ in range(2)] == [True, True]  # two wrong ones
+    assert limiter.exhausted("basic:192.0.2.1")
     assert limiter.seconds_to_next("basic:192.0.2.1") == 60
-    limiter.refund("never-seen")  # nothing to give back
+    clock.now += 45
+    assert limiter.exhausted("basic:192.0.2.1")
+    assert limiter.seconds_to_next("basic:192.0.2.1") == 15  # the refill counts while nothing is taken
+    clock.now += 15
+    assert not limiter.exhausted("basic:192.0.2.1")
     assert limiter.seconds_to_next("never-seen") == 1

@@ -309,24 +309,51 @@ def test_unparsable_bodies_get_400(case: str) -> None:
     assert "\r" not in message
 
 
-def test_a_common_name_past_rfc_5280s_bound_gets_400_and_no_warning() -> None:
-    """ub-common-name is 64 (RFC 5280 Appendix A): cryptography only warns of a longer one."""
-    assert decode_csr(b64(make_csr(ec_key(), "x" * 64)).encode(), PKCS10).subject.rfc4514_string() == "CN=" + "x" * 64
+def _csr_with(oid: x509.ObjectIdentifier, value: str) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cryptography warns even here; a device's CSR may carry such a name
-        long_cn = x509.NameAttribute(NameOID.COMMON_NAME, "x" * 65, _validate=False)
-    too_long = (
+        attribute = x509.NameAttribute(oid, value, _validate=False)
+    return (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([long_cn]))
+        .subject_name(x509.Name([attribute]))
         .sign(ec_key(), hashes.SHA256())
         .public_bytes(serialization.Encoding.DER)
     )
-    with warnings.catch_warnings(record=True) as seen, pytest.raises(EstBodyError) as info:
+
+
+@pytest.mark.parametrize(
+    ("oid", "value", "accepted"),
+    [
+        (NameOID.COMMON_NAME, "x" * 64, True),
+        (NameOID.COMMON_NAME, "é" * 64, True),  # characters, not bytes (128 of them in UTF-8)
+        (NameOID.COMMON_NAME, "x" * 65, False),
+        (NameOID.ORGANIZATION_NAME, "o" * 65, False),
+        (NameOID.SERIAL_NUMBER, "1" * 65, False),
+        (NameOID.LOCALITY_NAME, "l" * 128, True),
+        (NameOID.LOCALITY_NAME, "l" * 129, False),
+    ],
+    ids=["cn-64", "cn-64-two-byte", "cn-65", "o-65", "serial-65", "l-128", "l-129"],
+)
+def test_subject_attributes_past_rfc_5280s_bounds_get_400_and_no_warning(
+    oid: x509.ObjectIdentifier, value: str, accepted: bool
+) -> None:
+    """RFC 5280 Appendix A's upper bounds, in characters; cryptography only warns (of bytes, for a CN)."""
+    body = b64(_csr_with(oid, value)).encode()
+    with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        decode_csr(b64(too_long).encode(), PKCS10)
-    assert not seen  # refused, not warned of in the log
-    assert info.value.status == 400
-    assert "64" in str(info.value)
+        try:
+            csr = decode_csr(body, PKCS10)
+        except EstBodyError as exc:
+            refused: EstBodyError | None = exc
+        else:
+            refused = None
+    assert not seen  # nothing reaches the log
+    if accepted:
+        assert refused is None
+        assert csr.public_bytes(serialization.Encoding.DER) == base64.b64decode(body)
+    else:
+        assert refused is not None and refused.status == 400
+        assert "past RFC 5280's bound" in str(refused)
 
 
 @pytest.mark.parametrize("csr_der", [ec_csr_der, rsa_csr_der], ids=["ec", "rsa"])

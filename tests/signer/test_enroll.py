@@ -12,6 +12,7 @@ import random
 import shutil
 import struct
 import subprocess
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -850,6 +851,23 @@ def test_a_csr_signed_with_sha1_is_refused_for_what_it_is(world: World, tmp_path
     before = all_dbs(world.st)
     assert world.enroll(sha1_csr) == Refused(400, "the CSR is signed with SHA1: sign it with SHA-256 or better")
     assert all_dbs(world.st) == before
+
+
+def test_a_common_name_of_64_two_byte_characters_is_issued_without_a_warning(world: World) -> None:
+    """RFC 5280 bounds characters; cryptography warns of a CN over 64 bytes (the edge checks bounds)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        long_cn = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "é" * 64, _validate=False)])
+    csr = make_csr(subject=long_cn)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = world.enroll(csr)
+    assert isinstance(result, Issued), result
+    assert not [w for w in seen if "length" in str(w.message)]
+    issued = x509.load_der_x509_certificate(result.cert_der)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert issued.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "é" * 64
 
 
 def test_unknown_ca_is_404(world: World) -> None:
