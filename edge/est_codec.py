@@ -58,6 +58,8 @@ _PEM = re.compile(
     re.DOTALL,
 )
 _PEM_CSR_LABELS = (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST")
+# A line of base64 as long as a DER CSR's shortest: text around a PEM block has spaces or colons.
+_BASE64_LINE = re.compile(rb"[A-Za-z0-9+/=_-]{16,}")
 _DETAIL_CHARS = 160
 
 
@@ -137,9 +139,11 @@ def _unarmour(body: bytes) -> bytes:
         raise EstBodyError(400, "PEM -----BEGIN----- and -----END----- labels differ")
     if b":" in content:
         raise EstBodyError(400, "PEM headers (encrypted or annotated PEM) are not supported in a CSR")
-    # Text around the block is allowed (RFC 7468 §2); a second block would be a second request.
-    if b"-----BEGIN" in body[match.end() :]:
-        raise EstBodyError(400, "more than one PEM block; an EST request carries one CSR")
+    # Text around the block is allowed (RFC 7468 §2: `openssl req -text` writes some); a second block,
+    # or base64 beside the block, would be a second request.
+    around = body[: match.start()] + b"\n" + body[match.end() :]
+    if b"-----BEGIN" in around or any(_BASE64_LINE.fullmatch(line.strip(_WHITESPACE)) for line in around.splitlines()):
+        raise EstBodyError(400, "more than one CSR in the body (PEM block, or base64 beside it)")
     return content
 
 

@@ -196,6 +196,19 @@ def test_csr_made_by_openssl_req_decodes(tmp_path: Path) -> None:
     assert decode_csr((tmp_path / "device.csr").read_bytes(), PKCS10) == csr
 
 
+@pytest.mark.parametrize("key", ["rsa:2048", "ec -pkeyopt ec_paramgen_curve:P-256"])
+def test_csr_with_openssl_req_text_before_its_pem_decodes(tmp_path: Path, key: str) -> None:
+    """`openssl req -text` writes the CSR decoded before its PEM: text, not a second CSR."""
+    script = (
+        f"openssl req -new -newkey {key} -nodes -keyout device.key -subj '/CN=dev-1/O=Example Org'"
+        " -addext subjectAltName=DNS:dev-1.example -text -out device.csr 2>/dev/null"
+    )
+    assert run_bash(script, tmp_path).returncode == 0
+    body = (tmp_path / "device.csr").read_bytes()
+    assert body.index(b"-----BEGIN") > 200
+    assert decode_csr(body, PKCS10).subject.rfc4514_string() == "O=Example Org,CN=dev-1"
+
+
 def test_content_transfer_encoding_is_not_an_input() -> None:
     # RFC 8951 §3: the body is base64 whatever Content-Transfer-Encoding says, so the header
     # must not even reach the decoder.
@@ -295,6 +308,8 @@ REJECTED_BODIES: dict[str, Callable[[], bytes]] = {
     "PEM with headers": lambda: pem(ec_csr_der()).replace(b"-----\n", b"-----\nProc-Type: 4,ENCRYPTED\n\n", 1),
     "UTF-16 base64": lambda: b64(ec_csr_der()).encode("utf-16"),
     "two PEM CSRs": lambda: pem(ec_csr_der()) + pem(rsa_csr_der()),
+    "base64 CSR then a PEM one": lambda: b64(rsa_csr_der()).encode() + b"\n" + pem(ec_csr_der()),
+    "PEM CSR then a base64 one": lambda: pem(ec_csr_der()) + b64(rsa_csr_der()).encode() + b"\n",
 }
 
 
