@@ -169,7 +169,7 @@ def cmd_import(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     if args.cert:
         report = inventory.ImportReport()
         certs = inventory.read_certificates(args.cert, report)
-        report = inventory.add_certificates(st, issuer, certs, now=int(_now().timestamp()), progress=progress)
+        report = inventory.add_certificates(st, issuer, certs, int(_now().timestamp()), progress, report)
     elif args.openssl_index:
         report = inventory.import_openssl_index(st, issuer, args.openssl_index, progress)
     else:
@@ -187,8 +187,9 @@ def cmd_revoke(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     st = open_store(data_dir, config)
     issuer = st.issuer(args.name)
     serial = inventory.parse_serial(args.serial)
-    reason = inventory.reason_code(args.reason) if args.reason else None
-    when = inventory.parse_time(args.time) if args.time else int(_now().timestamp())
+    reason = inventory.revocation_reason(args.reason) if args.reason else None
+    now = int(_now().timestamp())
+    when = inventory.check_revocation_time(inventory.parse_time(args.time), now) if args.time else now
     inventory.revoke(st, issuer, serial, reason, when)
     print(f"revoked {serial:X} of {issuer.name} (reason {inventory.reason_name(reason) or 'none'})")
     return 0

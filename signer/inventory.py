@@ -82,6 +82,29 @@ def reason_code(name: str) -> int:
     return code
 
 
+def revocation_reason(name: str) -> int:
+    """A reason a revocation may carry: removeFromCRL says "no longer revoked" (delta CRLs, RFC 5280 §5.3.1)."""
+    code = reason_code(name)
+    if code == REMOVE_FROM_CRL:
+        raise SignerError("removeFromCRL is not a revocation reason: it takes a certificate off a delta CRL")
+    return code
+
+
+REMOVE_FROM_CRL = 8
+# Revocation times are written as GeneralizedTime: four-digit years; and a revocation is a fact, not a
+# plan (a time ahead of the signer's clock would be signed as it is). A minute of clock skew is allowed.
+EARLIEST_REVOCATION = int(dt.datetime(1950, 1, 1, tzinfo=dt.UTC).timestamp())
+REVOCATION_SKEW_SECONDS = 60
+
+
+def check_revocation_time(when: int, now: int) -> int:
+    if when < EARLIEST_REVOCATION:
+        raise SignerError("--time is before 1950: not a revocation time")
+    if when > now + REVOCATION_SKEW_SECONDS:
+        raise SignerError("--time is in the future: a revocation is recorded once it has happened")
+    return when
+
+
 def reason_name(code: int | None) -> str | None:
     return None if code is None else _CANONICAL_REASON_NAMES.get(code, str(code))
 
@@ -184,11 +207,19 @@ def write_entries(
 
 
 def add_certificates(
-    st: SignerStore, issuer: IssuerRecord, certs: Iterable[x509.Certificate], now: int, progress: Progress | None = None
+    st: SignerStore,
+    issuer: IssuerRecord,
+    certs: Iterable[x509.Certificate],
+    now: int,
+    progress: Progress | None = None,
+    report: ImportReport | None = None,
 ) -> ImportReport:
-    """Add certificates issued by ``issuer``; those it did not issue are rejected with the reason."""
+    """Add certificates issued by ``issuer``; those it did not issue are rejected with the reason.
+
+    ``report``: the one ``read_certificates`` counts unreadable files and blocks in, to carry on.
+    """
     ca = x509.load_der_x509_certificate(issuer.cert_der)
-    report = ImportReport()
+    report = ImportReport() if report is None else report
 
     def accepted() -> Iterator[Entry]:
         for cert in certs:
@@ -205,18 +236,28 @@ def add_certificates(
 
 
 def read_certificates(paths: Iterable[Path], report: ImportReport) -> Iterator[x509.Certificate]:
-    """Certificates from PEM bundles or DER files, or every such file in a directory."""
+    """Certificates from PEM bundles or DER files, or every such file in a directory.
+
+    A bundle's blocks are read one by one: one that does not parse is counted, not the end of its file.
+    """
     for path in paths:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             data = file.read_bytes()
-            try:
-                if b"-----BEGIN CERTIFICATE-----" in data:
-                    yield from x509.load_pem_x509_certificates(data)
-                else:
+            if b"-----BEGIN CERTIFICATE-----" not in data:
+                try:
                     yield x509.load_der_x509_certificate(data)
-            except ValueError:
-                report.reject("not a certificate file")
+                except ValueError:
+                    report.reject("not a certificate file")
+                continue
+            for block in _PEM_CERTIFICATE.findall(data):
+                try:
+                    yield x509.load_pem_x509_certificate(block)
+                except ValueError:
+                    report.reject("unreadable PEM certificate block")
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def _index_time(text: str) -> int:
@@ -311,6 +352,9 @@ def import_crl(st: SignerStore, issuer: IssuerRecord, path: Path, progress: Prog
                     code: int | None = reason_code(flag.name)
                 except x509.ExtensionNotFound:
                     code = None
+                if code == REMOVE_FROM_CRL:  # a delta CRL taking it off: never a revocation
+                    report.reject("removeFromCRL entry (not a revocation)")
+                    continue
                 when = int(revoked.revocation_date_utc.timestamp())
                 yield Entry(revoked.serial_number, msgspec.structs.replace(old, revoked_at=when, reason=code))
 

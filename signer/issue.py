@@ -17,6 +17,8 @@ from signer.keys import generate_key, write_private_key
 from signer.registry import load_ca_key
 from signer.state import SignerError, SignerStore
 
+UB_COMMON_NAME = 64  # RFC 5280 Appendix A
+
 
 def issue_certificate(
     st: SignerStore,
@@ -27,9 +29,14 @@ def issue_certificate(
     days: int,
     now: dt.datetime,
 ) -> tuple[x509.Certificate, object]:
+    if not 1 <= len(common_name) <= UB_COMMON_NAME:
+        raise SignerError(f"--cn must be 1 to {UB_COMMON_NAME} characters (RFC 5280), not {len(common_name)}")
+    ca = x509.load_der_x509_certificate(issuer.cert_der)
+    if ca.not_valid_after_utc <= now:
+        raise SignerError(f"CA {issuer.name!r} has expired: it cannot issue certificates")
     key = generate_key(key_type)
     cert = make_end_entity_certificate(
-        x509.load_der_x509_certificate(issuer.cert_der),
+        ca,
         load_ca_key(st.data_dir, issuer),
         key.public_key(),
         common_name,

@@ -57,7 +57,10 @@ def create_ca(
     parent_record = None
     if parent_name is not None:
         parent_record = store.issuer(parent_name)
-        parent = (x509.load_der_x509_certificate(parent_record.cert_der), load_ca_key(store.data_dir, parent_record))
+        parent_cert = x509.load_der_x509_certificate(parent_record.cert_der)
+        if parent_cert.not_valid_after_utc <= now:
+            raise SignerError(f"CA {parent_name!r} has expired: it cannot issue certificates")
+        parent = (parent_cert, load_ca_key(store.data_dir, parent_record))
     cert = make_ca_certificate(
         name, key, days, now, parent, parent_ocsp_url=parent_record.ocsp_url if parent_record else None
     )

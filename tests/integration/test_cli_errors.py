@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.integration.helpers import make_ca, openssl, pki_edge, write_pem
 
@@ -34,6 +39,23 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
     write_pem(d / "other.key", other_key)
     write_pem(d / "unrelated.key", unrelated_key)
     (d / "garbage.pem").write_text("this is not a certificate\n")
+    expired_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Expired CA")])
+    long_ago = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    expired = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(expired_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(long_ago)
+        .not_valid_after(long_ago + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(expired_key, hashes.SHA256())
+    )
+    write_pem(d / "expired.pem", expired)
+    write_pem(d / "expired.key", expired_key)
+    pki_edge(data, "ca", "add", "old", "--cert", d / "expired.pem", "--key", d / "expired.key")
     return Cli(data, d, serial)
 
 
@@ -52,6 +74,14 @@ CASES: dict[str, tuple[list[str], str]] = {
     "status serial not in inventory": (["status", "root", "0DEAD"], "not in the inventory"),
     "revoke bad reason": (["revoke", "root", "{serial}", "--reason", "boredom"], "unknown revocation reason"),
     "revoke bad time": (["revoke", "root", "{serial}", "--time", "yesterday"], "invalid time"),
+    "revoke time far ahead": (["revoke", "root", "{serial}", "--time", "999999999999999"], "in the future"),
+    "revoke time ahead": (["revoke", "root", "{serial}", "--time", "2100-01-01T00:00:00Z"], "in the future"),
+    "revoke time before 1950": (["revoke", "root", "{serial}", "--time", "1900-01-01T00:00:00Z"], "before 1950"),
+    "revoke removeFromCRL": (["revoke", "root", "{serial}", "--reason", "removeFromCRL"], "not a revocation reason"),
+    "issue empty CN": (["issue", "root", "--cn", "", "--out", "{d}/e"], "--cn must be 1 to 64"),
+    "issue long CN": (["issue", "root", "--cn", "x" * 65, "--out", "{d}/e"], "--cn must be 1 to 64"),
+    "issue from an expired CA": (["issue", "old", "--cn", "x", "--out", "{d}/e"], "has expired"),
+    "create under an expired parent": (["ca", "create", "kid", "--parent", "old"], "has expired"),
     "ca add mismatched key": (
         ["ca", "add", "mism", "--cert", "{d}/other.pem", "--key", "{d}/unrelated.key"],
         "does not match",
@@ -120,7 +150,8 @@ def test_clean_error(cli: Cli, label: str) -> None:
 def test_failed_commands_changed_nothing(cli: Cli) -> None:
     listed = cli.run("ca", "list")
     assert listed.returncode == 0
-    assert [line.split("\t")[:3] for line in listed.stdout.splitlines()] == [["root", "#1", "ca"]]  # no responder
+    listed_cas = sorted(line.split("\t")[:3] for line in listed.stdout.splitlines())
+    assert listed_cas == [["old", "#2", "ca"], ["root", "#1", "ca"]]  # no responder, no CA made under "old"
     status = cli.run("status", "root", cli.serial)
     assert "status      good" in status.stdout
 

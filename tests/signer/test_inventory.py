@@ -27,6 +27,7 @@ from signer.inventory import (
     parse_openssl_index,
     parse_serial,
     parse_time,
+    read_certificates,
     reason_code,
     revoke,
     status,
@@ -599,6 +600,40 @@ def test_import_crl(st: SignerStore, ca: Ca, tmp_path: Path, encoding: serializa
     # Importing the same CRL again changes nothing.
     again = import_crl(st, ca.record, path, None)
     assert (again.added, again.updated, again.unchanged) == (0, 0, 3)
+
+
+def test_a_delta_crls_remove_from_crl_entry_revokes_nothing(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
+    """removeFromCRL (RFC 5280 §5.3.1) takes a certificate off a delta CRL: revocation is sticky, so
+    reading it as a revocation could never be undone."""
+    add_certificates(st, ca.record, [ca.leaf(s) for s in (1, 2)], now=NOW_TS)
+    crl = build_crl(
+        ca.cert, ca.key, [(1, NOW_TS, x509.ReasonFlags.remove_from_crl), (2, NOW_TS, x509.ReasonFlags.superseded)]
+    )
+    path = tmp_path / "delta.crl"
+    path.write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    report = import_crl(st, ca.record, path, None)
+    assert (report.updated, report.rejected) == (1, {"removeFromCRL entry (not a revocation)": 1})
+    inv = inventory_db(st)
+    assert inv[inv_key(ca.record.number, 1)].revoked_at is None
+    assert inv[inv_key(ca.record.number, 2)].reason == 4
+
+
+def test_a_bundle_with_an_unreadable_block_keeps_the_others_and_says_so(
+    st: SignerStore, ca: Ca, tmp_path: Path
+) -> None:
+    good = [c.public_bytes(serialization.Encoding.PEM) for c in (ca.leaf(11), ca.leaf(12))]
+    broken = b"-----BEGIN CERTIFICATE-----\nMIIBroken==\n-----END CERTIFICATE-----\n"
+    (tmp_path / "bundle.pem").write_bytes(good[0] + broken + good[1])
+    two_der = ca.leaf(13).public_bytes(serialization.Encoding.DER) + ca.leaf(14).public_bytes(
+        serialization.Encoding.DER
+    )
+    (tmp_path / "two.der").write_bytes(two_der)
+    report = ImportReport()
+    certs = read_certificates([tmp_path / "bundle.pem", tmp_path / "two.der"], report)
+    report = add_certificates(st, ca.record, certs, NOW_TS, None, report)
+    assert report.added == 2
+    assert report.rejected == {"unreadable PEM certificate block": 1, "not a certificate file": 1}
+    assert "rejected 2" in report.summary()
 
 
 def test_import_crl_signed_by_another_key(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
