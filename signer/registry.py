@@ -18,7 +18,7 @@ from signer.certs import check_directly_issued, load_certificate, make_ca_certif
 from signer.inventory import add_certificates
 from signer.keys import KeyError_, SigningKey, generate_key, key_type_of, load_private_key, write_private_key
 from signer.ocsp_der import ResponseSigner
-from signer.state import SignerError, SignerStore, check_ca_name, key_path
+from signer.state import SignerError, SignerStore, check_ca_name, check_ocsp_url, key_path
 
 
 def _public_der(obj: x509.Certificate | SigningKey) -> bytes:
@@ -47,6 +47,7 @@ def create_ca(
     now: dt.datetime,
 ) -> IssuerRecord:
     check_ca_name(name)
+    check_ocsp_url(ocsp_url)
     if any(r.name == name for r in store.issuers()):
         raise SignerError(f"CA {name!r} already exists")
     try:
@@ -94,6 +95,7 @@ def add_ca(
 ) -> IssuerRecord:
     """Bring an existing CA; its OCSP is signed by its own key or by a delegated responder."""
     check_ca_name(name)
+    check_ocsp_url(ocsp_url)
     if any(r.name == name for r in store.issuers()):
         raise SignerError(f"CA {name!r} already exists")
     cert = load_certificate(cert_data, "--cert")
