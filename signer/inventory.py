@@ -250,7 +250,10 @@ def read_certificates(paths: Iterable[Path], report: ImportReport) -> Iterator[x
                 except ValueError:
                     report.reject("not a certificate file")
                 continue
-            for block in _PEM_CERTIFICATE.findall(data):
+            blocks = _PEM_CERTIFICATE.findall(data)
+            for _ in range(data.count(b"-----BEGIN CERTIFICATE-----") - len(blocks)):  # one without its END
+                report.reject("unreadable PEM certificate block")
+            for block in blocks:
                 try:
                     yield x509.load_pem_x509_certificate(block)
                 except ValueError:

@@ -35,16 +35,19 @@ def issue_certificate(
     if ca.not_valid_after_utc <= now:
         raise SignerError(f"CA {issuer.name!r} has expired: it cannot issue certificates")
     key = generate_key(key_type)
-    cert = make_end_entity_certificate(
-        ca,
-        load_ca_key(st.data_dir, issuer),
-        key.public_key(),
-        common_name,
-        parse_san(sans),
-        days,
-        now,
-        issuer.ocsp_url,
-    )
+    try:
+        cert = make_end_entity_certificate(
+            ca,
+            load_ca_key(st.data_dir, issuer),
+            key.public_key(),
+            common_name,
+            parse_san(sans),
+            days,
+            now,
+            issuer.ocsp_url,
+        )
+    except ValueError as exc:  # cryptography's own checks (it bounds a commonName by its UTF-8 bytes)
+        raise SignerError(f"cannot issue this certificate: {exc}") from None
     add_certificates(st, issuer, [cert], now=int(now.timestamp()))
     return cert, key
 

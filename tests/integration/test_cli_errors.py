@@ -80,6 +80,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "revoke removeFromCRL": (["revoke", "root", "{serial}", "--reason", "removeFromCRL"], "not a revocation reason"),
     "issue empty CN": (["issue", "root", "--cn", "", "--out", "{d}/e"], "--cn must be 1 to 64"),
     "issue long CN": (["issue", "root", "--cn", "x" * 65, "--out", "{d}/e"], "--cn must be 1 to 64"),
+    "issue CN of 64 two-byte characters": (["issue", "root", "--cn", "é" * 64, "--out", "{d}/e"], "cannot issue"),
     "issue from an expired CA": (["issue", "old", "--cn", "x", "--out", "{d}/e"], "has expired"),
     "create under an expired parent": (["ca", "create", "kid", "--parent", "old"], "has expired"),
     "ca add mismatched key": (

@@ -623,7 +623,7 @@ def test_a_bundle_with_an_unreadable_block_keeps_the_others_and_says_so(
 ) -> None:
     good = [c.public_bytes(serialization.Encoding.PEM) for c in (ca.leaf(11), ca.leaf(12))]
     broken = b"-----BEGIN CERTIFICATE-----\nMIIBroken==\n-----END CERTIFICATE-----\n"
-    (tmp_path / "bundle.pem").write_bytes(good[0] + broken + good[1])
+    (tmp_path / "bundle.pem").write_bytes(good[0] + broken + good[1] + b"-----BEGIN CERTIFICATE-----\nMIIB")
     two_der = ca.leaf(13).public_bytes(serialization.Encoding.DER) + ca.leaf(14).public_bytes(
         serialization.Encoding.DER
     )
@@ -632,8 +632,8 @@ def test_a_bundle_with_an_unreadable_block_keeps_the_others_and_says_so(
     certs = read_certificates([tmp_path / "bundle.pem", tmp_path / "two.der"], report)
     report = add_certificates(st, ca.record, certs, NOW_TS, None, report)
     assert report.added == 2
-    assert report.rejected == {"unreadable PEM certificate block": 1, "not a certificate file": 1}
-    assert "rejected 2" in report.summary()
+    assert report.rejected == {"unreadable PEM certificate block": 2, "not a certificate file": 1}
+    assert "rejected 3" in report.summary()
 
 
 def test_import_crl_signed_by_another_key(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
