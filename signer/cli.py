@@ -190,8 +190,13 @@ def cmd_revoke(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     reason = inventory.revocation_reason(args.reason) if args.reason else None
     now = int(_now().timestamp())
     when = inventory.check_revocation_time(inventory.parse_time(args.time), now) if args.time else now
-    inventory.revoke(st, issuer, serial, reason, when)
-    print(f"revoked {serial:X} of {issuer.name} (reason {inventory.reason_name(reason) or 'none'})")
+    record, change = inventory.revoke(st, issuer, serial, reason, when, when_given=args.time is not None)
+    assert record.revoked_at is not None
+    said = {"revoked": "revoked", "reason": "revocation reason changed:", "already": "already revoked:"}[change]
+    print(
+        f"{said} {serial:X} of {issuer.name} at {_iso(record.revoked_at)}"
+        f" (reason {inventory.reason_name(record.reason)})"
+    )
     return 0
 
 

@@ -105,8 +105,9 @@ def check_revocation_time(when: int, now: int) -> int:
     return when
 
 
-def reason_name(code: int | None) -> str | None:
-    return None if code is None else _CANONICAL_REASON_NAMES.get(code, str(code))
+def reason_name(code: int | None) -> str:
+    """The reason as RFC 5280 spells it; "none" for a revocation without a reason code."""
+    return "none" if code is None else _CANONICAL_REASON_NAMES.get(code, str(code))
 
 
 _HEX_DIGITS = re.compile(r"[0-9a-f]+")
@@ -147,7 +148,8 @@ def _merge(old: CertRecord | None, new: CertRecord) -> CertRecord | None:
     if old is None:
         return new
     merged = CertRecord(
-        not_after=new.not_after,
+        # A certificate's own notAfter is the fact; an index row's (no certificate) does not override it.
+        not_after=old.not_after if old.cert_der and not new.cert_der else new.not_after,
         revoked_at=old.revoked_at if old.revoked_at is not None else new.revoked_at,
         reason=old.reason if old.revoked_at is not None else new.reason,
         cert_der=new.cert_der or old.cert_der,
@@ -364,17 +366,51 @@ def import_crl(st: SignerStore, issuer: IssuerRecord, path: Path, progress: Prog
     return write_entries(st, issuer, list(entries()), report, progress)
 
 
-def revoke(st: SignerStore, issuer: IssuerRecord, serial: int, reason: int | None, when: int) -> CertRecord:
-    """Mark one serial revoked; durable when this returns (the transaction is synced)."""
+KEY_COMPROMISE = 1
+
+
+class Revoked(NamedTuple):
+    record: CertRecord
+    # "revoked" (newly), "reason" (keyCompromise replaced the reason of an earlier revocation) or
+    # "already" (revoked before as asked: nothing changed).
+    change: str
+
+
+def revoke(
+    st: SignerStore, issuer: IssuerRecord, serial: int, reason: int | None, when: int, *, when_given: bool = True
+) -> Revoked:
+    """Mark one serial revoked; durable when this returns (the transaction is synced).
+
+    A revocation is never moved nor undone: revoking again changes nothing, and asking for another
+    time or reason is an error, except that keyCompromise may replace the reason (its time kept), as
+    CAs do when a key compromise comes to light later. ``when_given``: False when ``when`` is only the
+    default (now), which then matches any earlier revocation time.
+    """
     key = store.inventory_key(issuer.number, store.serial_key(serial))
     with st.env.begin(write=True) as txn:
         raw = txn.get(key, db=st.inventory)
         if raw is None:
             raise SignerError(f"serial {serial:X} is not in the inventory of CA {issuer.name!r}")
-        record = msgspec.structs.replace(store.CERT_DECODER.decode(raw), revoked_at=when, reason=reason)
+        old = store.CERT_DECODER.decode(raw)
+        if old.revoked_at is None:
+            record, change = msgspec.structs.replace(old, revoked_at=when, reason=reason), "revoked"
+        else:
+            same_time = not when_given or when == old.revoked_at
+            if same_time and reason in (None, old.reason):
+                return Revoked(old, "already")
+            if not (same_time and reason == KEY_COMPROMISE):
+                raise SignerError(
+                    f"serial {serial:X} was revoked at {_iso(old.revoked_at)} (reason {reason_name(old.reason)}):"
+                    " a revocation is not changed, except its reason to keyCompromise"
+                )
+            record, change = msgspec.structs.replace(old, reason=KEY_COMPROMISE), "reason"
         txn.put(key, store.CERT_ENCODER.encode(record), db=st.inventory)
         txn.put(store.pending_key(store.PRIORITY_REVOCATION, key), b"", db=st.pending)
-    return record
+    return Revoked(record, change)
+
+
+def _iso(unix: int) -> str:
+    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ResponseStatus(NamedTuple):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from cryptography import x509
 from cryptography.x509 import ocsp
@@ -57,6 +58,26 @@ def test_expiry_grace_and_sticky_revocation(shared: Shared) -> None:
     wait_drained(shared.data_dir)
     wait_ocsp_status(shared.base_url, ocsp_request_by_serial(ca, 0x0A), "revoked", timeout=5)
     assert "revoked at" in shared.run("status", "exp", "0A").stdout
+
+    # A revocation is never moved: revoking again changes nothing (exit 0), another reason or time is
+    # refused, and only keyCompromise may replace the reason (the time kept), re-signed at once.
+    again = shared.run("revoke", "exp", "0A")
+    assert again.stdout.startswith("already revoked: A of exp at ") and "(reason keyCompromise)" in again.stdout
+    refused = shared.run("revoke", "exp", "0D", "--reason", "unspecified", check=False)
+    assert refused.returncode == 2 and "a revocation is not changed" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    when = revoked.revocation_time_utc
+    changed = shared.run("revoke", "exp", "0D", "--reason", "keyCompromise")
+    assert changed.stdout.startswith("revocation reason changed: D of exp at ")
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    while True:
+        now_said = ocsp.load_der_ocsp_response(post_ocsp(shared.base_url, ocsp_request_by_serial(ca, 0x0D)).content)
+        if now_said.revocation_reason == x509.ReasonFlags.key_compromise or dt.datetime.now(dt.UTC) > deadline:
+            break
+        time.sleep(0.05)
+    assert now_said.revocation_reason == x509.ReasonFlags.key_compromise
+    assert now_said.revocation_time_utc == when
+    assert "(reason keyCompromise)" in shared.run("status", "exp", "0D").stdout
 
 
 def test_intermediate_and_aia(shared: Shared) -> None:

@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from asn1crypto import core as asn1_core
 from cryptography import x509
@@ -467,6 +468,23 @@ def test_revocation_is_sticky_across_reimport(st: SignerStore, ca: Ca, tmp_path:
     assert (record.revoked_at, record.reason, record.cert_der) == (revoked.revoked_at, 1, der(cert))
 
 
+def test_index_row_does_not_override_a_certificates_own_not_after(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
+    cert = ca.leaf(0x1001)
+    add_certificates(st, ca.record, [cert], now=NOW_TS)
+    own = int(cert.not_valid_after_utc.timestamp())
+    index = tmp_path / "index.txt"
+    index.write_text("V\t301231235959Z\t\t1001\tunknown\t/CN=x\n")
+    report = import_openssl_index(st, ca.record, index, None)
+    assert (report.added, report.updated, report.unchanged) == (0, 0, 1)
+    assert inventory_db(st)[inv_key(ca.record.number, 0x1001)].not_after == own
+    # An entry known only from an index row takes the next row's notAfter (the CA's database is the fact).
+    index.write_text("V\t301231235959Z\t\t1002\tunknown\t/CN=y\n")
+    import_openssl_index(st, ca.record, index, None)
+    index.write_text("V\t311231235959Z\t\t1002\tunknown\t/CN=y\n")
+    assert import_openssl_index(st, ca.record, index, None).updated == 1
+    assert inventory_db(st)[inv_key(ca.record.number, 0x1002)].not_after == ts(2031, 12, 31, 23, 59, 59)
+
+
 def test_index_in_random_order_imported_through_spilled_runs(
     st: SignerStore, ca: Ca, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -521,12 +539,39 @@ def test_revoke(st: SignerStore, ca: Ca) -> None:
     add_certificates(st, ca.record, [cert], now=NOW_TS)
     n = ca.record.number
     when = NOW_TS - 100
-    record = revoke(st, ca.record, 0x42, 1, when)
+    record, change = revoke(st, ca.record, 0x42, 1, when)
+    assert change == "revoked"
     assert record == CertRecord(int(cert.not_valid_after_utc.timestamp()), when, 1, der(cert))
     assert inventory_db(st)[inv_key(n, 0x42)] == record
     assert bytes((store.PRIORITY_REVOCATION,)) + inv_key(n, 0x42) in pending(st)
     # A revocation sorts ahead of every "new" entry in the pending database.
     assert pending(st)[0] == bytes((store.PRIORITY_REVOCATION,)) + inv_key(n, 0x42)
+
+
+def test_revoking_again_changes_nothing_but_a_reason_to_key_compromise(st: SignerStore, ca: Ca) -> None:
+    add_certificates(st, ca.record, [ca.leaf(0x43)], now=NOW_TS)
+    key = inv_key(ca.record.number, 0x43)
+    first = NOW_TS - 100
+    assert revoke(st, ca.record, 0x43, 4, first).change == "revoked"  # superseded
+    with st.env.begin(write=True) as txn:
+        txn.drop(st.pending, delete=False)
+    kept = inventory_db(st)[key]
+    # As asked before, or without a time or reason: nothing changes, nothing is re-signed.
+    for reason, when, given in ((4, first, True), (None, NOW_TS, False), (4, NOW_TS, False), (None, first, True)):
+        assert revoke(st, ca.record, 0x43, reason, when, when_given=given) == (kept, "already")
+    assert pending(st) == []
+    # Another time or another reason: refused, the first revocation stands.
+    for reason, when, given in ((4, first - 1, True), (0, NOW_TS, False), (1, first + 5, True)):
+        with pytest.raises(SignerError, match="a revocation is not changed, except its reason to keyCompromise"):
+            revoke(st, ca.record, 0x43, reason, when, when_given=given)
+    assert inventory_db(st)[key] == kept and pending(st) == []
+    # keyCompromise replaces the reason, the time kept, and the serial is re-signed first.
+    record, change = revoke(st, ca.record, 0x43, 1, NOW_TS, when_given=False)
+    assert change == "reason" and record == msgspec.structs.replace(kept, reason=1) == inventory_db(st)[key]
+    assert pending(st) == [bytes((store.PRIORITY_REVOCATION,)) + key]
+    assert revoke(st, ca.record, 0x43, 1, first).change == "already"
+    with pytest.raises(SignerError, match=r"revoked at .* \(reason keyCompromise\)"):
+        revoke(st, ca.record, 0x43, 4, first)
 
 
 def test_revoke_unknown_serial(st: SignerStore, ca: Ca) -> None:
