@@ -179,11 +179,16 @@ def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config
     except msgspec.ValidationError as exc:
         where = f"{path} or PKI_EDGE_* environment" if overrides else str(path)
         raise ConfigError(f"{where}: {exc}") from None
-    _validate(config)
+    validate(config)
     return config
 
 
-def _validate(config: Config) -> None:
+MAX_PORT = 65535
+MAX_EDGE_WORKERS = 256
+
+
+def validate(config: Config) -> None:
+    """Refuse a configuration that cannot run (after the file, the environment and the flags)."""
     from contract.store import HASH_ALGORITHMS, MAX_BATCH_SECONDS
 
     unknown = [h for h in config.signer.hash_algorithms if h not in HASH_ALGORITHMS]
@@ -205,6 +210,18 @@ def _validate(config: Config) -> None:
             "signer: (refresh_fraction - jitter_fraction) * validity_hours must exceed backdate_seconds, "
             "or responses would be due for refresh (or expired) as soon as they are signed"
         )
+    if config.store.map_size_mb < 1:
+        raise ConfigError("store.map_size_mb must be at least 1")
+    edge = config.edge
+    if not edge.host.strip():
+        raise ConfigError("edge.host (--host) is empty: give an address, e.g. 127.0.0.1 or 0.0.0.0")
+    for what, port in (("edge.port (--port)", edge.port), ("est.tls_port (--tls-port)", config.est.tls_port)):
+        if port is not None and not 1 <= port <= MAX_PORT:
+            raise ConfigError(f"{what} must be between 1 and {MAX_PORT}, got {port}")
+    if config.est.tls_port == edge.port:
+        raise ConfigError("est.tls_port (--tls-port) must differ from edge.port (--port)")
+    if not 1 <= edge.workers <= MAX_EDGE_WORKERS:
+        raise ConfigError(f"edge.workers (--workers) must be between 1 and {MAX_EDGE_WORKERS}, got {edge.workers}")
     for prefix in config.edge.ocsp_prefixes:
         if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
             raise ConfigError(f"edge.ocsp_prefixes: {prefix!r} must start with '/' and not end with '/'")

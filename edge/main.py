@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from cryptography import x509
 from uvicorn.supervisors import multiprocess
 
 from contract.config import ENV_DATA, Config, ConfigError
@@ -44,7 +45,46 @@ def _options(config: Config, log_level: str) -> dict[str, Any]:
     }
 
 
-def run_edge(data_dir: Path, config: Config, host: str, port: int, workers: int, log_level: str = "info") -> None:
+def check_listening(config: Config) -> None:
+    """What uvicorn would only find in a worker, with a traceback: an unknown host, unreadable TLS files."""
+    edge, est = config.edge, config.est
+    try:
+        socket.getaddrinfo(edge.host, edge.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"edge.host (--host) {edge.host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if est.tls_port is None:
+        return
+    if not (est.tls_cert and est.tls_key):
+        raise ConfigError("--tls-port needs --tls-cert and --tls-key")
+    for flag, path in (("--tls-cert", est.tls_cert), ("--tls-key", est.tls_key), ("--client-ca", est.client_ca)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{flag} {path}: no such file, or not readable")
+    try:
+        x509.load_pem_x509_certificates(Path(est.tls_cert).read_bytes())
+    except ValueError:
+        raise ConfigError(f"--tls-cert {est.tls_cert}: not a PEM certificate (its chain may follow it)") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # The password callback refuses an encrypted key instead of prompting on the terminal.
+        context.load_cert_chain(est.tls_cert, est.tls_key, password=lambda: b"")
+    except OSError as exc:  # ssl.SSLError
+        raise ConfigError(
+            f"--tls-key {est.tls_key}: not the unencrypted PEM key of --tls-cert {est.tls_cert} ({_ssl_reason(exc)})"
+        ) from None
+    if est.client_ca:
+        try:
+            context.load_verify_locations(est.client_ca)
+        except OSError as exc:
+            raise ConfigError(f"--client-ca {est.client_ca}: {_ssl_reason(exc)} (give a PEM bundle of CAs)") from None
+
+
+def _ssl_reason(exc: OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)
+
+
+def run_edge(data_dir: Path, config: Config, log_level: str = "info") -> None:
+    check_listening(config)
+    host, port, workers = config.edge.host, config.edge.port, config.edge.workers
     raise_open_file_limit(logging.getLogger("pki_edge.edge"))
     # Workers are separate processes: each builds its app (and opens LMDB) from the environment.
     os.environ[ENV_DATA] = str(data_dir)
@@ -59,8 +99,6 @@ def run_edge(data_dir: Path, config: Config, host: str, port: int, workers: int,
             "edge.app:create_app", factory=True, host=host, port=port, workers=workers, **_options(config, log_level)
         )
         return
-    if not (est.tls_cert and est.tls_key):
-        raise ConfigError("--tls-port needs --tls-cert and --tls-key")
     recipe = _DualRecipe(config, host, port, log_level)
     if workers == 1:
         _DualServer(recipe).run()

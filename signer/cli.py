@@ -254,35 +254,40 @@ def cmd_signer(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 _TLS_FLAGS = ("tls_port", "tls_cert", "tls_key", "client_ca")
 
 
-def _apply_edge_flags(args: argparse.Namespace, config: Config) -> tuple[Config, str, int, int, list[str]]:
-    """Flags over config: (config with the TLS flags applied, host, port, workers, TLS flags to pass on)."""
+def _apply_edge_flags(args: argparse.Namespace, config: Config) -> tuple[Config, list[str]]:
+    """Flags over config, checked as the file's values are: (the config, the TLS flags to pass on)."""
+    from contract.config import validate
+
     tls = {name: getattr(args, name) for name in _TLS_FLAGS if getattr(args, name) is not None}
     for name in ("tls_cert", "tls_key", "client_ca"):
         if name in tls:
             tls[name] = str(Path(tls[name]).resolve())
     passed_on = [f"--{name.replace('_', '-')}={value}" for name, value in tls.items()]
-    return (
-        msgspec.structs.replace(config, est=msgspec.structs.replace(config.est, **tls)),
-        args.host or config.edge.host,
-        args.port if args.port is not None else config.edge.port,
-        args.workers if args.workers is not None else config.edge.workers,
-        passed_on,
+    listen = {name: getattr(args, name) for name in ("host", "port", "workers") if getattr(args, name) is not None}
+    config = msgspec.structs.replace(
+        config,
+        edge=msgspec.structs.replace(config.edge, **listen),
+        est=msgspec.structs.replace(config.est, **tls),
     )
+    validate(config)
+    return config, passed_on
 
 
 def cmd_edge(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from edge.main import run_edge
 
-    config, host, port, workers, _ = _apply_edge_flags(args, config)
-    run_edge(data_dir, config, host, port, workers)
+    config, _ = _apply_edge_flags(args, config)
+    run_edge(data_dir, config)
     return 0
 
 
 def cmd_up(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from edge.main import check_listening
     from signer.supervisor import run_up
 
-    config, host, port, workers, tls_flags = _apply_edge_flags(args, config)
-    return run_up(data_dir, config, host, port, workers, tls_flags, demo=args.demo, logger=_logger("pki_edge.up"))
+    config, tls_flags = _apply_edge_flags(args, config)
+    check_listening(config)  # before anything starts: the edge child would fail the same way
+    return run_up(data_dir, config, tls_flags, demo=args.demo, logger=_logger("pki_edge.up"))
 
 
 def _edge_options(parser: argparse.ArgumentParser) -> None:
@@ -409,17 +414,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import lmdb
+
     from signer.keys import KeyError_
     from signer.state import SignerError
 
     args = build_parser().parse_args(argv)
     data_dir = data_dir_from(getattr(args, "data", None))
+    config = Config()
     try:
         config = load_config(data_dir)
         handler: Handler = args.handler
         return handler(args, data_dir, config)
     except (SignerError, ConfigError, KeyError_) as exc:
         print(f"pki-edge: error: {exc}", file=sys.stderr)
+        return 2
+    except lmdb.MapFullError:
+        print(
+            f"pki-edge: error: the store is full at store.map_size_mb = {config.store.map_size_mb}: raise it"
+            " (pki-edge.toml or PKI_EDGE_STORE_MAP_SIZE_MB; address space, not disk) and run the command again",
+            file=sys.stderr,
+        )
+        return 2
+    except lmdb.Error as exc:  # e.g. a store on a read-only file system, or one this user cannot write
+        print(f"pki-edge: error: the store: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"pki-edge: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)

@@ -83,11 +83,17 @@ def cmd_ra_remove(args: argparse.Namespace, data_dir: Path, config: Config) -> i
 
 def read_password(from_stdin: bool, prompt: str) -> str:
     """One line of standard input (``--password-stdin`` or no terminal), else asked twice on the terminal."""
+    from signer.est_admin import MAX_PASSWORD_BYTES
     from signer.state import SignerError
 
     if from_stdin or not sys.stdin.isatty():
-        line = sys.stdin.readline()
-        password = line.removesuffix("\n").removesuffix("\r")
+        line = sys.stdin.buffer.readline(MAX_PASSWORD_BYTES + 3).removesuffix(b"\n").removesuffix(b"\r")
+        if len(line) > MAX_PASSWORD_BYTES:
+            raise SignerError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes")
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SignerError("the password on standard input is not UTF-8 text") from None
         if not password:
             raise SignerError("no password on standard input (give it as one line)")
         return password

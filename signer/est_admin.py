@@ -25,6 +25,8 @@ from signer.state import SignerError, SignerStore
 
 _RA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _USER_NAME_MAX = 128
+# With the longest name, "Basic base64(name:password)" stays within the edge's Authorization limit.
+MAX_PASSWORD_BYTES = 1024
 
 
 def _db(st: SignerStore, name: bytes) -> Any:
@@ -43,6 +45,16 @@ def check_user_name(name: str) -> None:
         raise SignerError(
             f"invalid EST user name {name!r}: use 1-{_USER_NAME_MAX} characters, no ':' and no control characters"
         )
+
+
+def check_password(password: str) -> None:
+    """An HTTP Basic password: text without control characters (RFC 7617 §2), that a client can send."""
+    if not password:
+        raise SignerError("the password is empty")
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        raise SignerError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in password):
+        raise SignerError("the password has a control character (RFC 7617 allows none) or is not UTF-8 text")
 
 
 def _registry_cas(st: SignerStore, cas: Sequence[str]) -> list[str]:
@@ -183,8 +195,7 @@ def add_est_user(
     to argon2-cffi's ``PasswordHasher()`` (argon2id, library defaults); tests pass a cheap one.
     """
     key = check_est_user(st, label, name)
-    if not password:
-        raise SignerError("the password is empty")
+    check_password(password)
     ph = hasher or PasswordHasher()
     if ph.type is not Type.ID:
         raise SignerError("EST passwords are hashed with argon2id only")

@@ -61,16 +61,16 @@ def _wait_ready(url: str, deadline: float) -> bool:
 def run_up(
     data_dir: Path,
     config: Config,
-    host: str,
-    port: int,
-    workers: int,
     edge_flags: list[str],
     *,
     demo: bool,
     logger: logging.Logger,
 ) -> int:
     st = SignerStore(data_dir, config)  # creates the store, so the edge opens it at once
+    host, port, workers = config.edge.host, config.edge.port, config.edge.workers
     public_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in public_host:  # an IPv6 address, in brackets in a URL
+        public_host = f"[{public_host}]"
     url = f"http://{public_host}:{port}/ocsp"
     try:
         if demo and not st.issuers():

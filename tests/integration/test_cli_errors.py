@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, Encoding, PrivateFormat
 from cryptography.x509.oid import NameOID
 
 from tests.integration.helpers import make_ca, openssl, pki_edge, write_pem
@@ -38,6 +40,9 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
     write_pem(d / "other.pem", other_ca)
     write_pem(d / "other.key", other_key)
     write_pem(d / "unrelated.key", unrelated_key)
+    (d / "other-encrypted.key").write_bytes(
+        other_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"secret"))
+    )
     (d / "garbage.pem").write_text("this is not a certificate\n")
     expired_key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Expired CA")])
@@ -58,6 +63,8 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
     pki_edge(data, "ca", "add", "old", "--cert", d / "expired.pem", "--key", d / "expired.key")
     return Cli(data, d, serial)
 
+
+_GOOD_TLS = ["--tls-port", "18443", "--tls-cert", "{d}/other.pem", "--tls-key", "{d}/other.key"]
 
 CASES: dict[str, tuple[list[str], str]] = {
     # label: (arguments, with {d} for the work directory and {serial} for a known serial; expected text)
@@ -137,6 +144,34 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["ca", "responder", "root", "--mint", "--responder-key", "{d}/other.key"],
         "goes with --responder-cert",
     ),
+    # The edge's flags are checked before anything starts (uvicorn would wrap a port, or fail in a worker).
+    "edge port past 65535": (["edge", "--port", "99999"], "edge.port (--port) must be between 1 and 65535"),
+    "up port 0": (["up", "--port", "0"], "edge.port (--port) must be between 1 and 65535"),
+    "edge no workers": (["edge", "--workers", "0"], "edge.workers (--workers) must be between 1"),
+    "up TLS port of the HTTP port": (["up", "--port", "18080", "--tls-port", "18080"], "must differ"),
+    "edge host not a name": (["edge", "--host", "a..b"], "edge.host (--host) 'a..b'"),
+    "edge empty host": (["edge", "--host", " "], "edge.host (--host) is empty"),
+    "edge TLS cert missing": (
+        ["edge", "--tls-port", "18443", "--tls-cert", "{d}/missing.pem", "--tls-key", "{d}/other.key"],
+        "--tls-cert {d}/missing.pem: no such file",
+    ),
+    "up TLS cert garbage": (
+        ["up", "--tls-port", "18443", "--tls-cert", "{d}/garbage.pem", "--tls-key", "{d}/other.key"],
+        "--tls-cert {d}/garbage.pem: not a PEM certificate",
+    ),
+    "edge TLS key of another certificate": (
+        ["edge", "--tls-port", "18443", "--tls-cert", "{d}/other.pem", "--tls-key", "{d}/unrelated.key"],
+        "--tls-key {d}/unrelated.key: not the unencrypted PEM key of --tls-cert {d}/other.pem",
+    ),
+    "edge TLS key encrypted": (
+        ["edge", "--tls-port", "18443", "--tls-cert", "{d}/other.pem", "--tls-key", "{d}/other-encrypted.key"],
+        "not the unencrypted PEM key",
+    ),
+    "edge client CA garbage": (
+        ["edge", *_GOOD_TLS, "--client-ca", "{d}/garbage.pem"],
+        "--client-ca {d}/garbage.pem",
+    ),
+    "edge TLS port without cert": (["edge", "--tls-port", "18443"], "--tls-port needs --tls-cert and --tls-key"),
 }
 
 
@@ -146,7 +181,7 @@ def test_clean_error(cli: Cli, label: str) -> None:
     proc = cli.run(*(a.format(d=cli.dir, serial=cli.serial) for a in args))
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stderr.startswith("pki-edge: error:"), proc.stderr
-    assert expected in proc.stderr, proc.stderr
+    assert expected.format(d=cli.dir) in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -195,3 +230,44 @@ def test_ra_issued_by_a_configured_trust_anchor_is_accepted(tmp_path: Path) -> N
     (data / "pki-edge.toml").write_text(f'[est]\nra_trust_anchors = "{tmp_path / "anchor.pem"}"\n')
     added = helpers.pki_edge(data, *add)
     assert "trust anchor" in added.stdout and "CN=outside RA CA" in added.stdout
+
+
+@pytest.mark.parametrize(
+    ("password", "expected"),
+    [
+        (b"\xff\xfe\n", "the password on standard input is not UTF-8 text"),
+        (b"tab\there\n", "the password has a control character"),
+        (b"x" * 1025 + b"\n", "the password is longer than 1024 bytes"),
+        (b"\n", "no password on standard input"),
+    ],
+    ids=["not-utf8", "control-character", "too-long", "empty"],
+)
+def test_est_user_password_from_stdin_is_checked(cli: Cli, password: bytes, expected: str) -> None:
+    from tests.integration import helpers
+
+    cmd = [helpers.PKI_EDGE, "--data", str(cli.data), "est", "user", "add", "root", "pw-user", "--password-stdin"]
+    proc = subprocess.run(cmd, input=password, capture_output=True, timeout=60, env=helpers.clean_env(), check=False)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2 and stderr.startswith(f"pki-edge: error: {expected}"), stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    # 1024 bytes of UTF-8 is the longest password taken.
+    ok = subprocess.run(cmd, input="é".encode() * 512, capture_output=True, timeout=60, env=helpers.clean_env())
+    assert (ok.returncode, ok.stdout) == (0, b"added EST user pw-user for root\n")
+    assert cli.run("est", "user", "remove", "root", "pw-user").returncode == 0
+
+
+def test_a_full_store_is_an_error_line_and_a_retry_with_more_room_completes(tmp_path: Path) -> None:
+    from tests.integration import helpers
+
+    data = tmp_path / "data"
+    helpers.pki_edge(data, "ca", "create", "root")
+    index = tmp_path / "index.txt"
+    index.write_text("".join(f"V\t301231235959Z\t\t{s:X}\tunknown\t/CN=d{s}\n" for s in range(1, 30001)))
+    small = helpers.clean_env(PKI_EDGE_STORE_MAP_SIZE_MB="1")
+    full = helpers.pki_edge(data, "import", "root", "--openssl-index", index, check=False, env=small)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert full.stderr.startswith("pki-edge: error: the store is full at store.map_size_mb = 1: raise it"), full.stderr
+    done = helpers.pki_edge(data, "import", "root", "--openssl-index", index)
+    assert "added " in done.stdout and "rejected" not in done.stdout
+    status = helpers.pki_edge(data, "status", "root", "7530")  # the last serial, 30000
+    assert "status      good" in status.stdout

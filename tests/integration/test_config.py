@@ -23,6 +23,10 @@ from tests.integration.helpers import Server, clean_env, openssl, pki_edge, wait
         ("", {"PKI_EDGE_SIGNER_REFRESH_FRACTION": "1.5"}, "refresh_fraction"),
         ("[workers]\nnice = 20\n", {}, "workers.nice"),
         ("", {"PKI_EDGE_WORKERS_NICE": "-5"}, "workers.nice"),
+        ("[edge]\nport = 70000\n", {}, "edge.port (--port) must be between 1 and 65535"),
+        ("", {"PKI_EDGE_EDGE_WORKERS": "0"}, "edge.workers (--workers) must be between 1"),
+        ("[est]\ntls_port = 8080\n", {}, "must differ from edge.port"),
+        ("[store]\nmap_size_mb = 0\n", {}, "store.map_size_mb must be at least 1"),
     ],
     ids=[
         "unknown-key",
@@ -33,6 +37,10 @@ from tests.integration.helpers import Server, clean_env, openssl, pki_edge, wait
         "refresh-fraction",
         "nice-too-high",
         "nice-negative",
+        "port-past-65535",
+        "no-edge-workers",
+        "tls-port-is-http-port",
+        "no-map",
     ],
 )
 def test_bad_configuration_is_a_clean_error(data_dir: Path, toml: str, env: dict[str, str], expected: str) -> None:

@@ -260,7 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminal(io.StringIO):
+def stdin(text: str) -> io.TextIOWrapper:
+    """Standard input as the CLI reads it (a password is read from its bytes)."""
+    return io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8")
+
+
+class Terminal(io.TextIOWrapper):
+    def __init__(self, text: str) -> None:
+        super().__init__(io.BytesIO(text.encode()), encoding="utf-8")
+
     def isatty(self) -> bool:
         return True
 
@@ -274,7 +282,7 @@ def cli_dir(data_dir: Path, monkeypatch) -> Path:
     st.close()
     (data_dir / "ra.pem").write_bytes(pem(cert))
     monkeypatch.setattr(cli_est, "_hasher", lambda: CHEAP)
-    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    monkeypatch.setattr("sys.stdin", stdin(""))
     return data_dir
 
 
@@ -314,10 +322,10 @@ def test_cli_est_users(cli_dir, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", Terminal("pw one\nignored\n"))
     assert run(cli_dir, "est", "user", "add", "ca1", "alice", "--password-stdin") == 0
     assert capsys.readouterr().out == "added EST user alice for ca1\n"
-    monkeypatch.setattr("sys.stdin", io.StringIO("pw two\r\n"))  # not a terminal: stdin without the flag
+    monkeypatch.setattr("sys.stdin", stdin("pw two\r\n"))  # not a terminal: stdin without the flag
     assert run(cli_dir, "est", "user", "add", "ca1", "alice") == 0
     assert capsys.readouterr().out == "replaced the password of EST user alice for ca1\n"
-    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    monkeypatch.setattr("sys.stdin", stdin("pw\n"))
     assert run(cli_dir, "est", "user", "add", "ca2", "bob", "--password-stdin") == 0
     capsys.readouterr()
 
@@ -373,17 +381,17 @@ def test_cli_password_from_terminal(cli_dir, capsys, monkeypatch):
 
 
 def test_cli_user_refusals_before_reading_the_password(cli_dir, monkeypatch):
-    stdin = io.StringIO("secret\n")
-    monkeypatch.setattr("sys.stdin", stdin)
+    given = stdin("secret\n")
+    monkeypatch.setattr("sys.stdin", given)
     with pytest.raises(SignerError, match="unknown EST label 'nope'"):
         run(cli_dir, "est", "user", "add", "nope", "u", "--password-stdin")
     with pytest.raises(SignerError, match="invalid EST user name 'a:b'"):
         run(cli_dir, "est", "user", "add", "ca1", "a:b", "--password-stdin")
-    assert stdin.tell() == 0
-    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert given.buffer.tell() == 0
+    monkeypatch.setattr("sys.stdin", stdin("\n"))
     with pytest.raises(SignerError, match="no password on standard input"):
         run(cli_dir, "est", "user", "add", "ca1", "u", "--password-stdin")
-    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    monkeypatch.setattr("sys.stdin", stdin(""))
     with pytest.raises(SignerError, match="no password on standard input"):
         run(cli_dir, "est", "user", "add", "ca1", "u")
 
