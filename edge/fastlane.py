@@ -146,7 +146,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         # reads Proxy-Connection as one too) can an HTTP/1.0 request ask to be kept alive or upgrade,
         # so only then are the version and the upgrade flag read (httptools formats the version as a
         # str each time). Validators: only then are the headers searched for them. Host: kept, and
-        # checked once the head is complete (EdgeHttpProtocol.check_host).
+        # checked once the head is complete (EdgeHttpProtocol.check_head).
         name = name.lower()
         if name in _NOTED_HEADERS:
             if name == b"host":
@@ -170,7 +170,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
 
     def on_headers_complete(self) -> None:
         if self._host != self._valid_host:
-            self.check_host()
+            self.check_head()
         ocsp = self._ocsp
         parser = self.parser
         method = parser.get_method()

@@ -18,7 +18,9 @@ stayed open for good). Every connection of the edge, on either port and either p
 - the ASGI ``tls`` scope extension on TLS connections (uvicorn verifies a client certificate but does
   not pass it on);
 - one valid ``Host`` header (RFC 9112 §3.2: none in HTTP/1.1, several or an invalid one are a 400,
-  with the connection closed);
+  with the connection closed); a request line of HTTP/2.0 or HTTP/0.9, which llhttp reads, is a 505
+  (checked with the Host: for the connection's first request, and whenever its Host changes); a
+  method llhttp does not know is a 501;
 - an ``Upgrade`` other than to WebSocket (``h2c``, which curl --http2 and Java's HTTP clients offer)
   is declined as RFC 9110 §7.8 allows: the request is served as HTTP/1.1. llhttp stops at the end of
   such a head, body unread (uvicorn then lost the body and the rest of the connection: its issue
@@ -71,6 +73,17 @@ _NO_VALID_HOST = b"\x00none"
 
 class BadRequest(Exception):
     """Raised by a parser callback for a request llhttp accepts and HTTP does not: answered 400."""
+
+    status = 400
+
+
+class VersionNotSupported(BadRequest):
+    """A request line of an HTTP version other than 1.x (RFC 9112 §2.3)."""
+
+    status = 505
+
+
+_HTTP_1 = ("1.1", "1.0")
 
 
 class EdgeHttpProtocol(HttpToolsProtocol):
@@ -132,15 +145,15 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self._head_grew(data)
 
     def _invalid_request(self, exc: httptools.HttpParserError) -> None:
-        """A request llhttp refused, or one a callback did (BadRequest): 400, and the connection closed."""
+        """A request llhttp refused, or one a callback did (BadRequest): 400 (or the callback's status, or
+        501 for a method llhttp does not know: RFC 9110 §9.1), and the connection closed."""
         cause = exc.__context__
-        msg = (
-            f"Invalid HTTP request received: {cause}."
-            if isinstance(cause, BadRequest)
-            else "Invalid HTTP request received."
-        )
-        self.logger.warning(msg)
-        self.send_400_response(msg)
+        if isinstance(cause, BadRequest):
+            self._refuse(cause.status, f"Invalid HTTP request received: {cause}.")
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError):
+            self._refuse(501, "Method not implemented.")
+        else:
+            self._refuse(400, "Invalid HTTP request received.")
 
     def _upgrade(self, data: bytes, offset: int) -> None:
         """llhttp stopped at ``offset``, the end of a head asking for an upgrade: WebSocket's, or declined."""
@@ -196,15 +209,19 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if self.headers[-1][0] == b"host":
             self._host = value if self._host is None else REPEATED_HOST
 
-    def check_host(self) -> None:
-        """BadRequest unless the request came with one valid Host header (or none, in HTTP/1.0).
+    def check_head(self) -> None:
+        """BadRequest unless the request is HTTP/1.x with one valid Host header (or none, in HTTP/1.0).
 
         Called when its Host is not the one last found valid on the connection (a comparison of
-        bytes is cheaper than anything else per request).
+        bytes is cheaper than anything else per request): the version is checked with it, once
+        per connection as clients send it.
         """
+        version = self.parser.get_http_version()
+        if version not in _HTTP_1:  # llhttp reads "HTTP/2.0" and "HTTP/0.9" request lines as well
+            raise VersionNotSupported(f"HTTP/{version} is not supported")
         host = self._host
         if host is None:
-            if self.parser.get_http_version() in ("1.0", "0.9"):
+            if version == "1.0":
                 return
         elif host in VALID_HOSTS or valid_host(host.strip(b" \t")):  # REPEATED_HOST is not; llhttp keeps trailing OWS
             self._valid_host = host
@@ -213,7 +230,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if self._host != self._valid_host:
-            self.check_host()
+            self.check_head()
         if self.parser.should_upgrade() and not self._should_upgrade():
             return  # declined: served once it is given again without the upgrade (_without_upgrade)
         if self._tls_extension is not None:

@@ -518,3 +518,26 @@ def test_both_paths_refuse_connect_and_serve_on(servers) -> None:
         received, closed = exchange(port, b"CONNECT h:80 HTTP/1.1\r\nHost: h:80\r\n\r\n")
         assert closed and received.startswith(b"HTTP/1.1 501 "), (url, received[:200])
         assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "text"),
+    [
+        (b"GET /healthz HTTP/2.0", b"505 ", b"HTTP/2.0 is not supported."),
+        (b"GET /healthz HTTP/0.9", b"505 ", b"HTTP/0.9 is not supported."),
+        (b"BREW /healthz HTTP/1.1", b"501 ", b"Method not implemented."),
+        (b"GET /healthz HTTP/1.2", b"400 ", b"Invalid HTTP request received."),  # llhttp's: 1.1 would do
+    ],
+    ids=["http-2.0", "http-0.9", "unknown-method", "http-1.2"],
+)
+def test_both_paths_refuse_other_versions_and_unknown_methods(servers, line: bytes, status: bytes, text: bytes):
+    """llhttp reads an "HTTP/2.0" or "HTTP/0.9" request line as it does 1.1: 505 (RFC 9112 §2.3); a method it
+    does not know is a 501 (RFC 9110 §9.1); each after the answer to the request before it, then closed."""
+    before = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    message = line + b"\r\nHost: y\r\n\r\n"  # another Host than the request before: the head is checked again
+    for url, first in itertools.product(servers, (False, True)):
+        received, closed = exchange(int(url.rsplit(":", 1)[1]), message if first else before + message)
+        answers = received.split(b"HTTP/1.1 ")[1:]
+        assert closed and len(answers) == 2 - first, (url, received[:400])
+        assert first or answers[0].startswith(b"200 OK"), (url, answers[0][:200])
+        assert answers[-1].startswith(status) and answers[-1].endswith(text), (url, answers[-1][:200])
