@@ -43,6 +43,8 @@ _CLOSE = b"connection: close\r\n\r\n"
 # The header names the fast lane acts on: one set lookup a header, not a comparison with each.
 _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection"})
 _NOTED_HEADERS = _CONNECTION_HEADERS | CONDITIONAL_HEADERS | {b"expect", b"host"}
+# A POST answered 413 before its body arrived: the body is then read and dropped.
+_WRITTEN = object()
 
 
 class WriteBatch:
@@ -102,7 +104,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         self._fast_pieces: list[bytes] | None = None
         self._fast_size = 0
         self._max_body = self._ocsp.max_request_bytes if self._ocsp is not None else 0
-        self._fast_early: Answer | LiveSigning | None = None
+        self._fast_early: Answer | LiveSigning | object | None = None
         self._connection_header = False
         self._conditional = False
         self._default_headers: list[tuple[bytes, bytes]] | None = None
@@ -126,6 +128,24 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             return
         if self.url:  # a read ended inside a request's head
             self._head_grew(data)
+        elif self._fast and self._fast_early is None:  # inside a POST's body
+            self._post_body_pending()
+
+    def _post_body_pending(self) -> None:
+        """A POST's body has not come whole with its head: if it declared a length past the limit, 413
+        now, as the ASGI path answers, not once it has all come (what follows it is read and dropped).
+
+        Only then are the headers searched for it (3k instructions): a POST's body mostly comes with
+        its head, and a body past the limit is refused by on_body's count all the same.
+        """
+        assert self._ocsp is not None
+        if self._ocsp.check_post_headers(self.headers) is None:  # llhttp has refused an invalid length
+            return
+        self._fast_early = _WRITTEN
+        self._fast_body, self._fast_pieces = b"", None
+        parser = self.parser
+        keep_alive = parser.should_keep_alive() and (not self._connection_header or parser.get_http_version() != "1.0")
+        self._write(self._ocsp.too_large, keep_alive)
 
     def shutdown(self) -> None:
         self._batch.flush()  # answers of this turn go out before a graceful shutdown closes connections
@@ -195,7 +215,8 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             self._fast_size = 0
             # Not OCSPApp.check_post_headers (3k instructions a POST): llhttp refuses an invalid or
             # repeated Content-Length before this, and on_body's count answers a body over the limit
-            # as the declared length would (the answer leaves once the body is read, either way).
+            # as the declared length would (at once when the body does not come with the head:
+            # _post_body_pending).
             self._fast_early = None
         else:
             conditional = conditional_of(self.headers) if self._conditional else NO_CONDITIONS
@@ -248,6 +269,9 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         if isinstance(found, Answer):
             self._write(found, keep_alive)
             return
+        if found is _WRITTEN:
+            return
+        assert isinstance(found, LiveSigning)
         # A multi-CertID request waits for the signer workers. Until it is answered, a stand-in for
         # a running ASGI cycle makes every later request on this connection wait in uvicorn's own
         # pipeline, so the answers keep their order whichever path serves them.

@@ -541,3 +541,23 @@ def test_both_paths_refuse_other_versions_and_unknown_methods(servers, line: byt
         assert closed and len(answers) == 2 - first, (url, received[:400])
         assert first or answers[0].startswith(b"200 OK"), (url, answers[0][:200])
         assert answers[-1].startswith(status) and answers[-1].endswith(text), (url, answers[-1][:200])
+
+
+def test_both_paths_answer_413_to_a_head_declaring_too_long_a_body_before_it_arrives(store, servers) -> None:
+    """The answer leaves when the head arrives (the client need not send a megabyte to learn it); the body
+    that follows is read and dropped, and the connection serves on."""
+    _, ca = store
+    size = 1_000_000
+    get = b"GET /ocsp/" + base64.b64encode(request(ca, 1)).replace(b"/", b"%2F") + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    answers = []
+    for url in servers:
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5) as sock:
+            sock.sendall(b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            [(head, body)] = read_answers(sock, 1)  # nothing of the body sent yet
+            assert head.startswith(b"HTTP/1.1 413 "), (url, head)
+            sock.sendall(b"0" * size + get)
+            [(next_head, next_body)] = read_answers(sock, 1)
+            assert next_head.startswith(b"HTTP/1.1 200 OK"), (url, next_head)
+            assert ocsp.load_der_ocsp_response(next_body).serial_number == 1
+        answers.append((head.split(b"\r\n", 1)[0], body))
+    assert answers[0] == answers[1]
