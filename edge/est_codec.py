@@ -22,7 +22,8 @@ from typing import Literal
 from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
-from cryptography.x509.oid import NameOID
+
+from contract.name_bounds import UPPER_BOUNDS
 
 __all__ = [
     "CSRATTRS_CONTENT_TYPE",
@@ -177,31 +178,12 @@ def _load_csr(der: bytes) -> x509.CertificateSigningRequest:
     except Exception as exc:
         raise EstBodyError(400, f"CSR subject, attributes or extensions do not parse: {_detail(exc)}") from exc
     for attribute in attributes:
-        name, bound = _UPPER_BOUNDS.get(attribute.oid, ("", 0))
+        name, bound = UPPER_BOUNDS.get(attribute.oid, ("", 0))
         if bound and len(attribute.value) > bound:
             raise EstBodyError(
                 400, f"the CSR's {name} is {len(attribute.value)} characters, past RFC 5280's bound of {bound}"
             )
     return csr
-
-
-# RFC 5280 Appendix A: the upper bounds (in characters) of the subject attributes a CA may copy.
-_UPPER_BOUNDS = {
-    NameOID.COMMON_NAME: ("commonName", 64),
-    NameOID.ORGANIZATION_NAME: ("organizationName", 64),
-    NameOID.ORGANIZATIONAL_UNIT_NAME: ("organizationalUnitName", 64),
-    NameOID.TITLE: ("title", 64),
-    NameOID.SERIAL_NUMBER: ("serialNumber", 64),
-    NameOID.COUNTRY_NAME: ("countryName", 2),
-    NameOID.LOCALITY_NAME: ("localityName", 128),
-    NameOID.STATE_OR_PROVINCE_NAME: ("stateOrProvinceName", 128),
-    NameOID.PSEUDONYM: ("pseudonym", 128),
-    NameOID.EMAIL_ADDRESS: ("emailAddress", 255),
-    NameOID.GIVEN_NAME: ("givenName", 32768),
-    NameOID.SURNAME: ("surname", 32768),
-    NameOID.INITIALS: ("initials", 32768),
-    NameOID.GENERATION_QUALIFIER: ("generationQualifier", 32768),
-}
 
 
 def _detail(exc: BaseException) -> str:

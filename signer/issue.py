@@ -10,14 +10,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from contract.name_bounds import UB_COMMON_NAME
 from contract.store import IssuerRecord
 from signer.certs import make_end_entity_certificate, parse_san
 from signer.inventory import add_certificates
 from signer.keys import generate_key, write_private_key
 from signer.registry import load_ca_key
 from signer.state import SignerError, SignerStore
-
-UB_COMMON_NAME = 64  # RFC 5280 Appendix A
 
 
 def issue_certificate(
