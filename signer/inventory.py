@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 from cryptography import x509
@@ -179,8 +179,10 @@ def write_entries(
                     continue
                 txn.put(key, store.CERT_ENCODER.encode(merged), db=st.inventory)
                 newly_revoked = merged.revoked_at is not None and (old is None or old.revoked_at is None)
-                priority = store.PRIORITY_REVOCATION if newly_revoked else store.PRIORITY_NEW
-                txn.put(store.pending_key(priority, key), b"", db=st.pending)
+                if newly_revoked:
+                    _queue_revocation(txn, st, key)
+                else:
+                    txn.put(store.pending_key(store.PRIORITY_NEW, key), b"", db=st.pending)
                 if old is None:
                     report.added += 1
                 else:
@@ -405,8 +407,14 @@ def revoke(
                 )
             record, change = msgspec.structs.replace(old, reason=KEY_COMPROMISE), "reason"
         txn.put(key, store.CERT_ENCODER.encode(record), db=st.inventory)
-        txn.put(store.pending_key(store.PRIORITY_REVOCATION, key), b"", db=st.pending)
+        _queue_revocation(txn, st, key)
     return Revoked(record, change)
+
+
+def _queue_revocation(txn: Any, st: SignerStore, key: bytes) -> None:
+    """Sign ``key`` ahead of everything new; a first signing still queued is that one (not twice)."""
+    txn.delete(store.pending_key(store.PRIORITY_NEW, key), db=st.pending)
+    txn.put(store.pending_key(store.PRIORITY_REVOCATION, key), b"", db=st.pending)
 
 
 def _iso(unix: int) -> str:

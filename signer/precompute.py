@@ -207,7 +207,9 @@ class Precomputer:
             for inv_key, pkey, due_key in work:
                 if handled and self._clock.monotonic() > deadline:
                     break
-                if inv_key in done:  # pending and due as well: one signing serves both
+                if inv_key in done:  # pending twice, or pending and due: one signing serves them all
+                    if pkey is not None:
+                        txn.delete(pkey, db=st.pending)
                     continue
                 done.add(inv_key)
                 self._prepare(txn, puts, times, chunk, inv_key, scheduled=due_key)

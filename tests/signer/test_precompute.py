@@ -460,6 +460,27 @@ def test_revocation_goes_ahead_of_new_serials(setup: Setup) -> None:
     assert run_all(p) == [1] * 10
 
 
+def test_a_serial_revoked_before_its_first_signing_is_signed_once(setup: Setup) -> None:
+    """Its first signing still queued (PRIORITY_NEW) when it is revoked: one signing, revoked, not two."""
+    setup.add([1, 2, 3])
+    revoke(setup.st, setup.issuer, 2, 1, T0)
+    assert len(dump_db(setup.st, setup.st.pending)) == 3  # 2's first signing is its revocation's
+    assert run_all(setup.precomputer(batch_size=1)) == [1, 1, 1]
+    assert responses(setup.st)[(setup.issuer.number, 1, 2)].revoked
+    assert dump_db(setup.st, setup.st.pending) == {}
+
+
+def test_a_serial_queued_twice_is_signed_once_and_leaves_nothing_pending(setup: Setup) -> None:
+    """Both pending keys of one serial (as a store written before revocations replaced a queued first
+    signing has them) are taken by its one signing, in the same batch."""
+    setup.add([7])
+    key = store.inventory_key(setup.issuer.number, store.serial_key(7))
+    with setup.st.env.begin(write=True) as txn:
+        txn.put(store.pending_key(store.PRIORITY_REVOCATION, key), b"", db=setup.st.pending)
+    assert run_all(setup.precomputer()) == [1]
+    assert dump_db(setup.st, setup.st.pending) == {}
+
+
 def test_batch_size_bounds_a_batch(setup: Setup) -> None:
     setup.add(list(range(1, 8)))
     assert run_all(setup.precomputer(batch_size=3)) == [3, 3, 1]
