@@ -1,14 +1,14 @@
 """Load-test a pki-edge deployment with Locust: OCSP over GET and POST (see bench/LOCUST.md).
 
     pki-edge --data DATA export-requests CA --count 10000 --out requests.jsonl
-    PKI_EDGE_REQUESTS=requests.jsonl .venv/bin/locust -f bench/locustfile.py --headless \\
+    PKI_EDGE_LOCUST_REQUESTS=requests.jsonl .venv/bin/locust -f bench/locustfile.py --headless \\
         -u 50 -r 10 -t 60s --host http://HOST:PORT --csv results
 
 Environment:
-    PKI_EDGE_REQUESTS      the file written by `pki-edge export-requests` (default requests.jsonl)
-    PKI_EDGE_OCSP_PREFIX   the OCSP path (default /ocsp; "/" for the root)
-    PKI_EDGE_ZIPF          popularity skew: request k of the file is drawn with weight 1/k**s
-                           (default 0: uniform; 1.1 mimics the long tail a CDN passes to its origin)
+    PKI_EDGE_LOCUST_REQUESTS      the file written by `pki-edge export-requests` (default requests.jsonl)
+    PKI_EDGE_LOCUST_OCSP_PREFIX   the OCSP path (default /ocsp; "/" for the root)
+    PKI_EDGE_LOCUST_ZIPF          popularity skew: request k of the file is drawn with weight 1/k**s
+                                  (default 0: uniform; 1.1 mimics the long tail a CDN passes to its origin)
 
 Every response must be HTTP 200 with an OCSP responseStatus of successful; anything else is a
 failure named by its reason, so the failures table groups them. Requests are named "GET ocsp" and
@@ -53,7 +53,7 @@ def load_requests(path: Path, prefix: str) -> list[OcspRequest]:
         lines = path.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise SystemExit(
-            f"locustfile: cannot read PKI_EDGE_REQUESTS={path}: {exc}\n"
+            f"locustfile: cannot read PKI_EDGE_LOCUST_REQUESTS={path}: {exc}\n"
             "write it with: pki-edge --data DATA export-requests CA --count 10000 --out requests.jsonl"
         ) from None
     requests = []
@@ -83,7 +83,7 @@ def _zipf_exponent(raw: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 <= value < 100:
-        raise SystemExit(f"locustfile: PKI_EDGE_ZIPF must be a number >= 0 (0 is uniform), got {raw!r}")
+        raise SystemExit(f"locustfile: PKI_EDGE_LOCUST_ZIPF must be a number >= 0 (0 is uniform), got {raw!r}")
     return value
 
 
@@ -109,11 +109,11 @@ def ocsp_failure(status_code: int, body: bytes) -> str | None:
     return None
 
 
-PREFIX = _prefix(os.environ.get("PKI_EDGE_OCSP_PREFIX", "/ocsp"))
-# EST users only (PKI_EDGE_EST_ONLY=1): no OCSP request file is needed.
-EST_ONLY = os.environ.get("PKI_EDGE_EST_ONLY", "") == "1"
-REQUESTS = [] if EST_ONLY else load_requests(Path(os.environ.get("PKI_EDGE_REQUESTS", "requests.jsonl")), PREFIX)
-ZIPF = _zipf_exponent(os.environ.get("PKI_EDGE_ZIPF", "0") or "0")
+PREFIX = _prefix(os.environ.get("PKI_EDGE_LOCUST_OCSP_PREFIX", "/ocsp"))
+# EST users only (PKI_EDGE_LOCUST_EST_ONLY=1): no OCSP request file is needed.
+EST_ONLY = os.environ.get("PKI_EDGE_LOCUST_EST_ONLY", "") == "1"
+REQUESTS = [] if EST_ONLY else load_requests(Path(os.environ.get("PKI_EDGE_LOCUST_REQUESTS", "requests.jsonl")), PREFIX)
+ZIPF = _zipf_exponent(os.environ.get("PKI_EDGE_LOCUST_ZIPF", "0") or "0")
 CUM_WEIGHTS = zipf_cum_weights(len(REQUESTS), ZIPF)  # computed once; each draw is a bisect
 
 
@@ -163,22 +163,23 @@ class OcspPostUser(_OcspUser):
 
 
 # ------------------------------------------------------------------------------------------ EST
-# Enabled by PKI_EDGE_EST_RA_CERT and PKI_EDGE_EST_RA_KEY (an RA registered with `pki-edge ra add`):
-#   PKI_EDGE_EST_LABEL      the CA label (default: none, the server's default CA)
-#   PKI_EDGE_EST_PREFIX     default /.well-known/est (Lamassu: /api/devmanager/.well-known/est)
-#   PKI_EDGE_EST_SERVER_CA  PEM bundle to verify the HTTPS server with (default: the system's)
-#   PKI_EDGE_EST_WAIT       seconds each EST user waits between requests (default 0)
+# Enabled by PKI_EDGE_LOCUST_EST_RA_CERT and PKI_EDGE_LOCUST_EST_RA_KEY (an RA registered with `pki-edge ra add`):
+#   PKI_EDGE_LOCUST_EST_LABEL      the CA label (default: none, the server's default CA)
+#   PKI_EDGE_LOCUST_EST_PREFIX     default /.well-known/est (Lamassu: /api/devmanager/.well-known/est)
+#   PKI_EDGE_LOCUST_EST_SERVER_CA  PEM bundle to verify the HTTPS server with (default: the system's)
+#   PKI_EDGE_LOCUST_EST_WAIT       seconds each EST user waits between requests (default 0)
 # The host must be the HTTPS URL (--host https://HOST:TLS_PORT); OCSP is served there too. To run the
-# EST users alone, name them and set PKI_EDGE_EST_ONLY=1 (no request file then):
-#   PKI_EDGE_EST_ONLY=1 PKI_EDGE_EST_RA_CERT=ra.pem PKI_EDGE_EST_RA_KEY=ra.key PKI_EDGE_EST_LABEL=CA \
+# EST users alone, name them and set PKI_EDGE_LOCUST_EST_ONLY=1 (no request file then):
+#   PKI_EDGE_LOCUST_EST_ONLY=1 PKI_EDGE_LOCUST_EST_RA_CERT=ra.pem PKI_EDGE_LOCUST_EST_RA_KEY=ra.key \
+#     PKI_EDGE_LOCUST_EST_LABEL=CA \
 #     locust -f bench/locustfile.py --headless -u 20 -r 20 -t 60s --host https://HOST:8443 \
 #     EstEnrollUser EstReenrollUser
 
-EST_RA = (os.environ.get("PKI_EDGE_EST_RA_CERT", ""), os.environ.get("PKI_EDGE_EST_RA_KEY", ""))
-EST_LABEL = os.environ.get("PKI_EDGE_EST_LABEL", "").strip("/")
-EST_PREFIX = _prefix(os.environ.get("PKI_EDGE_EST_PREFIX", "/.well-known/est"))
-EST_VERIFY: str | bool = os.environ.get("PKI_EDGE_EST_SERVER_CA", "") or True
-EST_WAIT = float(os.environ.get("PKI_EDGE_EST_WAIT", "0") or 0)
+EST_RA = (os.environ.get("PKI_EDGE_LOCUST_EST_RA_CERT", ""), os.environ.get("PKI_EDGE_LOCUST_EST_RA_KEY", ""))
+EST_LABEL = os.environ.get("PKI_EDGE_LOCUST_EST_LABEL", "").strip("/")
+EST_PREFIX = _prefix(os.environ.get("PKI_EDGE_LOCUST_EST_PREFIX", "/.well-known/est"))
+EST_VERIFY: str | bool = os.environ.get("PKI_EDGE_LOCUST_EST_SERVER_CA", "") or True
+EST_WAIT = float(os.environ.get("PKI_EDGE_LOCUST_EST_WAIT", "0") or 0)
 
 
 def est_path(operation: str, label: str = EST_LABEL) -> str:

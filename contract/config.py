@@ -151,6 +151,16 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
         ("workers", WorkersConfig),
     )
     for section, struct_type in sections:
+        # A name of a section's with no key of it is a typo that would be silently lost: refused, as
+        # unknown keys of the file are (other PKI_EDGE_* names, DATA and LOCUST_*, are not config).
+        prefix = f"PKI_EDGE_{section.upper()}_"
+        known = {prefix + field.upper() for field in struct_type.__struct_fields__}
+        unknown = sorted(name for name in environ if name.startswith(prefix) and name not in known)
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(unknown)}: not a configuration key of [{section}]"
+                f" (PKI_EDGE_{section.upper()}_<KEY>: {', '.join(sorted(struct_type.__struct_fields__))})"
+            )
         for field in struct_type.__struct_fields__:
             value = environ.get(f"PKI_EDGE_{section.upper()}_{field.upper()}")
             if value is None:

@@ -48,12 +48,10 @@ def _options(config: Config, log_level: str) -> dict[str, Any]:
 def check_listening(config: Config) -> None:
     """What uvicorn would only find in a worker, with a traceback: an unknown host, unreadable TLS files."""
     edge, est = config.edge, config.est
-    try:
-        socket.getaddrinfo(edge.host, edge.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ConfigError(f"edge.host (--host) {edge.host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    _check_bindable(edge.host, edge.port, "edge.port (--port)")
     if est.tls_port is None:
         return
+    _check_bindable(edge.host, est.tls_port, "est.tls_port (--tls-port)")
     if not (est.tls_cert and est.tls_key):
         raise ConfigError("--tls-port needs --tls-cert and --tls-key")
     for flag, path in (("--tls-cert", est.tls_cert), ("--tls-key", est.tls_key), ("--client-ca", est.client_ca)):
@@ -76,6 +74,22 @@ def check_listening(config: Config) -> None:
             context.load_verify_locations(est.client_ca)
         except OSError as exc:
             raise ConfigError(f"--client-ca {est.client_ca}: {_ssl_reason(exc)} (give a PEM bundle of CAs)") from None
+
+
+def _check_bindable(host: str, port: int, what: str) -> None:
+    """The host resolves, and its port can be bound now (not in use, not privileged, an address of here)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"edge.host (--host) {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _ssl_reason(exc: OSError) -> str:

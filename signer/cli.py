@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,17 +28,27 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def open_store(data_dir: Path, config: Config) -> SignerStore:
-    """The signer's store, imported only by the commands that need it (a CLI start stays light)."""
-    from signer.state import SignerStore
+def open_store(data_dir: Path, config: Config, *, create: bool = False) -> SignerStore:
+    """The signer's store, imported only by the commands that need it (a CLI start stays light).
 
+    Only the commands that add a CA create it: any other on a directory without one is a mistyped
+    --data, which would otherwise leave an empty store behind and answer as if it were the real one.
+    """
+    from contract.store import store_path
+    from signer.state import SignerError, SignerStore
+
+    if not create and not store_path(data_dir).is_dir():
+        raise SignerError(
+            f"no pki-edge store in {data_dir}: give the right --data (or PKI_EDGE_DATA), or create a CA first"
+            " (pki-edge ca create NAME)"
+        )
     return SignerStore(data_dir, config)
 
 
 def cmd_ca_create(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer.registry import create_ca
 
-    st = open_store(data_dir, config)
+    st = open_store(data_dir, config, create=True)
     record = create_ca(st, args.name, args.key, args.days, args.parent, args.ocsp_url, _now())
     print(f"created CA {record.name} (issuer #{record.number})")
     return 0
@@ -48,7 +60,7 @@ def cmd_ca_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 
     if args.key and (args.responder_cert or args.responder_key):
         raise SignerError("give either --key, or --responder-cert with --responder-key, not both")
-    st = open_store(data_dir, config)
+    st = open_store(data_dir, config, create=True)
     record = add_ca(
         st,
         args.name,
@@ -425,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(data_dir)
         handler: Handler = args.handler
-        return handler(args, data_dir, config)
+        status = handler(args, data_dir, config)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
     except (SignerError, ConfigError, KeyError_) as exc:
         print(f"pki-edge: error: {exc}", file=sys.stderr)
         return 2
@@ -439,8 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except lmdb.Error as exc:  # e.g. a store on a read-only file system, or one this user cannot write
         print(f"pki-edge: error: the store: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`status ... | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 128 + signal.SIGPIPE
     except OSError as exc:
-        print(f"pki-edge: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pki-edge: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -17,6 +17,7 @@ from typing import Any
 from argon2 import PasswordHasher, Type
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from contract import store
 from contract.store import EstUserRecord, IssuerRecord, RaRecord
@@ -70,6 +71,24 @@ def _registry_cas(st: SignerStore, cas: Sequence[str]) -> list[str]:
             f"(known: {', '.join(known) or 'none yet: run `pki-edge ca create NAME`'})"
         )
     return wanted
+
+
+def _check_tls_client(cert: x509.Certificate) -> None:
+    """An RA authenticates as a TLS client with an end-entity certificate of its own, not a CA's."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.ca:
+            raise SignerError("the RA certificate is a CA certificate: an RA presents an end-entity certificate")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+        raise SignerError(
+            "the RA certificate's extendedKeyUsage has no clientAuth: it cannot authenticate a TLS client"
+        )
 
 
 def _check_validity(cert: x509.Certificate, now: dt.datetime) -> None:
@@ -126,6 +145,7 @@ def add_ra(
     cert = load_certificate(cert_pem_or_der, "--cert")
     wanted = _registry_cas(st, cas)
     _check_validity(cert, now)
+    _check_tls_client(cert)
     issuer = ra_issuer(st, cert, anchors or ())
     if isinstance(issuer, IssuerRecord) and (revoked := _revoked_in_inventory(st, issuer, cert)) is not None:
         assert revoked.revoked_at is not None

@@ -84,7 +84,10 @@ def reason_code(name: str) -> int:
 
 def revocation_reason(name: str) -> int:
     """A reason a revocation may carry: removeFromCRL says "no longer revoked" (delta CRLs, RFC 5280 §5.3.1)."""
-    code = reason_code(name)
+    code = REASONS.get(name.replace("_", "").replace("-", "").lower())
+    if code is None:
+        names = ", ".join(n for c, n in _CANONICAL_REASON_NAMES.items() if c != REMOVE_FROM_CRL)
+        raise SignerError(f"unknown revocation reason {name!r}: one of {names}")
     if code == REMOVE_FROM_CRL:
         raise SignerError("removeFromCRL is not a revocation reason: it takes a certificate off a delta CRL")
     return code

@@ -184,8 +184,15 @@ def test_env_is_read_from_os_environ_by_default(tmp_path: Path, monkeypatch: pyt
 
 
 def test_env_names_need_the_exact_section_and_key(tmp_path: Path) -> None:
-    config = load_config(tmp_path, {"PKI_EDGE_PORT": "1", "pki_edge_edge_port": "2", "PKI_EDGE_SIGNER_PORT": "3"})
+    config = load_config(tmp_path, {"PKI_EDGE_PORT": "1", "pki_edge_edge_port": "2", "PKI_EDGE_LOCUST_ZIPF": "1"})
     assert config.edge.port == 8080
+
+
+@pytest.mark.parametrize("name", ["PKI_EDGE_SIGNER_PORT", "PKI_EDGE_EDGE_WORKER", "PKI_EDGE_EST_"])
+def test_env_names_of_a_section_without_its_key_are_refused(tmp_path: Path, name: str) -> None:
+    """A mistyped override would be silently lost: refused as an unknown key of the file is."""
+    with pytest.raises(ConfigError, match=f"{name}: not a configuration key of "):
+        load_config(tmp_path, {name: "3"})
 
 
 @pytest.mark.parametrize(

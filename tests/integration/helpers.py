@@ -385,7 +385,9 @@ def make_leaf(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    eku = [ExtendedKeyUsageOID.OCSP_SIGNING] if ocsp_signing else [ExtendedKeyUsageOID.SERVER_AUTH]
+    # A TLS leaf: server or client (an RA); or a delegated OCSP responder.
+    tls = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    eku = [ExtendedKeyUsageOID.OCSP_SIGNING] if ocsp_signing else tls
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))

@@ -79,7 +79,11 @@ CASES: dict[str, tuple[list[str], str]] = {
     "revoke empty serial": (["revoke", "root", "serial="], "invalid serial"),
     "revoke serial not in inventory": (["revoke", "root", "0DEAD"], "not in the inventory"),
     "status serial not in inventory": (["status", "root", "0DEAD"], "not in the inventory"),
-    "revoke bad reason": (["revoke", "root", "{serial}", "--reason", "boredom"], "unknown revocation reason"),
+    "revoke bad reason": (
+        ["revoke", "root", "{serial}", "--reason", "boredom"],
+        "unknown revocation reason 'boredom': one of unspecified, keyCompromise, cACompromise, affiliationChanged,"
+        " superseded, cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise\n",  # no removeFromCRL
+    ),
     "revoke bad time": (["revoke", "root", "{serial}", "--time", "yesterday"], "invalid time"),
     "revoke time far ahead": (["revoke", "root", "{serial}", "--time", "999999999999999"], "in the future"),
     "revoke time ahead": (["revoke", "root", "{serial}", "--time", "2100-01-01T00:00:00Z"], "in the future"),
@@ -271,3 +275,51 @@ def test_a_full_store_is_an_error_line_and_a_retry_with_more_room_completes(tmp_
     assert "added " in done.stdout and "rejected" not in done.stdout
     status = helpers.pki_edge(data, "status", "root", "7530")  # the last serial, 30000
     assert "status      good" in status.stdout
+
+
+@pytest.mark.parametrize("command", ["edge", "up"])
+def test_a_port_in_use_is_an_error_line_before_anything_starts(cli: Cli, command: str) -> None:
+    """uvicorn would start the application, then log the bind error and exit 3 (and up its signer first)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = cli.run(command, "--port", str(port))
+    assert proc.returncode == 2, proc
+    assert (
+        proc.stderr
+        == f"pki-edge: error: edge.port (--port): cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["ca", "list"], ["status", "root", "{serial}"]], ids=["ca-list", "status"])
+def test_a_reader_gone_away_ends_the_command_quietly(cli: Cli, args: list[str]) -> None:
+    """`pki-edge status ... | head -1`: no 'error: : Broken pipe', the exit status of a SIGPIPE."""
+    from tests.integration import helpers
+
+    command = [helpers.PKI_EDGE, "--data", str(cli.data), *(a.format(serial=cli.serial) for a in args)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=helpers.clean_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert (proc.wait(timeout=60), stderr) == (141, b"")
+
+
+@pytest.mark.parametrize(
+    "args", [["ca", "list"], ["status", "root", "01"], ["est", "user", "list"], ["import", "root", "--crl", "x.crl"]]
+)
+def test_a_data_directory_without_a_store_is_an_error_and_stays_untouched(tmp_path: Path, args: list[str]) -> None:
+    """A mistyped --data: said, not answered from an empty store made there on the spot."""
+    from tests.integration import helpers
+
+    data = tmp_path / "typo"
+    proc = helpers.pki_edge(data, *args, check=False)
+    assert proc.returncode == 2, proc
+    assert proc.stderr == (
+        f"pki-edge: error: no pki-edge store in {data}: give the right --data (or PKI_EDGE_DATA),"
+        " or create a CA first (pki-edge ca create NAME)\n"
+    )
+    assert not data.exists()

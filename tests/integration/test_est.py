@@ -381,12 +381,12 @@ def test_locust_est_users(est: Est) -> None:
     out = est.work / "locust-est"
     env = {
         **helpers.clean_env(),
-        "PKI_EDGE_EST_ONLY": "1",
-        "PKI_EDGE_EST_RA_CERT": str(est.work / "dms1.pem"),
-        "PKI_EDGE_EST_RA_KEY": str(est.work / "dms1.key"),
-        "PKI_EDGE_EST_LABEL": "root",
-        "PKI_EDGE_EST_SERVER_CA": str(est.work / "tlsca.pem"),
-        "PKI_EDGE_EST_WAIT": "0.5",  # stay under the default per-client rate limit
+        "PKI_EDGE_LOCUST_EST_ONLY": "1",
+        "PKI_EDGE_LOCUST_EST_RA_CERT": str(est.work / "dms1.pem"),
+        "PKI_EDGE_LOCUST_EST_RA_KEY": str(est.work / "dms1.key"),
+        "PKI_EDGE_LOCUST_EST_LABEL": "root",
+        "PKI_EDGE_LOCUST_EST_SERVER_CA": str(est.work / "tlsca.pem"),
+        "PKI_EDGE_LOCUST_EST_WAIT": "0.5",  # stay under the default per-client rate limit
     }
     command = [str(locust), "-f", str(Path(__file__).parents[2] / "bench" / "locustfile.py"), "--headless"]
     command += ["-u", "2", "-r", "2", "-t", "4s", "--stop-timeout", "2", "--host", est.https, "--csv", str(out)]

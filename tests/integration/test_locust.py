@@ -91,7 +91,7 @@ def run_locust(
     proc = subprocess.run(
         cmd,
         cwd=out_dir,
-        env=clean_env(PKI_EDGE_REQUESTS=str(requests), **env),
+        env=clean_env(PKI_EDGE_LOCUST_REQUESTS=str(requests), **env),
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -134,7 +134,9 @@ def test_locust_get_and_post(shared: Shared, exported: Exported, tmp_path: Path)
 
 def test_locust_zipf(shared: Shared, exported: Exported, tmp_path: Path) -> None:
     """Zipf-skewed draws, and a prefix given with a trailing slash (Lamassu's path)."""
-    run = run_locust(shared, exported.requests, tmp_path, PKI_EDGE_ZIPF="1.1", PKI_EDGE_OCSP_PREFIX="/api/ocsp/")
+    run = run_locust(
+        shared, exported.requests, tmp_path, PKI_EDGE_LOCUST_ZIPF="1.1", PKI_EDGE_LOCUST_OCSP_PREFIX="/api/ocsp/"
+    )
     assert_clean_run(run)
 
 
@@ -186,7 +188,9 @@ def test_locustfile_helpers(tmp_path: Path, zipf: str, prefix: str) -> None:
     """The locustfile's draws and response check, run in a child interpreter (Locust is never imported here)."""
     requests = tmp_path / "requests.jsonl"
     requests.write_text("".join(json.dumps({"der_b64": "MA==", "get_path": f"MA{i}"}) + "\n" for i in range(200)))
-    env = clean_env(PKI_EDGE_REQUESTS=str(requests), PKI_EDGE_ZIPF=zipf, PKI_EDGE_OCSP_PREFIX=prefix)
+    env = clean_env(
+        PKI_EDGE_LOCUST_REQUESTS=str(requests), PKI_EDGE_LOCUST_ZIPF=zipf, PKI_EDGE_LOCUST_OCSP_PREFIX=prefix
+    )
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, str(ROOT)], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
@@ -215,9 +219,9 @@ def test_locustfile_helpers(tmp_path: Path, zipf: str, prefix: str) -> None:
 def test_locustfile_refuses_a_bad_zipf(tmp_path: Path) -> None:
     requests = tmp_path / "requests.jsonl"
     requests.write_text(json.dumps({"der_b64": "MA==", "get_path": "MA"}) + "\n")
-    env = clean_env(PKI_EDGE_REQUESTS=str(requests), PKI_EDGE_ZIPF="-1")
+    env = clean_env(PKI_EDGE_LOCUST_REQUESTS=str(requests), PKI_EDGE_LOCUST_ZIPF="-1")
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, str(ROOT)], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert proc.returncode == 1
-    assert "PKI_EDGE_ZIPF must be a number >= 0" in proc.stderr
+    assert "PKI_EDGE_LOCUST_ZIPF must be a number >= 0" in proc.stderr

@@ -13,6 +13,7 @@ import pytest
 from argon2 import PasswordHasher
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from contract import store
 from contract.config import Config
@@ -29,9 +30,9 @@ from signer.est_admin import (
 )
 from signer.inventory import revoke
 from signer.issue import issue_certificate
-from signer.registry import create_ca
+from signer.registry import create_ca, load_ca_key
 from signer.state import SignerError, SignerStore
-from tests.signer.conftest import build_ca, build_leaf, pem, pool_key
+from tests.signer.conftest import build_ca, build_delegate, build_leaf, pem, pool_key
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -117,6 +118,8 @@ def _foreign(st: SignerStore) -> bytes:
         ("bad name", r"invalid RA name 'a b'"),
         ("long name", r"invalid RA name"),
         ("empty name", r"invalid RA name ''"),
+        ("the CA itself", r"the RA certificate is a CA certificate: an RA presents an end-entity certificate"),
+        ("server only", r"extendedKeyUsage has no clientAuth: it cannot authenticate a TLS client"),
     ],
 )
 def test_add_ra_refusals(st, cas, case, message):
@@ -143,6 +146,21 @@ def test_add_ra_refusals(st, cas, case, message):
         name = "a" * 65
     elif case == "empty name":
         name = ""
+    elif case == "the CA itself":
+        data = ca1.cert_der
+    elif case == "server only":
+        ca = x509.load_der_x509_certificate(ca1.cert_der)
+        key = load_ca_key(st.data_dir, ca1)
+        data = pem(
+            build_delegate(
+                ca,
+                key,
+                pool_key("ec-p256", 3),
+                NOW - dt.timedelta(days=1),
+                NOW + dt.timedelta(days=9),
+                eku=[ExtendedKeyUsageOID.SERVER_AUTH],
+            )
+        )
     with pytest.raises(SignerError, match=message):
         add_ra(st, name, data, wanted, now)
     assert list_ras(st) == []
