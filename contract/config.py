@@ -195,12 +195,29 @@ def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config
 
 MAX_PORT = 65535
 MAX_EDGE_WORKERS = 256
+MAX_SIGNER_WORKERS = 256
+MAX_VALIDITY_HOURS = 8784.0  # a leap year: far past any OCSP profile's (RFC 5019bis, CA/B BRs: days)
+MAX_MAP_SIZE_MB = 1 << 24
+
+
+def _check_finite(config: Config) -> None:
+    """NaN passes every comparison and infinity most: no float setting may be either."""
+    import math
+
+    sections = {"store": config.store, "signer": config.signer, "edge": config.edge, "est": config.est}
+    sections["workers"] = config.workers
+    for section, values in sections.items():
+        for field in values.__struct_fields__:
+            value = getattr(values, field)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{field} must be a finite number, not {value}")
 
 
 def validate(config: Config) -> None:
     """Refuse a configuration that cannot run (after the file, the environment and the flags)."""
     from contract.store import HASH_ALGORITHMS, MAX_BATCH_SECONDS
 
+    _check_finite(config)
     unknown = [h for h in config.signer.hash_algorithms if h not in HASH_ALGORITHMS]
     if unknown or not config.signer.hash_algorithms:
         raise ConfigError(f"signer.hash_algorithms: choose from {sorted(HASH_ALGORITHMS)}, got {unknown or 'nothing'}")
@@ -212,8 +229,20 @@ def validate(config: Config) -> None:
     if signer.batch_seconds > MAX_BATCH_SECONDS:
         # A response must be served within a minute of its producedAt (contract.store.SERVED_WITHIN_SECONDS).
         raise ConfigError(f"signer.batch_seconds must be at most {MAX_BATCH_SECONDS:g}")
-    if config.signer.validity_hours <= 0 or config.signer.backdate_seconds < 0:
-        raise ConfigError("signer.validity_hours must be positive and backdate_seconds not negative")
+    if not 0 < config.signer.validity_hours <= MAX_VALIDITY_HOURS or config.signer.backdate_seconds < 0:
+        raise ConfigError(
+            f"signer.validity_hours must be above 0 and at most {MAX_VALIDITY_HOURS} (a year),"
+            " and backdate_seconds not negative"
+        )
+    if not 0 <= signer.expired_grace_hours <= MAX_VALIDITY_HOURS:
+        # Negative, it would drop the responses of certificates still valid (unauthorized for them).
+        raise ConfigError(f"signer.expired_grace_hours must be between 0 and {MAX_VALIDITY_HOURS}")
+    if signer.poll_interval_ms > 60000 or signer.backdate_seconds > 86400 or signer.batch_size > 100000:
+        raise ConfigError(
+            "signer.poll_interval_ms is at most 60000, backdate_seconds at most 86400 and batch_size at most 100000"
+        )
+    if config.store.map_size_mb > MAX_MAP_SIZE_MB:
+        raise ConfigError(f"store.map_size_mb must be at most {MAX_MAP_SIZE_MB} (16 TiB of address space)")
     earliest_refresh = (signer.refresh_fraction - signer.jitter_fraction) * signer.validity_hours * 3600
     if earliest_refresh <= signer.backdate_seconds:
         raise ConfigError(
@@ -246,6 +275,8 @@ def validate(config: Config) -> None:
         _validate_profile(f"profiles.{name}", profile)
     if config.workers.count < 1 or config.workers.max_queue < 1 or config.est.max_inflight < 1:
         raise ConfigError("workers.count, workers.max_queue and est.max_inflight must be at least 1")
+    if config.workers.count > MAX_SIGNER_WORKERS:
+        raise ConfigError(f"workers.count must be at most {MAX_SIGNER_WORKERS} (processes, each with the CA keys)")
     if not 0 <= config.workers.nice <= 19:
         raise ConfigError("workers.nice must be between 0 and 19")
 

@@ -27,6 +27,13 @@ from tests.integration.helpers import Server, clean_env, openssl, pki_edge, wait
         ("", {"PKI_EDGE_EDGE_WORKERS": "0"}, "edge.workers (--workers) must be between 1"),
         ("[est]\ntls_port = 8080\n", {}, "must differ from edge.port"),
         ("[store]\nmap_size_mb = 0\n", {}, "store.map_size_mb must be at least 1"),
+        ("[signer]\nvalidity_hours = nan\n", {}, "signer.validity_hours must be a finite number, not nan"),
+        ("", {"PKI_EDGE_SIGNER_VALIDITY_HOURS": "1e9"}, "signer.validity_hours must be above 0 and at most 8784"),
+        ("", {"PKI_EDGE_SIGNER_EXPIRED_GRACE_HOURS": "-9000"}, "signer.expired_grace_hours must be between 0"),
+        ("", {"PKI_EDGE_SIGNER_POLL_INTERVAL_MS": "999999999999999"}, "signer.poll_interval_ms is at most 60000"),
+        ("", {"PKI_EDGE_STORE_MAP_SIZE_MB": "99999999999999"}, "store.map_size_mb must be at most 16777216"),
+        ("", {"PKI_EDGE_WORKERS_COUNT": "100000"}, "workers.count must be at most 256"),
+        ("", {"PKI_EDGE_SIGNER_BATCH_SECONDS": "nan"}, "signer.batch_seconds must be a finite number"),
     ],
     ids=[
         "unknown-key",
@@ -41,6 +48,13 @@ from tests.integration.helpers import Server, clean_env, openssl, pki_edge, wait
         "no-edge-workers",
         "tls-port-is-http-port",
         "no-map",
+        "validity-nan",
+        "validity-past-a-year",
+        "grace-negative",
+        "poll-huge",
+        "map-huge",
+        "signer-workers-storm",
+        "batch-seconds-nan",
     ],
 )
 def test_bad_configuration_is_a_clean_error(data_dir: Path, toml: str, env: dict[str, str], expected: str) -> None:
