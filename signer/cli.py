@@ -451,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except lmdb.Error as exc:  # e.g. a store on a read-only file system, or one this user cannot write
-        print(f"pki-edge: error: the store: {exc}", file=sys.stderr)
+        hint = " (is the disk full?)" if "Input/output error" in str(exc) else ""
+        print(f"pki-edge: error: the store: {exc}{hint}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`status ... | head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit

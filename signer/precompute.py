@@ -19,6 +19,8 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, NamedTuple
 
+import lmdb
+
 from contract import store
 from contract.config import SignerConfig
 from contract.store import IssuerRecord, StoredResponse
@@ -27,6 +29,9 @@ from signer.state import SignerStore
 
 SignerLoader = Callable[[IssuerRecord], ResponseSigner]
 RETRY_UNSIGNABLE_SECONDS = 60
+# After a batch did not fit in the store: serials are signed one a transaction this long, and the
+# error that not even one fits is logged at most this often.
+FULL_STORE_SECONDS = 60
 # A response cut short to its signing certificate is refreshed at refresh_fraction of what is left,
 # but not sooner than this: without a successor certificate each refresh is cut shorter again, and
 # halving down to a minute would re-sign a whole CA a dozen times in its signer's last hours.
@@ -142,6 +147,8 @@ class Precomputer:
         self._unsignable_logged: set[int] = set()
         self._load_failed = False
         self._retry_load_at = 0
+        self._full_until = 0.0  # while the store is full: one serial a transaction until then
+        self._full_logged_at = -float(FULL_STORE_SECONDS)
 
     def reload_issuers(self) -> None:
         """Load the signers when the registry changed, and retry a CA whose key failed to load."""
@@ -178,13 +185,13 @@ class Precomputer:
                 http_date(signer.valid_until).decode(),
             )
 
-    def run_batch(self) -> int:
-        """Sign one batch; returns how many serials were handled (and stale responses swept);
-        0: nothing was due."""
+    def run_batch(self, limit: int | None = None) -> int:
+        """Sign one batch (of ``limit`` serials, default batch_size); returns how many serials were
+        handled (and stale responses swept); 0: nothing was due."""
         st = self._st
         now = self._clock.now()
         deadline = self._clock.monotonic() + self._config.batch_seconds
-        limit = self._config.batch_size
+        limit = self._config.batch_size if limit is None else limit
         handled = 0
         times = self._times(now)
         with st.env.begin(write=True) as txn:
@@ -385,5 +392,32 @@ class Precomputer:
                 self._every_minute(self._clock.now())
                 next_minute = self._clock.monotonic() + 60
             self.reload_issuers()
-            if self.run_batch() == 0:
+            if self.step() == 0:
                 stop.wait(poll)
+
+    def step(self) -> int:
+        """One batch, or while the store is full one serial at a time (revocations come first):
+        what does not fit waits, and the rest goes on (a crash would stop everything)."""
+        if self._clock.monotonic() < self._full_until:
+            return self._one_at_a_time()
+        try:
+            return self.run_batch()
+        except lmdb.MapFullError:
+            self._full_until = self._clock.monotonic() + FULL_STORE_SECONDS
+            return self._one_at_a_time()
+
+    def _one_at_a_time(self) -> int:
+        try:
+            return self.run_batch(limit=1)
+        except lmdb.MapFullError:
+            now = self._clock.monotonic()
+            if now >= self._full_logged_at + FULL_STORE_SECONDS:
+                self._full_logged_at = now
+                self._logger.error(
+                    "the store is full (store.map_size_mb = %d): serials wait to be signed, revocations"
+                    " tried first, one at a time; raise store.map_size_mb (address space, not disk) and"
+                    " restart the signer, or free disk space",
+                    self._st.config.store.map_size_mb,
+                )
+            self._full_until = now + FULL_STORE_SECONDS
+            return 0

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from contract import store
-from contract.config import SignerConfig
+from contract.config import Config, SignerConfig, StoreConfig
 from contract.store import CertRecord, StoredResponse
 from signer.inventory import Entry, ImportReport, add_certificates, revoke, write_entries
 from signer.ocsp_der import ETAG_SIGNATURE_OCTETS, ResponseSigner
@@ -479,6 +479,30 @@ def test_a_serial_queued_twice_is_signed_once_and_leaves_nothing_pending(setup: 
         txn.put(store.pending_key(store.PRIORITY_REVOCATION, key), b"", db=setup.st.pending)
     assert run_all(setup.precomputer()) == [1]
     assert dump_db(setup.st, setup.st.pending) == {}
+
+
+def test_a_full_store_signs_one_serial_at_a_time_revocations_first(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch that does not fit (lmdb.MapFullError) is not the signer's end: serials are signed one a
+    transaction, a revocation ahead of the rest, and the operator is told once a minute."""
+    with SignerStore(data_dir, Config(store=StoreConfig(map_size_mb=1))) as st:
+        issuer = create_ca(st, "ca1", "ec-p256", 3650, None, None, utc(T0 - 10 * DAY))
+        ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
+        ca_key: PrivateKey = serialization.load_pem_private_key(key_path(data_dir, "ca1").read_bytes(), None)  # type: ignore[assignment]
+        setup = Setup(st, data_dir, issuer, ca_cert, ca_key, FakeClock(T0))
+        setup.add(list(range(1, 1501)))
+        p = setup.precomputer()
+        steps = [p.step() for _ in range(400)]
+        assert steps[0] == 1 and 0 in steps  # the first batch did not fit; then one by one until none fits
+        signed = len(responses(st)) // 2
+        assert 50 < signed < 1500
+        assert steps.count(1) == signed
+        full = [r for r in caplog.records if "the store is full (store.map_size_mb = 1)" in r.getMessage()]
+        assert len(full) == 1 and full[0].levelno == logging.ERROR  # once a minute, not once a step
+        revoke(st, issuer, 1, 1, T0)
+        assert p.step() == 1
+        assert responses(st)[(issuer.number, 1, 1)].revoked and responses(st)[(issuer.number, 2, 1)].revoked
 
 
 def test_batch_size_bounds_a_batch(setup: Setup) -> None:
