@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,20 @@ class JobServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self._readers: set[asyncio.Task[Any]] = set()
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then finish the jobs already accepted."""
+    async def serve(self, stop: asyncio.Event, listening: Callable[[], None] = lambda: None) -> None:
+        """Serve until ``stop`` is set, then finish the jobs already accepted; ``listening`` is called
+        once the socket accepts connections."""
         with contextlib.suppress(FileNotFoundError):
             self._socket.unlink()  # a stale socket left by a killed signer
         await self._pool.start()
-        server = await asyncio.start_unix_server(self._connection, path=str(self._socket))
-        os.chmod(self._socket, 0o660)
+        try:
+            server = await asyncio.start_unix_server(self._connection, path=str(self._socket))
+            os.chmod(self._socket, 0o660)
+        except BaseException:
+            await self._pool.close()  # no worker outlives a server that never listened
+            raise
         self._logger.info("job server listening on %s", self._socket)
+        listening()
         try:
             await stop.wait()
         finally:

@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -58,35 +59,56 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
         random.Random(),
         every_minute=lambda now: renew_responders(st, dt.datetime.fromtimestamp(now, dt.UTC), logger),
     )
-    jobs_thread = JobServerThread(data_dir, config, logger)
-    jobs_thread.start()
-    logger.info("signer running on %s", data_dir)
+    jobs_thread = JobServerThread(data_dir, config, logger, on_failure=stop.set)
     try:
+        jobs_thread.start()  # EST and live OCSP need it: a signer without it is not started
+        logger.info("signer running on %s", data_dir)
         precomputer.run(stop)
     finally:
         jobs_thread.stop()
         st.close()
         os.close(lock)
+    if jobs_thread.failure is not None:
+        raise SignerError(f"the job server stopped: {jobs_thread.failure}")
     logger.info("signer stopped")
 
 
 class JobServerThread:
-    """The job server's event loop, beside the precompute loop, with its pool of worker processes."""
+    """The job server's event loop, beside the precompute loop, with its pool of worker processes.
 
-    def __init__(self, data_dir: Path, config: Config, logger: logging.Logger) -> None:
+    It must listen for the signer to start; if it stops on an error later, ``on_failure`` is called
+    (the signer then stops, and says why).
+    """
+
+    START_SECONDS = 30
+
+    def __init__(self, data_dir: Path, config: Config, logger: logging.Logger, on_failure: Callable[[], None]) -> None:
         retry_after = config.est.retry_after_seconds
         pool = ProcessPool(worker_command(data_dir), config.workers.count, retry_after, logger)
-        self._server = JobServer(socket_path(data_dir), pool, config.workers.max_queue, retry_after, logger)
+        self._socket = socket_path(data_dir)
+        self._server = JobServer(self._socket, pool, config.workers.max_queue, retry_after, logger)
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
+        self._listening = threading.Event()
+        self._on_failure = on_failure
+        self.failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="job-server", daemon=True)
 
     def _run(self) -> None:
-        self._loop.run_until_complete(self._server.serve(self._stop))
+        try:
+            self._loop.run_until_complete(self._server.serve(self._stop, self._listening.set))
+        except Exception as exc:  # reported by the signer's main thread, in one line
+            self.failure = exc
+            self._listening.set()
+            self._on_failure()
 
     def start(self) -> None:
         self._thread.start()
+        self._listening.wait(self.START_SECONDS)
+        if self.failure is not None:
+            raise SignerError(f"the job server cannot listen on {self._socket}: {self.failure}")
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=60)

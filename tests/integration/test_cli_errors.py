@@ -323,3 +323,17 @@ def test_a_data_directory_without_a_store_is_an_error_and_stays_untouched(tmp_pa
         " or create a CA first (pki-edge ca create NAME)\n"
     )
     assert not data.exists()
+
+
+def test_a_signer_whose_job_server_cannot_listen_does_not_start(tmp_path: Path) -> None:
+    """A Unix socket path is at most 107 bytes: past it the job server (EST, live OCSP) cannot listen, and
+    a signer running without it would fail every enrollment; it stops at once with the reason."""
+    from tests.integration import helpers
+
+    data = tmp_path / ("d" * 110)
+    helpers.pki_edge(data, "ca", "create", "root")
+    proc = helpers.pki_edge(data, "signer", check=False, timeout=60)
+    assert proc.returncode == 2, proc
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error == f"pki-edge: error: the job server cannot listen on {data}/signer/jobs.sock: AF_UNIX path too long"
+    assert "Traceback" not in proc.stderr
