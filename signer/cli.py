@@ -239,6 +239,14 @@ def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
         )
     if not responses:
         print("response    none cached")
+    if record.revoked_at is not None and any(not r.revoked for r in responses):
+        if pending:
+            print("published   no: a cached response still says good (the signer signs the revocation next)")
+        else:
+            print(
+                "published   no: a cached response still says good, and the signer could not sign the revocation:"
+                " see its log (a CA key it cannot load?); it tries again every minute"
+            )
     return 0
 
 

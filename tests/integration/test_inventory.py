@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509 import ocsp
 
-from tests.integration.conftest import Shared
+from tests.integration.conftest import Run, Shared
 from tests.integration.helpers import (
     UNAUTHORIZED,
+    Server,
     load_cert,
     ocsp_request_by_serial,
     openssl,
     post_ocsp,
     wait_drained,
+    wait_for,
     wait_ocsp_status,
 )
 
@@ -106,3 +109,37 @@ def test_intermediate_and_aia(shared: Shared) -> None:
     )  # fmt: skip
     assert "Response verify OK" in out
     assert f"{leaf_pem}: good" in out
+
+
+def test_status_says_when_a_revocation_is_not_published(
+    run: Run, data_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    """A revocation the signer has not signed yet, or could not sign (its CA key gone): `status` says the
+    cached responses still say good, instead of a revoked record above good responses and nothing else."""
+    run("ca", "create", "keyless")
+    run("issue", "keyless", "--cn", "k.example", "--out", tmp_path / "out")
+    serial = openssl("x509", "-in", tmp_path / "out" / "k.example.pem", "-noout", "-serial").strip()
+
+    def signer() -> Server:
+        server = Server("signer", data_dir, ["signer"], tmp_path / f"signer{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    def settled() -> str | None:
+        out = run("status", "keyless", serial).stdout
+        return out if "pending     no" in out and "none cached" not in out else None
+
+    first = signer()
+    wait_for("the first signing", settled, timeout=30, interval=0.2)
+    first.stop_clean()
+    run("revoke", "keyless", serial)
+    waiting = run("status", "keyless", serial).stdout
+    assert "published   no: a cached response still says good (the signer signs the revocation next)" in waiting
+
+    key = data_dir / "signer" / "keys" / "keyless.ca.key"
+    key.rename(tmp_path / "away.key")
+    second = signer()
+    failed = wait_for("the signer giving up on it", settled, timeout=30, interval=0.2)
+    assert "published   no: a cached response still says good, and the signer could not sign the revocation" in failed
+    assert "cannot load its OCSP signing key" in second.log()
+    second.stop_clean()
