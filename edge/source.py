@@ -168,7 +168,7 @@ class LmdbSource:
         env = self._env
         if env is None:
             return False
-        with env.begin() as txn:
+        with self._begin() as txn:
             raw = txn.get(store.META_REGISTRY_GENERATION, db=self._meta)
             generation = store.unpack_u64(raw) if raw else 0
             if generation == self._generation:
@@ -203,7 +203,7 @@ class LmdbSource:
         assert self._env is not None
         if self._dbs[db_name] is None:  # an older store without this database: nothing in it
             return None
-        with self._env.begin(db=self._dbs[db_name]) as txn:
+        with self._begin(db=self._dbs[db_name]) as txn:
             return txn.get(key)
 
     def registration_authorities(self) -> list[store.RaRecord]:
@@ -220,7 +220,7 @@ class LmdbSource:
             if self._dbs[store.DB_RAS] is None:
                 self._ras = []
             else:
-                with self._env.begin(db=self._dbs[store.DB_RAS]) as txn:
+                with self._begin(db=self._dbs[store.DB_RAS]) as txn:
                     self._ras = [store.RA_DECODER.decode(value) for _, value in txn.cursor()]
         return self._ras
 
@@ -286,6 +286,10 @@ class LmdbSource:
                 finally:
                     self._read = txn
                     self._end_of_read(self._end_this_read)
+        except lmdb.MapResizedError:
+            if self._adopt_map_size():
+                return self.response(issuer_part, serial_number, now)
+            raise Unavailable("store read failed") from None
         except lmdb.Error as exc:  # a failing store is the server's fault: tryLater, never a malformed request
             if not self._read_failed:  # once: the answerer counts every one (ocsp_unavailable)
                 self._read_failed = True
@@ -294,6 +298,30 @@ class LmdbSource:
         if value is None:
             raise NotFound("unknown serial or hash algorithm not served")
         return self._decode(value)
+
+    def _begin(self, db: Any = None) -> Any:
+        """A read transaction off the hot path, the store's growth past this mapping adopted."""
+        assert self._env is not None
+        try:
+            return self._env.begin(db=db)
+        except lmdb.MapResizedError:
+            if not self._adopt_map_size():
+                raise
+            return self._env.begin(db=db)
+
+    def _adopt_map_size(self) -> bool:
+        """The signer has raised store.map_size_mb and the store grew past this worker's mapping (LMDB's
+        MDB_MAP_RESIZED): map it at its new size. True when the mapping grew."""
+        env = self._env
+        assert env is not None
+        before = env.info()["map_size"]
+        self._end_read()  # no transaction may be open while the map changes
+        env.set_mapsize(0)  # 0: the size the store now has
+        after = env.info()["map_size"]
+        self._logger.info(
+            "the store grew past this worker's map: now mapped at %d MB, was %d MB", after >> 20, before >> 20
+        )
+        return after > before
 
     def _end_read(self) -> None:
         # Aborted, not committed: for a read, the same end at half the cost (py-lmdb 3.0).
@@ -304,7 +332,7 @@ class LmdbSource:
     def newest_signed_at(self) -> int | None:
         if self._env is None:
             return None
-        with self._env.begin(db=self._meta) as txn:
+        with self._begin(db=self._meta) as txn:
             raw = txn.get(store.META_LAST_SIGNED_AT)
         return store.unpack_u64(raw) if raw else None
 

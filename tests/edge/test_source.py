@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from contract.config import Config
+from contract.config import Config, StoreConfig
 from contract.store import IssuerRecord
 from edge.later import after
 from edge.ocsp_request import common_request
-from edge.source import LmdbSource, NotFound, Unavailable, at_once, issuer_hashes
+from edge.source import LmdbSource, NotFound, Unavailable, at_once, issuer_hashes, read_only_store
 from signer.inventory import revoke
 from signer.registry import create_ca
 from signer.state import SignerStore
@@ -120,6 +123,31 @@ def test_a_failing_store_is_unavailable_and_logged_once(world, caplog) -> None:
             with pytest.raises(Unavailable):
                 source.response(*lookup, AT)
     assert [r.getMessage().startswith("store read failed") for r in caplog.records] == [True]
+
+
+def test_a_store_grown_past_the_workers_map_is_mapped_anew(tmp_path, caplog) -> None:
+    """The operator raises store.map_size_mb for the signer, and the store grows past the map an edge
+    worker opened with (LMDB's MDB_MAP_RESIZED): the worker maps it at its new size and serves on,
+    where it answered tryLater until restarted."""
+    small = Config(store=StoreConfig(map_size_mb=1))
+    with SignerStore(tmp_path, small) as st:
+        issuer = create_ca(st, "ca", "ec-p256", 30, None, None, NOW)
+        add_devices(st, issuer, (1, 2), NOW)
+        drain(st)
+    lookup = common_request(crypto_request_by_hash(*issuer_hashes(issuer.cert_der, "sha1"), 1))
+    assert lookup is not None
+    source = LmdbSource(read_only_store(tmp_path, 1 << 20), logging.getLogger("t"), at_once)
+    assert source.response(*lookup, AT).revoked is False
+    index = tmp_path / "index.txt"
+    index.write_text("".join(f"V\t301231235959Z\t\t{s:X}\tunknown\t/CN=d{s}\n" for s in range(100, 60100)))
+    grow = [sys.executable, "-m", "signer.cli", "--data", str(tmp_path), "import", "ca", "--openssl-index", str(index)]
+    env = {**os.environ, "PKI_EDGE_STORE_MAP_SIZE_MB": "16"}
+    subprocess.run(grow, check=True, env=env, capture_output=True, timeout=120)
+    assert (tmp_path / "store" / "data.mdb").stat().st_size > 1 << 20
+    with caplog.at_level(logging.INFO, logger="t"):
+        assert source.response(*lookup, AT).revoked is False
+    assert any("the store grew past this worker's map: now mapped at 16 MB" in r.getMessage() for r in caplog.records)
+    assert source.newest_signed_at() is not None
 
 
 def test_served_issuer_parts_are_what_lookups_find_and_follow_the_registry(world) -> None:
