@@ -174,11 +174,13 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
 def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config:
     path = data_dir / CONFIG_FILE
     raw: dict[str, Any] = {}
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a dangling link is a broken configuration, not none
         try:
             raw = msgspec.toml.decode(path.read_bytes())
         except msgspec.DecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror or exc}") from None
     overrides = _env_overrides(dict(os.environ if environ is None else environ))
     for section, values in overrides.items():
         if not isinstance(raw.setdefault(section, {}), dict):

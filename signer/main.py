@@ -48,8 +48,8 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
         logger.info("signal %d: finishing the current batch, then stopping", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP too: a closed terminal; nothing reloads
+        signal.signal(signum, on_signal)
     precomputer = Precomputer(
         st,
         config.signer,

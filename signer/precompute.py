@@ -143,6 +143,7 @@ class Precomputer:
         self._grace = int(config.expired_grace_hours * 3600)
         self._generation = -1
         self._signers: dict[int, ResponseSigner] = {}
+        self._names: dict[int, str] = {}  # issuer number -> CA name, for the log
         self._expiry_warned: dict[int, int] = {}  # issuer number -> when its next warning is due
         self._unsignable_logged: set[int] = set()
         self._load_failed = False
@@ -158,7 +159,9 @@ class Precomputer:
             return
         signers = {}
         self._load_failed = False
-        for record in self._st.issuers():
+        records = self._st.issuers()
+        self._names = {record.number: record.name for record in records}
+        for record in records:
             try:
                 signers[record.number] = self._load_signer(record)
             except Exception as exc:  # one broken CA must not stop the others being refreshed
@@ -310,7 +313,8 @@ class Precomputer:
             if issuer_number not in self._unsignable_logged:
                 self._unsignable_logged.add(issuer_number)
                 why = "no usable signer" if signer is None else "the certificate signing its responses is not valid now"
-                self._logger.error("issuer %d: %s: its serials wait", issuer_number, why)
+                name = self._names.get(issuer_number, "?")
+                self._logger.error("CA %s (issuer %d): %s: its serials wait", name, issuer_number, why)
             return
         this_update = times.this_update
         refresh_at = this_update + int(self._refresh_after - self._spread(serial_k) * self._jitter)

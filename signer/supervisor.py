@@ -94,12 +94,14 @@ def run_up(
                 child.kill()
             return
         stopping = True
+        if frame is not None:  # a signal, not a child's exit
+            logger.info("signal %d: stopping signer and edge", signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP too: a closed terminal; nothing reloads
+        signal.signal(signum, on_signal)
 
     if demo and _wait_ready(f"http://{public_host}:{port}/healthz", time.monotonic() + 30):
         from signer.demo import demo_instructions

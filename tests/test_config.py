@@ -302,3 +302,9 @@ def test_max_request_bytes_floor(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="max_request_bytes"):
         load_config(tmp_path, {})
     assert load_config(tmp_path, {"PKI_EDGE_EDGE_MAX_REQUEST_BYTES": "64"}).edge.max_request_bytes == 64
+
+
+def test_a_dangling_configuration_link_is_an_error_not_the_defaults(tmp_path: Path) -> None:
+    (tmp_path / "pki-edge.toml").symlink_to(tmp_path / "gone.toml")
+    with pytest.raises(ConfigError, match=r"pki-edge.toml: No such file or directory"):
+        load_config(tmp_path, {})

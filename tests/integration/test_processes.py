@@ -153,6 +153,21 @@ def test_up_stops_when_a_child_dies(run: Run, data_dir: Path, tmp_path: Path, se
     assert "signer stopped" in up.log()  # the survivor was stopped cleanly
 
 
+def test_sighup_stops_up_as_sigterm_does(run: Run, data_dir: Path, tmp_path: Path, servers: list[Server]) -> None:
+    """A closed terminal sends SIGHUP: up drains its children and exits 0, saying why (nothing reloads)."""
+    run("ca", "create", "hup")
+    up = start_up(data_dir, tmp_path)
+    servers.append(up)
+    wait_for("the signer to start", lambda: "loaded 1 OCSP signers" in up.log(), timeout=30)
+    children = up.children()
+    os.kill(up.proc.pid, signal.SIGHUP)
+    assert up.proc.wait(timeout=30) == 0, up.log()
+    up.stopped_at = time.monotonic()
+    assert f"signal {int(signal.SIGHUP)}: stopping signer and edge" in up.log()
+    assert "signer stopped" in up.log()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+
 def _write_index(path: Path, rows: int) -> None:
     rng = random.Random(5019)
     serials = {rng.getrandbits(64) | 1 << 63 for _ in range(rows)}
