@@ -215,6 +215,16 @@ def store_path(data_dir: Path) -> Path:
     return data_dir / "store"
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when it is gone: a store or lock file replaced under a running
+    process (a restored backup) is another file at the same path, which that process never sees."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def open_env(data_dir: Path, *, readonly: bool, map_size: int) -> lmdb.Environment:
     """Open the store; writers create it. Readers never lock or write the file."""
     path = store_path(data_dir)

@@ -227,6 +227,10 @@ def build_app(
     async def readyz(request: Request) -> Response:
         if not source.open():
             return JSONResponse({"ready": False, "reason": "store not created yet"}, status_code=503)
+        if source.replaced():
+            reason = "the store was replaced or removed since this worker opened it: restart the edge"
+            logger.error(reason)
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
         source.refresh_issuers()
         newest = source.newest_signed_at()
         age = None if newest is None else max(0, clock.now() - newest)

@@ -124,6 +124,8 @@ class LmdbSource:
         self._decode = store.RESPONSE_DECODER.decode
         self._read_failed = False
         self._env: lmdb.Environment | None = None
+        self._store_file = Path()
+        self._store_identity: tuple[int, int] | None = None
         self._responses: Any = None
         self._issuers_db: Any = None
         self._meta: Any = None
@@ -152,6 +154,8 @@ class LmdbSource:
             self._logger.warning("store not ready: %s", exc)
             return False
         self._env = env
+        self._store_file = Path(env.path()) / "data.mdb"
+        self._store_identity = store.file_identity(self._store_file)
         self._responses = dbs[store.DB_RESPONSES]
         self._issuers_db = dbs[store.DB_ISSUERS]
         self._meta = dbs[store.DB_META]
@@ -328,6 +332,11 @@ class LmdbSource:
         txn, self._read = self._read, None
         if txn is not None:
             txn.abort()
+
+    def replaced(self) -> bool:
+        """The store file was replaced or removed since this worker opened it (a restored backup, a
+        removed data directory): what it serves is no longer the signer's. Off the hot path (/readyz)."""
+        return self._env is not None and store.file_identity(self._store_file) != self._store_identity
 
     def newest_signed_at(self) -> int | None:
         if self._env is None:

@@ -20,6 +20,7 @@ from types import FrameType
 
 from contract.config import Config
 from contract.jobs import socket_path
+from contract.store import file_identity, store_path
 from signer.jobserver import JobServer
 from signer.precompute import Clock, Precomputer
 from signer.registry import load_response_signer, renew_responders
@@ -41,6 +42,7 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
     lock = _hold_lock(data_dir)
     st = SignerStore(data_dir, config)
     stop = threading.Event()
+    watch = FilesWatch([store_path(data_dir) / "data.mdb", signer_dir(data_dir) / "signer.lock"], stop)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
@@ -62,15 +64,55 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
     jobs_thread = JobServerThread(data_dir, config, logger, on_failure=stop.set)
     try:
         jobs_thread.start()  # EST and live OCSP need it: a signer without it is not started
+        watch.start()
         logger.info("signer running on %s", data_dir)
         precomputer.run(stop)
     finally:
+        watch.stop()
         jobs_thread.stop()
         st.close()
         os.close(lock)
     if jobs_thread.failure is not None:
         raise SignerError(f"the job server stopped: {jobs_thread.failure}")
+    if watch.changed is not None:
+        raise SignerError(
+            f"{watch.changed} is not the file this signer opened (the data directory was replaced or removed):"
+            " stopped; start the signer again on what is there now"
+        )
     logger.info("signer stopped")
+
+
+class FilesWatch:
+    """Stops the signer when its store or lock file is replaced or removed (checked every second).
+
+    A signer writing on to a deleted store would sign for no one, and a second signer could start on
+    the new directory beside it (the lock it holds is on the old file).
+    """
+
+    INTERVAL_SECONDS = 1.0
+
+    def __init__(self, paths: list[Path], stop: threading.Event) -> None:
+        self._identities = {path: file_identity(path) for path in paths}
+        self._stop = stop
+        self._done = threading.Event()
+        self.changed: Path | None = None
+        self._thread = threading.Thread(target=self._run, name="files-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.INTERVAL_SECONDS):
+            for path, identity in self._identities.items():
+                if file_identity(path) != identity:
+                    self.changed = path
+                    self._stop.set()
+                    return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
 
 class JobServerThread:

@@ -168,6 +168,35 @@ def test_sighup_stops_up_as_sigterm_does(run: Run, data_dir: Path, tmp_path: Pat
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
 
 
+def test_a_data_directory_replaced_under_signer_and_edge_is_noticed(
+    run: Run, data_dir: Path, tmp_path: Path, servers: list[Server], free_port: int
+) -> None:
+    """A backup restored over a running data directory: the signer stops (it would sign into the deleted
+    store, and a second signer could start beside it), and the edge's /readyz says it is not ready."""
+    import shutil
+
+    run("ca", "create", "swap")
+    signer = Server("signer", data_dir, ["signer"], tmp_path / "signer.log")
+    servers.append(signer)
+    edge = Server("edge", data_dir, ["edge", "--port", str(free_port)], tmp_path / "edge.log", port=free_port)
+    servers.append(edge)
+    edge.wait_ready()
+    wait_for("the signer to start", lambda: "signer running" in signer.log(), timeout=30)
+    shutil.copytree(data_dir, tmp_path / "backup", ignore=shutil.ignore_patterns("jobs.sock"))
+    shutil.rmtree(data_dir)
+    shutil.copytree(tmp_path / "backup", data_dir)
+    assert signer.proc.wait(timeout=15) == 2
+    signer.stopped_at = time.monotonic()
+    said = f"pki-edge: error: {data_dir}/store/data.mdb is not the file this signer opened"
+    assert said in signer.log() and "Traceback" not in signer.log()
+    r = httpx.get(edge.base_url + "/readyz", timeout=5, trust_env=False)
+    assert r.status_code == 503
+    assert r.json() == {
+        "ready": False,
+        "reason": "the store was replaced or removed since this worker opened it: restart the edge",
+    }
+
+
 def _write_index(path: Path, rows: int) -> None:
     rng = random.Random(5019)
     serials = {rng.getrandbits(64) | 1 << 63 for _ in range(rows)}

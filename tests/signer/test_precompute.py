@@ -351,7 +351,12 @@ def test_nothing_is_signed_by_a_responder_certificate_not_valid_now(
         run_all(setup.precomputer())
     got = responses(setup.st)
     assert {(n, s) for n, _, s in got} == {(setup.issuer.number, 1)}  # the other CA is signed all the same
-    assert caplog.text.count(f"CA {issuer.name} (issuer {issuer.number}): the certificate signing its responses is not valid now") == 1
+    assert (
+        caplog.text.count(
+            f"CA {issuer.name} (issuer {issuer.number}): the certificate signing its responses is not valid now"
+        )
+        == 1
+    )
     assert (T0 + 60, inv_key(issuer.number, 9)) in schedule(setup.st)  # retried later, not dropped
 
 
