@@ -147,18 +147,26 @@ def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     issuer, now = st.issuer(args.name), _now()
     cert_path, key_path = issue_to_directory(st, issuer, args.cn, args.san or [], args.key, args.days, args.out, now)
     print(f"{cert_path}\n{key_path}")
-    _warn_if_ocsp_waits(issuer, now)
+    _warn_if_ocsp_waits(issuer, now, data_dir)
     return 0
 
 
-def _warn_if_ocsp_waits(issuer: IssuerRecord, now: dt.datetime) -> None:
-    """What was just added has no OCSP response while the CA cannot sign any (EST refuses then: 503)."""
-    from signer.registry import ocsp_signer_valid
+def _warn_if_ocsp_waits(issuer: IssuerRecord, now: dt.datetime, data_dir: Path) -> None:
+    """What was just added or revoked gets no OCSP response while the CA cannot sign any (EST refuses
+    then: 503): its signing certificate is not valid now, or its key cannot be loaded here."""
+    from signer.registry import load_response_signer, ocsp_signer_valid
 
+    why = None
     if not ocsp_signer_valid(issuer, now):
+        why = "the certificate signing its OCSP responses is not valid now (pki-edge ca responder)"
+    else:
+        try:
+            load_response_signer(data_dir, issuer)
+        except Exception as exc:  # the signer meets the same failure, and logs it
+            why = f"its OCSP signing key cannot be loaded: {exc}"
+    if why is not None:
         print(
-            f"warning: the certificate signing CA {issuer.name}'s OCSP responses is not valid now: no response is"
-            " signed for these certificates until the CA has a valid one (pki-edge ca responder)",
+            f"warning: CA {issuer.name}: {why}: no response is signed for this until it is mended",
             file=sys.stderr,
         )
 
@@ -189,7 +197,7 @@ def cmd_import(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     if progress:
         print(file=sys.stderr)
     print(f"{issuer.name}: {report.summary()}")
-    _warn_if_ocsp_waits(issuer, _now())
+    _warn_if_ocsp_waits(issuer, _now(), data_dir)
     return 0
 
 
@@ -209,6 +217,7 @@ def cmd_revoke(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
         f"{said} {serial:X} of {issuer.name} at {_iso(record.revoked_at)}"
         f" (reason {inventory.reason_name(record.reason)})"
     )
+    _warn_if_ocsp_waits(issuer, _now(), data_dir)
     return 0
 
 

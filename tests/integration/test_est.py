@@ -262,7 +262,8 @@ def test_no_enrollment_while_the_cas_ocsp_responder_is_not_valid(est: Est) -> No
     assert "retry-after:" in (est.work / "lapsing.headers").read_text().lower()
     # The operator's CLI issues still, and says that the certificate's OCSP waits.
     issued = pki_edge(est.data, "issue", "lapsing", "--cn", "by-hand.example", "--out", est.work / "by-hand")
-    assert "no response is signed for these certificates until the CA has a valid one" in issued.stderr
+    assert "warning: CA lapsing: the certificate signing its OCSP responses is not valid now" in issued.stderr
+    assert "no response is signed for this until it is mended" in issued.stderr
     install(successor, "next-responder")
     assert "warning" not in pki_edge(est.data, "issue", "lapsing", "--cn", "later.example", "--out", est.work).stderr
     assert enroll(3)[0] == 200

@@ -138,6 +138,9 @@ def test_status_says_when_a_revocation_is_not_published(
 
     key = data_dir / "signer" / "keys" / "keyless.ca.key"
     key.rename(tmp_path / "away.key")
+    again = run("revoke", "keyless", serial, "--reason", "keyCompromise")  # revoke warns, too
+    assert "warning: CA keyless: its OCSP signing key cannot be loaded: " in again.stderr
+    assert again.stderr.rstrip().endswith("no response is signed for this until it is mended")
     second = signer()
     failed = wait_for("the signer giving up on it", settled, timeout=30, interval=0.2)
     assert "published   no: a cached response still says good, and the signer could not sign the revocation" in failed
