@@ -141,18 +141,21 @@ def data_dir_from(flag: str | None) -> Path:
     return Path(flag or os.environ.get(ENV_DATA) or DEFAULT_DATA).resolve()
 
 
+# The sections of settings (profiles, a table of tables, is apart): the file's, the environment's.
+_SECTIONS: tuple[tuple[str, type[msgspec.Struct]], ...] = (
+    ("store", StoreConfig),
+    ("signer", SignerConfig),
+    ("edge", EdgeConfig),
+    ("est", EstConfig),
+    ("workers", WorkersConfig),
+)
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
-    sections = (
-        ("store", StoreConfig),
-        ("signer", SignerConfig),
-        ("edge", EdgeConfig),
-        ("est", EstConfig),
-        ("workers", WorkersConfig),
-    )
-    for section, struct_type in sections:
-        # A name of a section's with no key of it is a typo that would be silently lost: refused, as
-        # unknown keys of the file are (other PKI_EDGE_* names, DATA and LOCUST_*, are not config).
+    for section, struct_type in _SECTIONS:
+        # A name with a section's prefix and none of its keys is a typo that would be silently lost:
+        # refused, as unknown keys of the file are (other PKI_EDGE_* names, DATA and LOCUST_*, are not config).
         prefix = f"PKI_EDGE_{section.upper()}_"
         known = {prefix + field.upper() for field in struct_type.__struct_fields__}
         unknown = sorted(name for name in environ if name.startswith(prefix) and name not in known)
@@ -206,9 +209,8 @@ def _check_finite(config: Config) -> None:
     """NaN passes every comparison and infinity most: no float setting may be either."""
     import math
 
-    sections = {"store": config.store, "signer": config.signer, "edge": config.edge, "est": config.est}
-    sections["workers"] = config.workers
-    for section, values in sections.items():
+    for section, _ in _SECTIONS:
+        values = getattr(config, section)
         for field in values.__struct_fields__:
             value = getattr(values, field)
             if isinstance(value, float) and not math.isfinite(value):

@@ -105,6 +105,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         self._fast_size = 0
         self._max_body = self._ocsp.max_request_bytes if self._ocsp is not None else 0
         self._fast_early: Answer | LiveSigning | object | None = None
+        self._length_checked = False  # a POST's declared length, searched for (_post_body_pending)
         self._connection_header = False
         self._conditional = False
         self._default_headers: list[tuple[bytes, bytes]] | None = None
@@ -128,7 +129,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             return
         if self.url:  # a read ended inside a request's head
             self._head_grew(data)
-        elif self._fast and self._fast_early is None:  # inside a POST's body
+        elif self._fast and self._fast_early is None and not self._length_checked:  # inside a POST's body
             self._post_body_pending()
 
     def _post_body_pending(self) -> None:
@@ -139,13 +140,15 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         its head, and a body past the limit is refused by on_body's count all the same.
         """
         assert self._ocsp is not None
-        if self._ocsp.check_post_headers(self.headers) is None:  # llhttp has refused an invalid length
+        self._length_checked = True  # once a request, not once a read
+        early = self._ocsp.check_post_headers(self.headers)
+        if early is None:
             return
         self._fast_early = _WRITTEN
         self._fast_body, self._fast_pieces = b"", None
         parser = self.parser
         keep_alive = parser.should_keep_alive() and (not self._connection_header or parser.get_http_version() != "1.0")
-        self._write(self._ocsp.too_large, keep_alive)
+        self._write(early, keep_alive)
 
     def shutdown(self) -> None:
         self._batch.flush()  # answers of this turn go out before a graceful shutdown closes connections
@@ -213,6 +216,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         self._fast_method = method
         if method == b"POST":
             self._fast_size = 0
+            self._length_checked = False
             # Not OCSPApp.check_post_headers (3k instructions a POST): llhttp refuses an invalid or
             # repeated Content-Length before this, and on_body's count answers a body over the limit
             # as the declared length would (at once when the body does not come with the head:

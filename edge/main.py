@@ -46,7 +46,8 @@ def _options(config: Config, log_level: str) -> dict[str, Any]:
 
 
 def check_listening(config: Config) -> None:
-    """What uvicorn would only find in a worker, with a traceback: an unknown host, unreadable TLS files."""
+    """What uvicorn would only find once started (in a worker, with a traceback): an unknown host, a port
+    in use or not allowed, unreadable or mismatched TLS files."""
     edge, est = config.edge, config.est
     _check_bindable(edge.host, edge.port, "edge.port (--port)")
     if est.tls_port is None:

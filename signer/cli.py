@@ -214,15 +214,11 @@ def cmd_revoke(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     assert record.revoked_at is not None
     said = {"revoked": "revoked", "reason": "revocation reason changed:", "already": "already revoked:"}[change]
     print(
-        f"{said} {serial:X} of {issuer.name} at {_iso(record.revoked_at)}"
+        f"{said} {serial:X} of {issuer.name} at {inventory.iso_time(record.revoked_at)}"
         f" (reason {inventory.reason_name(record.reason)})"
     )
     _warn_if_ocsp_waits(issuer, _now(), data_dir)
     return 0
-
-
-def _iso(unix: int) -> str:
-    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
@@ -234,17 +230,18 @@ def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     record, responses, pending = inventory.status(st, issuer, serial)
     print(f"serial      {serial:X}")
     print(f"issuer      {issuer.name}")
-    print(f"notAfter    {_iso(record.not_after)}")
+    print(f"notAfter    {inventory.iso_time(record.not_after)}")
     if record.revoked_at is None:
         print("status      good")
     else:
-        print(f"status      revoked at {_iso(record.revoked_at)} (reason {inventory.reason_name(record.reason)})")
+        when, why = inventory.iso_time(record.revoked_at), inventory.reason_name(record.reason)
+        print(f"status      revoked at {when} (reason {why})")
     print(f"pending     {'yes (the signer will re-sign it next)' if pending else 'no'}")
     for r in responses:
         said = "revoked" if r.revoked else "good"
         print(
-            f"response    {r.hash_algorithm}: {said}, thisUpdate {_iso(r.this_update)}, "
-            f"nextUpdate {_iso(r.next_update)}, refresh at {_iso(r.refresh_at)}"
+            f"response    {r.hash_algorithm}: {said}, thisUpdate {inventory.iso_time(r.this_update)}, "
+            f"nextUpdate {inventory.iso_time(r.next_update)}, refresh at {inventory.iso_time(r.refresh_at)}"
         )
     if not responses:
         print("response    none cached")

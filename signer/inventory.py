@@ -405,7 +405,7 @@ def revoke(
                 return Revoked(old, "already")
             if not (same_time and reason == KEY_COMPROMISE):
                 raise SignerError(
-                    f"serial {serial:X} was revoked at {_iso(old.revoked_at)} (reason {reason_name(old.reason)}):"
+                    f"serial {serial:X} was revoked at {iso_time(old.revoked_at)} (reason {reason_name(old.reason)}):"
                     " a revocation is not changed, except its reason to keyCompromise"
                 )
             record, change = msgspec.structs.replace(old, reason=KEY_COMPROMISE), "reason"
@@ -420,7 +420,8 @@ def _queue_revocation(txn: Any, st: SignerStore, key: bytes) -> None:
     txn.put(store.pending_key(store.PRIORITY_REVOCATION, key), b"", db=st.pending)
 
 
-def _iso(unix: int) -> str:
+def iso_time(unix: int) -> str:
+    """Unix seconds as the CLI prints times (ISO 8601, UTC)."""
     return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
