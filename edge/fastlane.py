@@ -33,7 +33,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from edge.answer import CONDITIONAL_HEADERS, NO_CONDITIONS, Answer, LiveSigning, conditional_of, render_head
 from edge.app import OCSPApp
-from edge.http_protocol import REPEATED_HOST, EdgeHttpProtocol
+from edge.http_protocol import REPEATED_HOST, EdgeHttpProtocol, check_transfer_coding
 
 _OCSP_METHODS = frozenset({b"GET", b"HEAD", b"POST"})
 # On the hot path, bytes are searched with an int (a byte search) and compared by slices: `bytes in
@@ -42,7 +42,7 @@ _QUERY = ord("?")
 _CLOSE = b"connection: close\r\n\r\n"
 # The header names the fast lane acts on: one set lookup a header, not a comparison with each.
 _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection"})
-_NOTED_HEADERS = _CONNECTION_HEADERS | CONDITIONAL_HEADERS | {b"expect", b"host"}
+_NOTED_HEADERS = _CONNECTION_HEADERS | CONDITIONAL_HEADERS | {b"expect", b"host", b"transfer-encoding"}
 # A POST answered 413 before its body arrived: the body is then read and dropped.
 _WRITTEN = object()
 
@@ -179,6 +179,8 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             elif name == b"expect":
                 if value.lower() == b"100-continue":
                     self.expect_100_continue = True
+            elif name == b"transfer-encoding":
+                check_transfer_coding(value)
             else:
                 self._conditional = True
         self.headers.append((name, value))

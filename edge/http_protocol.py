@@ -20,7 +20,8 @@ stayed open for good). Every connection of the edge, on either port and either p
 - one valid ``Host`` header (RFC 9112 §3.2: none in HTTP/1.1, several or an invalid one are a 400,
   with the connection closed); a request line of HTTP/2.0 or HTTP/0.9, which llhttp reads, is a 505
   (checked with the Host: for the connection's first request, and whenever its Host changes); a
-  method llhttp does not know is a 501;
+  method llhttp does not know is a 501, and so is a transfer coding other than chunked (llhttp passes
+  ``gzip, chunked``);
 - an ``Upgrade`` other than to WebSocket (``h2c``, which curl --http2 and Java's HTTP clients offer)
   is declined as RFC 9110 §7.8 allows: the request is served as HTTP/1.1. llhttp stops at the end of
   such a head, body unread (uvicorn then lost the body and the rest of the connection: its issue
@@ -81,6 +82,18 @@ class VersionNotSupported(BadRequest):
     """A request line of an HTTP version other than 1.x (RFC 9112 §2.3)."""
 
     status = 505
+
+
+class CodingNotImplemented(BadRequest):
+    """A transfer coding other than chunked, which llhttp passes when chunked comes last (RFC 9112 §6.1)."""
+
+    status = 501
+
+
+def check_transfer_coding(value: bytes) -> None:
+    """Only chunked: a body also gzip'd (say) would reach the application still compressed."""
+    if value.strip(b" \t").lower() != b"chunked":
+        raise CodingNotImplemented(f"transfer coding {value.decode('latin-1')!r} not implemented (only chunked)")
 
 
 _HTTP_1 = ("1.1", "1.0")
@@ -149,7 +162,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         501 for a method llhttp does not know: RFC 9110 §9.1), and the connection closed."""
         cause = exc.__context__
         if isinstance(cause, BadRequest):
-            self._refuse(cause.status, f"Invalid HTTP request received: {cause}.")
+            self._refuse(
+                cause.status, f"Invalid HTTP request received: {cause}." if cause.status == 400 else f"{cause}."
+            )
         elif isinstance(exc, httptools.HttpParserInvalidMethodError):
             self._refuse(501, "Method not implemented.")
         else:
@@ -206,8 +221,11 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
-        if self.headers[-1][0] == b"host":
+        lowered = self.headers[-1][0]
+        if lowered == b"host":
             self._host = value if self._host is None else REPEATED_HOST
+        elif lowered == b"transfer-encoding":
+            check_transfer_coding(value)
 
     def check_head(self) -> None:
         """BadRequest unless the request is HTTP/1.x with one valid Host header (or none, in HTTP/1.0).

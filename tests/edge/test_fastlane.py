@@ -561,3 +561,22 @@ def test_both_paths_answer_413_to_a_head_declaring_too_long_a_body_before_it_arr
             assert ocsp.load_der_ocsp_response(next_body).serial_number == 1
         answers.append((head.split(b"\r\n", 1)[0], body))
     assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize(
+    ("coding", "status"),
+    [(b"gzip, chunked", b"501 "), (b"Chunked", b"400 "), (b" chunked ", b"400 ")],
+    ids=["gzip-then-chunked", "chunked-any-case", "chunked-with-spaces"],
+)
+def test_both_paths_refuse_a_transfer_coding_other_than_chunked(servers, coding: bytes, status: bytes) -> None:
+    """llhttp passes 'gzip, chunked' (chunked last): the body would reach OCSP still gzip'd. RFC 9112 §6.1:
+    a coding the server does not implement is a 501. Chunked alone is read (here a malformed request: 400)."""
+    message = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    answers = []
+    for url in servers:
+        received, _ = exchange(int(url.rsplit(":", 1)[1]), message)
+        assert received.startswith(b"HTTP/1.1 " + status), (url, received[:300])
+        answers.append(received.split(b"\r\n", 1)[0] + received[received.index(b"\r\n\r\n") :])
+    assert answers[0] == answers[1]
+    if status == b"501 ":
+        assert answers[0].endswith(b"transfer coding 'gzip, chunked' not implemented (only chunked).")
