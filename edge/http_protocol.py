@@ -93,7 +93,7 @@ class CodingNotImplemented(BadRequest):
 def check_transfer_coding(value: bytes) -> None:
     """Only chunked: a body also gzip'd (say) would reach the application still compressed."""
     if value.strip(b" \t").lower() != b"chunked":
-        raise CodingNotImplemented(f"transfer coding {value.decode('latin-1')!r} not implemented (only chunked)")
+        raise CodingNotImplemented(f"transfer coding {value.decode('latin-1')!a} not implemented (only chunked)")
 
 
 _HTTP_1 = ("1.1", "1.0")
