@@ -49,10 +49,15 @@ def check_listening(config: Config) -> None:
     """What uvicorn would only find once started (in a worker, with a traceback): an unknown host, a port
     in use or not allowed, unreadable or mismatched TLS files."""
     edge, est = config.edge, config.est
+    if est.tls_port is not None:
+        _check_tls_files(config)  # the operator's files first: the ports' state is the machine's
     _check_bindable(edge.host, edge.port, "edge.port (--port)")
-    if est.tls_port is None:
-        return
-    _check_bindable(edge.host, est.tls_port, "est.tls_port (--tls-port)")
+    if est.tls_port is not None:
+        _check_bindable(edge.host, est.tls_port, "est.tls_port (--tls-port)")
+
+
+def _check_tls_files(config: Config) -> None:
+    est = config.est
     if not (est.tls_cert and est.tls_key):
         raise ConfigError("--tls-port needs --tls-cert and --tls-key")
     for flag, path in (("--tls-cert", est.tls_cert), ("--tls-key", est.tls_key), ("--client-ca", est.client_ca)):
