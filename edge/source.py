@@ -123,6 +123,11 @@ class LmdbSource:
         self._end_this_read = self._end_read  # bound once, not once per snapshot
         self._decode = store.RESPONSE_DECODER.decode
         self._read_failed = False
+        self._registry_listeners: list[Callable[[list[store.IssuerRecord]], None]] = []
+        self._forget_store()
+
+    def _forget_store(self) -> None:
+        """No store open, and nothing read from one."""
         self._env: lmdb.Environment | None = None
         self._store_file = Path()
         self._store_identity: tuple[int, int] | None = None
@@ -132,7 +137,6 @@ class LmdbSource:
         self._generation = -1
         self._table: dict[bytes, bytes] = {}
         self.issuers: dict[str, store.IssuerRecord] = {}
-        self._registry_listeners: list[Callable[[list[store.IssuerRecord]], None]] = []
         self._dbs: dict[bytes, Any] = {}
         # For EST authentication: CA certificates parsed once per registry generation, and which
         # registry CAs issued a client certificate already seen (a signature check each time
@@ -335,8 +339,29 @@ class LmdbSource:
 
     def replaced(self) -> bool:
         """The store file was replaced or removed since this worker opened it (a restored backup, a
-        removed data directory): what it serves is no longer the signer's. Off the hot path (/readyz)."""
+        removed data directory): what it serves is no longer the signer's. Off the hot path."""
         return self._env is not None and store.file_identity(self._store_file) != self._store_identity
+
+    def reopen_if_replaced(self) -> bool:
+        """Serve the store now in the data directory if the one open was replaced or removed; True if
+        it was. A removed one leaves the source closed (tryLater) until a store is there again.
+
+        Without this a worker would serve the deleted file's responses, frozen, until restarted: a
+        restored backup's revocations would never be seen, nor a new signer's refreshes.
+        """
+        if not self.replaced():
+            return False
+        self._end_read()
+        assert self._env is not None
+        self._env.close()
+        self._forget_store()
+        if self.open():
+            self._logger.warning("the store was replaced in the data directory: serving the new one")
+        else:
+            self._logger.error("the store was removed from the data directory: answering tryLater until it is back")
+            for listener in self._registry_listeners:
+                listener([])
+        return True
 
     def newest_signed_at(self) -> int | None:
         if self._env is None:

@@ -163,3 +163,45 @@ def test_served_issuer_parts_are_what_lookups_find_and_follow_the_registry(world
     create_ca(st, "later", "ec-p256", 30, None, None, NOW)
     assert source.refresh_issuers()
     assert len(seen) == 2 and len(seen[1]) == 16 and set(parts) < set(seen[1])
+
+
+def test_a_replaced_store_is_reopened_and_a_removed_one_leaves_the_source_closed(tmp_path, caplog) -> None:
+    """A backup restored over the data directory under a running worker: it serves the store now there
+    (here one where serial 1 is revoked), not the deleted file's responses until a restart."""
+    import shutil
+
+    live, backup = tmp_path / "live", tmp_path / "backup"
+    with SignerStore(live, Config()) as st:
+        issuer = create_ca(st, "ca", "ec-p256", 30, None, None, NOW)
+        add_devices(st, issuer, (1, 2), NOW)
+        drain(st)
+    shutil.copytree(live, backup)
+    with SignerStore(backup, Config()) as st:
+        _revoke_and_sign(st, issuer)
+    lookup = common_request(crypto_request_by_hash(*issuer_hashes(issuer.cert_der, "sha1"), 1))
+    assert lookup is not None
+    source = LmdbSource(read_only_store(live, 1 << 24), logging.getLogger("t"), at_once)
+    seen: list[int] = []
+    source.on_registry_change(lambda records: seen.append(len(records)))
+    assert source.response(*lookup, AT).revoked is False
+    assert not source.reopen_if_replaced()  # the same file: nothing to do
+
+    shutil.rmtree(live)
+    shutil.copytree(backup, live)
+    with caplog.at_level(logging.INFO, logger="t"):
+        assert source.reopen_if_replaced()
+    assert "the store was replaced in the data directory: serving the new one" in caplog.text
+    assert source.response(*lookup, AT).revoked is True
+    assert not source.reopen_if_replaced()
+
+    shutil.rmtree(live)
+    with caplog.at_level(logging.INFO, logger="t"):
+        assert source.reopen_if_replaced()
+    assert "the store was removed from the data directory: answering tryLater until it is back" in caplog.text
+    with pytest.raises(Unavailable):
+        source.response(*lookup, AT)
+    assert seen == [1, 1, 0] and source.served_issuer_parts() == []
+
+    shutil.copytree(backup, live)  # back: opened by the next lookup, as at a worker's start
+    assert source.response(*lookup, AT).revoked is True
+    assert seen == [1, 1, 0, 1]
