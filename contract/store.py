@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import lmdb
 import msgspec
@@ -201,6 +201,21 @@ def pending_key(priority: int, inv_key: bytes) -> bytes:
 
 def split_inventory_key(key: bytes) -> tuple[int, bytes]:
     return _U32.unpack_from(key)[0], key[4:]
+
+
+class Backlog(NamedTuple):
+    """How far behind the signer is, read from the store by the edge (/readyz) and the signer (its log)."""
+
+    pending: int  # serials waiting for a first signing or a revocation
+    overdue_seconds: int  # how late the oldest due routine refresh is; 0 when none is due
+
+
+def read_backlog(txn: Any, pending_db: Any, schedule_db: Any, now: int) -> Backlog:
+    """Two O(1) reads in ``txn``: the pending count and the schedule's first entry."""
+    pending = int(txn.stat(pending_db)["entries"])
+    cursor = txn.cursor(db=schedule_db)
+    overdue = max(0, now - split_schedule_key(cursor.key())[0]) if cursor.first() else 0
+    return Backlog(pending, overdue)
 
 
 def pack_u64(value: int) -> bytes:

@@ -239,9 +239,16 @@ def build_app(
         if not source.open():
             return JSONResponse({"ready": False, "reason": "store not created yet"}, status_code=503)
         source.refresh_issuers()
+        now = clock.now()
         newest = source.newest_signed_at()
-        age = None if newest is None else max(0, clock.now() - newest)
-        body = {"ready": True, "issuers": source.issuer_count, "newest_response_age_seconds": age}
+        age = None if newest is None else max(0, now - newest)
+        backlog = source.signer_backlog(now)
+        body = {
+            "ready": True,
+            "issuers": source.issuer_count,
+            "newest_response_age_seconds": age,
+            "signer_backlog": None if backlog is None else backlog._asdict(),
+        }
         return JSONResponse({**body, "counters": metrics.snapshot()})
 
     @contextlib.asynccontextmanager

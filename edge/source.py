@@ -363,6 +363,13 @@ class LmdbSource:
                 listener([])
         return True
 
+    def signer_backlog(self, now: int) -> store.Backlog | None:
+        """How far behind the signer is (``contract.store.read_backlog``); None while no store is open."""
+        if self._env is None:
+            return None
+        with self._begin() as txn:
+            return store.read_backlog(txn, self._dbs[store.DB_PENDING], self._dbs[store.DB_SCHEDULE], now)
+
     def newest_signed_at(self) -> int | None:
         if self._env is None:
             return None

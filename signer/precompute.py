@@ -37,6 +37,9 @@ FULL_STORE_SECONDS = 60
 # halving down to a minute would re-sign a whole CA a dozen times in its signer's last hours.
 MIN_CUT_SHORT_REFRESH_SECONDS = 900
 EXPIRY_WARNING_INTERVAL_SECONDS = 3600
+# The minute's report says the signer is behind when its oldest due refresh is this late (or more than
+# a batch of serials waits): a minute of signing at most, so a short burst of work is not reported.
+BEHIND_SECONDS = 60
 
 
 class Clock:
@@ -150,6 +153,8 @@ class Precomputer:
         self._retry_load_at = 0
         self._full_until = 0.0  # while the store is full: one serial a transaction until then
         self._full_logged_at = -float(FULL_STORE_SECONDS)
+        self._signed = 0  # responses signed since the last minute's report
+        self._behind = False
 
     def reload_issuers(self) -> None:
         """Load the signers when the registry changed, and retry a CA whose key failed to load."""
@@ -340,6 +345,7 @@ class Precomputer:
         """Sign the chunk's responses back to back, then store them."""
         started = self._clock.monotonic()
         signatures = [unsigned.signer.sign(unsigned.tbs) for unsigned in chunk]
+        self._signed += len(signatures)
         elapsed = self._clock.monotonic() - started
         if chunk and elapsed > 0:
             self._signature_seconds = elapsed / len(chunk)
@@ -394,10 +400,31 @@ class Precomputer:
                 self._st.env.reader_check()
                 self._warn_of_expiring_signers(self._clock.now())
                 self._every_minute(self._clock.now())
+                self.report_backlog()
                 next_minute = self._clock.monotonic() + 60
             self.reload_issuers()
             if self.step() == 0:
                 stop.wait(poll)
+
+    def report_backlog(self) -> None:
+        """Once a minute: while the signer is behind, how much waits and how fast it goes (a large
+        import, a full store, too little CPU); once when it has caught up."""
+        st, now = self._st, self._clock.now()
+        with st.env.begin() as txn:
+            backlog = store.read_backlog(txn, st.pending, st.schedule, now)
+        signed, self._signed = self._signed, 0
+        behind = backlog.pending > self._config.batch_size or backlog.overdue_seconds >= BEHIND_SECONDS
+        if behind:
+            self._logger.warning(
+                "behind: %d serials wait for a first signing or a revocation, the oldest due refresh is %d s late;"
+                " %d responses signed since the last report",
+                backlog.pending,
+                backlog.overdue_seconds,
+                signed,
+            )
+        elif self._behind:
+            self._logger.info("caught up: %d responses signed since the last report", signed)
+        self._behind = behind
 
     def step(self) -> int:
         """One batch, or while the store is full one serial at a time (revocations come first):

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from contract.config import Config
+from contract.store import split_schedule_key
 from edge import answer as answer_module
 from edge.answer import NO_CONDITIONS, Conditional
 from edge.app import build_app
@@ -170,6 +171,19 @@ def test_health_and_readiness_do_not_shadow_ocsp(world):
     r = call(world, "GET", "/readyz")
     assert r.status_code == 200 and r.json()["ready"] is True and r.json()["issuers"] == 1
     assert call(world, "GET", "/ocsp/healthz").status_code == 400
+
+
+def test_readiness_reports_how_far_behind_the_signer_is(world):
+    """The oldest due refresh's lateness, by the edge's clock: a signer stopped or lagging shows here."""
+    st = world[2]
+    with st.env.begin(db=st.schedule) as txn:
+        first_refresh = split_schedule_key(next(txn.cursor().iternext(values=False)))[0]
+    assert first_refresh > NOW
+    on_time = call(world, "GET", "/readyz").json()
+    assert on_time["signer_backlog"] == {"pending": 0, "overdue_seconds": 0}
+    late = call(world, "GET", "/readyz", clock=FakeClock(first_refresh + 100))
+    assert late.status_code == 200 and late.json()["ready"] is True  # the stored responses are still served
+    assert late.json()["signer_backlog"] == {"pending": 0, "overdue_seconds": 100}
 
 
 def test_ca_added_after_start_is_found(world, monkeypatch):

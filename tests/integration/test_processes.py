@@ -123,10 +123,18 @@ def test_edge_and_signer_run_separately(
         return True
 
     wait_for("the stored response to go stale", stale, timeout=20, interval=0.2)
+    backlog = httpx.get(base + "/readyz", timeout=5, trust_env=False).json()["signer_backlog"]
+    assert backlog["pending"] == 0 and backlog["overdue_seconds"] >= 1  # what a monitor sees of a stopped signer
 
     signer = Server("signer", data_dir, ["signer"], tmp_path / "signer-2.log", env=SHORT_VALIDITY)
     servers.append(signer)
     wait_for("the restarted signer to refresh", good, timeout=15)
+
+    def on_time() -> bool:
+        backlog = httpx.get(base + "/readyz", timeout=5, trust_env=False).json()["signer_backlog"]
+        return bool(backlog == {"pending": 0, "overdue_seconds": 0})
+
+    wait_for("the backlog to clear", on_time, timeout=10)
     signer.stop_clean()
     edge.stop_clean()
 

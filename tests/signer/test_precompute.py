@@ -25,6 +25,7 @@ from contract.store import CertRecord, StoredResponse
 from signer.inventory import Entry, ImportReport, add_certificates, revoke, write_entries
 from signer.ocsp_der import ETAG_SIGNATURE_OCTETS, ResponseSigner
 from signer.precompute import (
+    BEHIND_SECONDS,
     FIRST_SIGNATURE_SECONDS,
     MIN_CUT_SHORT_REFRESH_SECONDS,
     SIGN_CHUNK_SECONDS,
@@ -416,6 +417,40 @@ def test_the_run_loop_does_its_upkeep_between_batches(setup: Setup) -> None:
     p.run(stop)
     assert calls == [T0]
     assert (setup.issuer.number, 1, 1) in responses(setup.st)
+
+
+def test_the_minute_report_says_when_the_signer_is_behind_and_when_it_caught_up(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup.add(list(range(1, 8)))
+    p = setup.precomputer(batch_size=2)
+    with caplog.at_level(logging.INFO, logger="test"):
+        p.report_backlog()  # seven serials wait, more than a batch
+        assert p.run_batch() == 2
+        p.report_backlog()  # five: still behind
+        run_all(p)
+        p.report_backlog()
+        p.report_backlog()  # caught up is said once
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("behind", "caught"))]
+    assert said == [
+        "behind: 7 serials wait for a first signing or a revocation, the oldest due refresh is 0 s late;"
+        " 0 responses signed since the last report",
+        "behind: 5 serials wait for a first signing or a revocation, the oldest due refresh is 0 s late;"
+        " 4 responses signed since the last report",
+        "caught up: 10 responses signed since the last report",
+    ]
+    first_refresh = min(refresh_at for refresh_at, _ in schedule(setup.st))
+    setup.clock.wall = first_refresh + BEHIND_SECONDS  # a stopped signer's refreshes, a minute late
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test"):
+        p.report_backlog()
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .startswith(
+            f"behind: 0 serials wait for a first signing or a revocation, the oldest due refresh is {BEHIND_SECONDS} s late"
+        )
+    )
 
 
 # ---------------------------------------------------------------------------- order of work
