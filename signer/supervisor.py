@@ -22,6 +22,8 @@ from types import FrameType
 from contract.config import Config
 from signer.state import SignerStore
 
+# How long the children get to drain, beyond the signer's batch under way (signer.batch_seconds, up to
+# 30 s), which it finishes first.
 GRACE_SECONDS = 15
 _PR_SET_PDEATHSIG = 1
 
@@ -114,12 +116,13 @@ def run_up(
     if failed:
         logger.error("a child process exited unexpectedly; stopping the other")
         on_signal(signal.SIGTERM, None)
-    deadline = time.monotonic() + GRACE_SECONDS
+    grace = GRACE_SECONDS + config.signer.batch_seconds
+    deadline = time.monotonic() + grace
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logger.error("child %d did not stop within %d s: killing it", child.pid, GRACE_SECONDS)
+            logger.error("child %d did not stop within %.0f s: killing it", child.pid, grace)
             child.kill()
             child.wait()
             failed = True
