@@ -21,6 +21,7 @@ from edge.clock import Clock
 from edge.metrics import Metrics
 from edge.ocsp_request import CertID, MalformedRequest, common_request, issuer_part, parse_ocsp_request
 from edge.source import NotFound, Source, SourceError, Stale, Unavailable
+from edge.throttled_log import ThrottledLog
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -194,6 +195,7 @@ class OCSPAnswerer:
         self._revoked_hits = 0
         metrics.collect(self._hit_counts)
         self._logger = logger
+        self._stale_log = ThrottledLog(logger, clock.now)  # a line per request while the signer is down
         self._retry_after = (b"retry-after", b"%d" % retry_after_seconds)
         self._overdue_max_age = overdue_max_age_seconds
         self.malformed = _unsigned(400, MALFORMED_REQUEST)
@@ -258,7 +260,7 @@ class OCSPAnswerer:
             return self.unauthorized
         if isinstance(failed, Stale):
             self._metrics.inc("ocsp_stale")
-            self._logger.error("stale response requested: is the signer running?")
+            self._stale_log.log(logging.ERROR, Stale, "stale response requested: is the signer running?")
             return self.try_later
         self._metrics.inc("ocsp_unavailable")  # Unavailable, the last of the closed set
         return self.try_later

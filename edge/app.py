@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from edge.later import after, later_on_running_loop
 from edge.metrics import CounterMetrics, Metrics
 from edge.ocsp_request import MalformedRequest, ServedRequests
 from edge.source import READ_SNAPSHOT_SECONDS, FreshnessPolicy, LmdbSource, read_only_store
+from edge.throttled_log import ThrottledLog
 from edge.tls_trust import ClientTrust
 
 Scope = MutableMapping[str, Any]
@@ -189,11 +191,19 @@ class OCSPApp:
 class EdgeApp:
     """Sends OCSP straight to ``OCSPApp``; health, readiness and lifespan to Starlette."""
 
-    def __init__(self, ocsp: OCSPApp, starlette: Starlette, client_trust: ClientTrust, max_head_bytes: int) -> None:
+    def __init__(
+        self,
+        ocsp: OCSPApp,
+        starlette: Starlette,
+        client_trust: ClientTrust,
+        max_head_bytes: int,
+        refusal_log: ThrottledLog,
+    ) -> None:
         self.ocsp = ocsp  # also reached by the fast lane (edge.fastlane)
         self._starlette = starlette
         self.client_trust = client_trust  # the HTTPS port's ssl_context_factory (edge.main)
         self.max_head_bytes = max_head_bytes  # read by the HTTP protocol (edge.http_protocol)
+        self.refusal_log = refusal_log  # so is this: the refused requests of all its connections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.ocsp.serves(scope.get("raw_path") or scope["path"].encode()):
@@ -287,7 +297,8 @@ def build_app(
     # After start too: a CA added later is found by its first request, the general way (edge.source).
     source.on_registry_change(lambda _: ocsp.serve_issuers(source.served_issuer_parts()))
     extra_trust = [path for path in (config.est.client_ca, config.est.ra_trust_anchors) if path]
-    return EdgeApp(ocsp, starlette, ClientTrust(source, extra_trust, logger), config.edge.max_head_bytes)
+    refusal_log = ThrottledLog(logger, time.monotonic)
+    return EdgeApp(ocsp, starlette, ClientTrust(source, extra_trust, logger), config.edge.max_head_bytes, refusal_log)
 
 
 def create_app(config: Config | None = None) -> EdgeApp:

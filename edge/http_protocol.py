@@ -35,8 +35,11 @@ this protocol empties it when the head is complete (unless the connection is han
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import re
 import ssl
+import time
 from typing import Any
 
 import httptools
@@ -44,6 +47,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from contract.config import DEFAULT_MAX_HEAD_BYTES
 from edge.answer import render_head
+from edge.throttled_log import ThrottledLog
 
 LINGER_SECONDS = 5.0
 # RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP-literal (with an RFC 6874 zone, "%25…"),
@@ -99,10 +103,17 @@ def check_transfer_coding(value: bytes) -> None:
 _HTTP_1 = ("1.1", "1.0")
 
 
+@functools.cache  # one per logger: for an application that has no refusal_log of its own
+def _refusal_log(logger: logging.Logger) -> ThrottledLog:
+    return ThrottledLog(logger, time.monotonic)
+
+
 class EdgeHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_head_bytes: int = getattr(self.app, "max_head_bytes", DEFAULT_MAX_HEAD_BYTES)
+        # One for all of a worker's connections (the app's): a flood of bad requests is one line a minute.
+        self._refusal_log: ThrottledLog = getattr(self.app, "refusal_log", None) or _refusal_log(self.logger)
         self.url = b""
         self.headers = []
         self._tls_extension: dict[str, Any] | None = None
@@ -300,7 +311,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, text: str) -> None:
         """Answer ``status`` and close; after the answers already under way when there are some."""
-        self.logger.warning("%s (%d)", text, status)
+        self._refusal_log.log(logging.WARNING, status, f"{text} ({status})")
         # Nothing more of this connection is parsed, even if uvicorn resumes reading (its receive()
         # does, for an application waiting on a request before the refused one).
         self.parser = _Refused()  # type: ignore[assignment]

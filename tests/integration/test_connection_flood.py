@@ -52,3 +52,24 @@ def test_an_edge_out_of_file_descriptors_serves_again_once_connections_close(
     assert httpx.get(f"{server.base_url}/healthz", timeout=5, trust_env=False).status_code == 200
     assert server.alive()
     server.stop_clean()
+
+
+def test_a_flood_of_bad_requests_is_one_log_line_not_one_each(
+    run: Run, data_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    """Refusals (400, 505, 501 ...) and answers from stale responses are the client's doing, at its rate:
+    each kind is logged once a minute (with how many were left out), or the log is the attacker's to fill."""
+    run("ca", "create", "root")
+    port = free_port()
+    server = Server("edge", data_dir, ["edge", "--port", str(port)], tmp_path / "edge.log", port=port)
+    servers.append(server)
+    server.wait_ready()
+    for request in [b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"] * 200 + [b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"] * 50:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(request)
+            assert s.recv(100).split(b" ")[1] in (b"400", b"505")
+    assert server.alive()
+    log = server.log(tail=1_000_000)
+    assert log.count("Invalid HTTP request received") == 1, log
+    assert log.count("(505)") == 1, log
+    assert server.stop() in (0, -15)  # one worker: uvicorn re-raises the SIGTERM it drained on
