@@ -152,10 +152,18 @@ def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 
 
 def _warn_if_ocsp_waits(issuer: IssuerRecord, now: dt.datetime, data_dir: Path) -> None:
-    """What was just added or revoked gets no OCSP response while the CA cannot sign any (EST refuses
-    then: 503): its signing certificate is not valid now, or its key cannot be loaded here."""
+    """What was just added or revoked gets no OCSP response while no signer runs, or while the CA cannot
+    sign any (EST refuses then: 503): its signing certificate is not valid now, or its key cannot be
+    loaded here."""
     from signer.registry import load_response_signer, ocsp_signer_valid
+    from signer.state import signer_listening
 
+    if not signer_listening(data_dir):
+        print(
+            f"warning: no signer is running on {data_dir}: the OCSP responses of this are signed once one"
+            " starts (pki-edge signer, or pki-edge up)",
+            file=sys.stderr,
+        )
     why = None
     if not ocsp_signer_valid(issuer, now):
         why = "the certificate signing its OCSP responses is not valid now (pki-edge ca responder)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import msgspec
 
 from contract import store
 from contract.config import Config
+from contract.jobs import socket_path
 
 # A CA name is also an EST label later: path-safe and never an EST operation name.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -43,6 +46,19 @@ def signer_dir(data_dir: Path) -> Path:
     path = data_dir / "signer"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def signer_listening(data_dir: Path) -> bool:
+    """Whether a signer runs on ``data_dir``: its job server accepts a connection (a signer stops when
+    its job server does). The connection is closed at once. No lock is tried: a signer starting at
+    that instant would find it held and refuse to start."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(os.fspath(socket_path(data_dir)))
+        except OSError:
+            return False
+    return True
 
 
 def key_path(data_dir: Path, name: str, role: str = "ca") -> Path:

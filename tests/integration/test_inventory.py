@@ -117,7 +117,9 @@ def test_status_says_when_a_revocation_is_not_published(
     """A revocation the signer has not signed yet, or could not sign (its CA key gone): `status` says the
     cached responses still say good, instead of a revoked record above good responses and nothing else."""
     run("ca", "create", "keyless")
-    run("issue", "keyless", "--cn", "k.example", "--out", tmp_path / "out")
+    alone = run("issue", "keyless", "--cn", "k.example", "--out", tmp_path / "out")
+    no_signer = f"warning: no signer is running on {data_dir}: the OCSP responses of this are signed once one starts"
+    assert no_signer in alone.stderr
     serial = openssl("x509", "-in", tmp_path / "out" / "k.example.pem", "-noout", "-serial").strip()
 
     def signer() -> Server:
@@ -131,8 +133,9 @@ def test_status_says_when_a_revocation_is_not_published(
 
     first = signer()
     wait_for("the first signing", settled, timeout=30, interval=0.2)
+    assert run("issue", "keyless", "--cn", "k2.example", "--out", tmp_path / "out").stderr == ""  # it runs
     first.stop_clean()
-    run("revoke", "keyless", serial)
+    assert no_signer in run("revoke", "keyless", serial).stderr
     waiting = run("status", "keyless", serial).stdout
     assert "published   no: a cached response still says good (the signer signs the revocation next)" in waiting
 
