@@ -233,6 +233,12 @@ def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from signer import inventory
 
     st = open_store(data_dir, config)
+    if args.name is None:
+        return _print_overview(st, data_dir)
+    if args.serial is None:
+        from signer.state import SignerError
+
+        raise SignerError("status NAME SERIAL: a serial is needed with a CA name (without both: the overview)")
     issuer = st.issuer(args.name)
     serial = inventory.parse_serial(args.serial)
     record, responses, pending = inventory.status(st, issuer, serial)
@@ -261,6 +267,55 @@ def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
                 "published   no: a cached response still says good, and the signer could not sign the revocation:"
                 " see its log (a CA key it cannot load?); it tries again every minute"
             )
+    return 0
+
+
+# Past this share of store.map_size_mb the overview warns: the signer cannot sign into a full store.
+STORE_FULL_WARNING = 0.9
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest unit that keeps four digits (kB, MB: powers of 1000), GB at most."""
+    for unit in ("bytes", "kB", "MB"):
+        if n < 10_000:
+            return f"{n} {unit}"
+        n //= 1000
+    return f"{n} GB"
+
+
+def _print_overview(st: SignerStore, data_dir: Path) -> int:
+    import shutil
+
+    from contract.store import store_path
+    from signer import inventory
+    from signer.state import signer_listening
+
+    now = int(_now().timestamp())
+    o = inventory.overview(st, now)
+    running = "running" if signer_listening(data_dir) else "not running (pki-edge signer, or pki-edge up)"
+    last = (
+        "never"
+        if o.last_signed_at is None
+        else f"{inventory.iso_time(o.last_signed_at)} ({now - o.last_signed_at} s ago)"
+    )
+    free = shutil.disk_usage(store_path(data_dir)).free
+    print(f"data        {data_dir}")
+    print(f"signer      {running}")
+    print(f"CAs         {len(o.cas)}{': ' if o.cas else ''}{', '.join(o.cas)}")
+    print(f"serials     {o.serials}")
+    print(f"responses   {o.responses} cached")
+    print(
+        f"backlog     {o.backlog.pending} serials wait for a first signing or a revocation;"
+        f" the oldest due refresh is {o.backlog.overdue_seconds} s late"
+    )
+    print(f"last signed {last}")
+    share = o.store_bytes / o.map_bytes
+    print(
+        f"store       {_size(o.store_bytes)} used, {share:.0%} of its map (store.map_size_mb ="
+        f" {o.map_bytes >> 20}); {_size(free)} free on its disk"
+    )
+    if share >= STORE_FULL_WARNING:
+        print("warning: the store is nearly full: raise store.map_size_mb (address space, not disk)", file=sys.stderr)
     return 0
 
 
@@ -409,9 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", help="revocation time, ISO 8601 or Unix seconds (default now)")
     p.set_defaults(handler=cmd_revoke)
 
-    p = sub.add_parser("status", help="show a serial's inventory entry and cached responses", parents=[common])
-    p.add_argument("name")
-    p.add_argument("serial")
+    p = sub.add_parser(
+        "status",
+        help="the store at a glance; with NAME SERIAL, a serial's inventory entry and cached responses",
+        parents=[common],
+    )
+    p.add_argument("name", nargs="?")
+    p.add_argument("serial", nargs="?")
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser(

@@ -452,3 +452,33 @@ def status(st: SignerStore, issuer: IssuerRecord, serial: int) -> tuple[CertReco
             for p in (store.PRIORITY_REVOCATION, store.PRIORITY_NEW)
         )
     return store.CERT_DECODER.decode(raw), responses, pending
+
+
+class Overview(NamedTuple):
+    """The store at a glance (``pki-edge status`` without a serial): counts are O(1) reads."""
+
+    cas: list[str]
+    serials: int  # inventory entries, every CA
+    responses: int  # cached signed responses, every CA and hash algorithm
+    backlog: store.Backlog
+    last_signed_at: int | None
+    store_bytes: int  # the store file's high-water mark (LMDB reuses freed pages below it)
+    map_bytes: int
+
+
+def overview(st: SignerStore, now: int) -> Overview:
+    with st.env.begin() as txn:
+        serials = int(txn.stat(st.inventory)["entries"])
+        responses = int(txn.stat(st.responses)["entries"])
+        backlog = store.read_backlog(txn, st.pending, st.schedule, now)
+        raw = txn.get(store.META_LAST_SIGNED_AT, db=st.meta)
+    info, page = st.env.info(), st.env.stat()["psize"]
+    return Overview(
+        [record.name for record in st.issuers()],
+        serials,
+        responses,
+        backlog,
+        store.unpack_u64(raw) if raw else None,
+        (info["last_pgno"] + 1) * page,
+        info["map_size"],
+    )

@@ -13,9 +13,11 @@ from tests.integration.conftest import Run, Shared
 from tests.integration.helpers import (
     UNAUTHORIZED,
     Server,
+    clean_env,
     load_cert,
     ocsp_request_by_serial,
     openssl,
+    pki_edge,
     post_ocsp,
     wait_drained,
     wait_for,
@@ -149,3 +151,47 @@ def test_status_says_when_a_revocation_is_not_published(
     assert "published   no: a cached response still says good, and the signer could not sign the revocation" in failed
     assert "cannot load its OCSP signing key" in second.log()
     second.stop_clean()
+
+
+def test_status_without_a_serial_is_the_store_at_a_glance(
+    run: Run, data_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    run("ca", "create", "glance")
+    run("issue", "glance", "--cn", "g.example", "--out", tmp_path / "out")
+    alone = run("status").stdout.splitlines()
+    assert alone[:7] == [
+        f"data        {data_dir}",
+        "signer      not running (pki-edge signer, or pki-edge up)",
+        "CAs         1: glance",
+        "serials     1",
+        "responses   0 cached",
+        "backlog     1 serials wait for a first signing or a revocation; the oldest due refresh is 0 s late",
+        "last signed never",
+    ]
+    assert alone[7].startswith("store       ") and "of its map (store.map_size_mb = 65536)" in alone[7]
+    signer = Server("signer", data_dir, ["signer"], tmp_path / "signer.log")
+    servers.append(signer)
+
+    def signed() -> list[str] | None:
+        lines = run("status").stdout.splitlines()
+        return lines if lines[4] == "responses   2 cached" else None
+
+    lines = wait_for("the first signing", signed, timeout=30, interval=0.2)
+    assert lines[1] == "signer      running"
+    assert lines[5].startswith("backlog     0 serials wait") and lines[6].endswith(" s ago)")
+    signer.stop_clean()
+    assert run("status", "glance", check=False).returncode == 2  # a name and no serial: a usage error
+
+    small = tmp_path / "small"  # a store filling its map: the signer soon has no room left to sign
+    env = clean_env(PKI_EDGE_STORE_MAP_SIZE_MB="1")
+    pki_edge(small, "ca", "create", "tiny", env=env)
+    for offset in range(5):  # interleaved serials: half-full pages (one import alone packs them)
+        rows = "".join(f"V\t301231235959Z\t\t{s:X}\tunknown\t/CN=d{s}\n" for s in range(100 + offset, 12600, 5))
+        (tmp_path / "index.txt").write_text(rows)
+        imported = pki_edge(small, "import", "tiny", "--openssl-index", tmp_path / "index.txt", env=env, check=False)
+        if imported.returncode:
+            break
+    assert "pki-edge: error: the store is full at store.map_size_mb = 1" in imported.stderr
+    full = pki_edge(small, "status", env=env)
+    assert "of its map (store.map_size_mb = 1)" in full.stdout
+    assert full.stderr == "warning: the store is nearly full: raise store.map_size_mb (address space, not disk)\n"
