@@ -199,9 +199,9 @@ def cmd_import(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
         certs = inventory.read_certificates(args.cert, report)
         report = inventory.add_certificates(st, issuer, certs, int(_now().timestamp()), progress, report)
     elif args.openssl_index:
-        report = inventory.import_openssl_index(st, issuer, args.openssl_index, progress)
+        report = inventory.import_openssl_index(st, issuer, args.openssl_index, progress, int(_now().timestamp()))
     else:
-        report = inventory.import_crl(st, issuer, args.crl, progress)
+        report = inventory.import_crl(st, issuer, args.crl, progress, int(_now().timestamp()))
     if progress:
         print(file=sys.stderr)
     print(f"{issuer.name}: {report.summary()}")

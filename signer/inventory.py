@@ -93,6 +93,7 @@ def revocation_reason(name: str) -> int:
     return code
 
 
+KEY_COMPROMISE = 1
 REMOVE_FROM_CRL = 8
 # Revocation times are written as GeneralizedTime: four-digit years; and a revocation is a fact, not a
 # plan (a time ahead of the signer's clock would be signed as it is). A minute of clock skew is allowed.
@@ -146,15 +147,33 @@ class Entry(NamedTuple):
     record: CertRecord
 
 
+CONFLICTING_REVOCATION = "revocation other than the one recorded (kept; only keyCompromise may replace a reason)"
+
+
+class RevocationConflict(Exception):
+    """An imported revocation that contradicts the recorded one: a revocation is never moved."""
+
+
 def _merge(old: CertRecord | None, new: CertRecord) -> CertRecord | None:
-    """The record to write, or None when nothing changes. Revocation is sticky."""
+    """The record to write, or None when nothing changes.
+
+    Revocations follow `revoke`'s rules: one is never undone (a row saying valid leaves it) nor moved;
+    the same one again changes nothing (without a reason too); keyCompromise at the same time replaces
+    the reason; any other time or reason raises RevocationConflict.
+    """
     if old is None:
         return new
+    revoked_at, reason = new.revoked_at, new.reason
+    if old.revoked_at is not None:
+        if revoked_at is None or (revoked_at == old.revoked_at and reason in (None, old.reason)):
+            revoked_at, reason = old.revoked_at, old.reason
+        elif revoked_at != old.revoked_at or reason != KEY_COMPROMISE:
+            raise RevocationConflict
     merged = CertRecord(
         # A certificate's own notAfter is the fact; an index row's (no certificate) does not override it.
         not_after=old.not_after if old.cert_der and not new.cert_der else new.not_after,
-        revoked_at=old.revoked_at if old.revoked_at is not None else new.revoked_at,
-        reason=old.reason if old.revoked_at is not None else new.reason,
+        revoked_at=revoked_at,
+        reason=reason,
         cert_der=new.cert_der or old.cert_der,
     )
     return None if merged == old else merged
@@ -176,14 +195,21 @@ def write_entries(
                 key = store.inventory_key(issuer.number, serial_k)
                 raw = txn.get(key, db=st.inventory)
                 old = store.CERT_DECODER.decode(raw) if raw is not None else None
-                merged = _merge(old, store.CERT_DECODER.decode(raw_record))
+                try:
+                    merged = _merge(old, store.CERT_DECODER.decode(raw_record))
+                except RevocationConflict:
+                    report.reject(
+                        "revocation other than the one recorded (kept; only keyCompromise may replace a reason)"
+                    )
+                    continue
                 if merged is None:
                     report.unchanged += 1
                     continue
                 txn.put(key, store.CERT_ENCODER.encode(merged), db=st.inventory)
-                newly_revoked = merged.revoked_at is not None and (old is None or old.revoked_at is None)
-                if newly_revoked:
-                    _queue_revocation(txn, st, key)
+                if merged.revoked_at is not None and (
+                    old is None or (old.revoked_at, old.reason) != (merged.revoked_at, merged.reason)
+                ):
+                    _queue_revocation(txn, st, key)  # newly revoked, or its reason now keyCompromise
                 else:
                     txn.put(store.pending_key(store.PRIORITY_NEW, key), b"", db=st.pending)
                 if old is None:
@@ -292,10 +318,12 @@ def _index_time(text: str) -> int:
     return int(when.timestamp())
 
 
-def parse_openssl_index(lines: Iterable[str], report: ImportReport) -> Iterator[Entry]:
+def parse_openssl_index(lines: Iterable[str], report: ImportReport, now: int) -> Iterator[Entry]:
     """Rows of an OpenSSL CA database (tab-separated).
 
     ``V|R|E``, expiry, ``revocation[,reason]`` (empty unless R), serial (hex), file name, subject DN.
+    A revocation must carry a revocation reason (not removeFromCRL) and a time before ``now`` (as
+    `revoke` asks), or its row is rejected.
     """
     for line in lines:
         line = line.rstrip("\r\n")
@@ -324,19 +352,36 @@ def parse_openssl_index(lines: Iterable[str], report: ImportReport) -> Iterator[
             except (ValueError, SignerError):
                 report.reject("malformed revocation field")
                 continue
+            if reason == REMOVE_FROM_CRL:
+                report.reject("removeFromCRL revocation (not a revocation reason)")
+                continue
+            if not _revocation_time_ok(revoked_at, now, report):
+                continue
         elif revocation:
             report.reject("revocation field on a row not marked R")
             continue
         yield Entry(serial, CertRecord(not_after, revoked_at, reason))
 
 
-def import_openssl_index(st: SignerStore, issuer: IssuerRecord, path: Path, progress: Progress | None) -> ImportReport:
+def _revocation_time_ok(when: int, now: int, report: ImportReport) -> bool:
+    """An imported revocation time as `revoke --time` takes one (check_revocation_time), or rejected."""
+    try:
+        check_revocation_time(when, now)
+    except SignerError:
+        report.reject("revocation time in the future" if when > now else "revocation time before 1950")
+        return False
+    return True
+
+
+def import_openssl_index(
+    st: SignerStore, issuer: IssuerRecord, path: Path, progress: Progress | None, now: int
+) -> ImportReport:
     report = ImportReport()
     with path.open(encoding="utf-8", errors="replace") as lines:
-        return write_entries(st, issuer, parse_openssl_index(lines, report), report, progress)
+        return write_entries(st, issuer, parse_openssl_index(lines, report, now), report, progress)
 
 
-def import_crl(st: SignerStore, issuer: IssuerRecord, path: Path, progress: Progress | None) -> ImportReport:
+def import_crl(st: SignerStore, issuer: IssuerRecord, path: Path, progress: Progress | None, now: int) -> ImportReport:
     """Mark the serials of a CRL signed by ``issuer`` revoked; serials not in the inventory are rejected."""
     data = path.read_bytes()
     try:
@@ -366,12 +411,11 @@ def import_crl(st: SignerStore, issuer: IssuerRecord, path: Path, progress: Prog
                     report.reject("removeFromCRL entry (not a revocation)")
                     continue
                 when = int(revoked.revocation_date_utc.timestamp())
+                if not _revocation_time_ok(when, now, report):
+                    continue
                 yield Entry(revoked.serial_number, msgspec.structs.replace(old, revoked_at=when, reason=code))
 
     return write_entries(st, issuer, list(entries()), report, progress)
-
-
-KEY_COMPROMISE = 1
 
 
 class Revoked(NamedTuple):

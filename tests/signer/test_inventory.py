@@ -181,7 +181,7 @@ GENERALIZED_ROW = "V\t20510101000000Z\t\t1005\tunknown\t/O=Example/CN=far future
 
 def parse(lines: list[str]) -> tuple[list[inventory.Entry], ImportReport]:
     report = ImportReport()
-    return list(parse_openssl_index(lines, report)), report
+    return list(parse_openssl_index(lines, report, NOW_TS)), report
 
 
 def test_parse_index_rows() -> None:
@@ -428,7 +428,7 @@ def test_reimport_is_idempotent(st: SignerStore, ca: Ca) -> None:
 def test_index_reimport_is_idempotent(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
     index = tmp_path / "index.txt"
     index.write_text("\n".join([V_ROW, R_REASON_ROW, R_PLAIN_ROW, E_ROW, "junk"]) + "\n")
-    first = import_openssl_index(st, ca.record, index, None)
+    first = import_openssl_index(st, ca.record, index, None, NOW_TS)
     assert (first.added, first.updated, first.unchanged) == (4, 0, 0)
     assert first.rejected == {"malformed index line": 1}
     n = ca.record.number
@@ -441,7 +441,7 @@ def test_index_reimport_is_idempotent(st: SignerStore, ca: Ca, tmp_path: Path) -
         ]
     )
     snapshot = pending(st)
-    second = import_openssl_index(st, ca.record, index, None)
+    second = import_openssl_index(st, ca.record, index, None, NOW_TS)
     assert (second.added, second.updated, second.unchanged) == (0, 0, 4)
     assert pending(st) == snapshot
 
@@ -449,14 +449,14 @@ def test_index_reimport_is_idempotent(st: SignerStore, ca: Ca, tmp_path: Path) -
 def test_revocation_is_sticky_across_reimport(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
     index = tmp_path / "index.txt"
     index.write_text(R_REASON_ROW + "\n")
-    import_openssl_index(st, ca.record, index, None)
+    import_openssl_index(st, ca.record, index, None, NOW_TS)
     n = ca.record.number
     revoked = CertRecord(ts(2026, 12, 29, 0, 42, 34), ts(2026, 11, 29, 0, 42, 34), 1)
     assert inventory_db(st)[inv_key(n, 0x1000)] == revoked
     # The same serial as a V row (e.g. an older index.txt): stays revoked, nothing to re-sign.
     index.write_text(R_REASON_ROW.replace("R\t", "V\t", 1).replace("\t261129004234Z,keyCompromise\t", "\t\t") + "\n")
     before = pending(st)
-    report = import_openssl_index(st, ca.record, index, None)
+    report = import_openssl_index(st, ca.record, index, None, NOW_TS)
     assert (report.added, report.updated, report.unchanged, report.rejected) == (0, 0, 1, {})
     assert inventory_db(st)[inv_key(n, 0x1000)] == revoked
     assert pending(st) == before
@@ -468,20 +468,85 @@ def test_revocation_is_sticky_across_reimport(st: SignerStore, ca: Ca, tmp_path:
     assert (record.revoked_at, record.reason, record.cert_der) == (revoked.revoked_at, 1, der(cert))
 
 
+def test_an_imported_revocation_follows_revokes_rules(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
+    """The same revocation changes nothing; another time or reason is refused (kept as recorded, counted
+    rejected, not "unchanged"); keyCompromise at the same time replaces the reason and is re-signed first."""
+    index = tmp_path / "index.txt"
+    index.write_text(R_PLAIN_ROW.replace("261129004234Z", "261129004234Z,superseded") + "\n")
+    import_openssl_index(st, ca.record, index, None, NOW_TS)
+    key = inv_key(ca.record.number, 0x1001)
+    with st.env.begin(write=True) as txn:
+        txn.delete(bytes((store.PRIORITY_REVOCATION,)) + key, db=st.pending)  # as if signed
+    at = ts(2026, 11, 29, 0, 42, 34)
+
+    def again(revocation: str) -> tuple[tuple[int, int, int, dict[str, int]], tuple[int | None, int | None]]:
+        index.write_text(R_PLAIN_ROW.replace("261129004234Z", revocation) + "\n")
+        report = import_openssl_index(st, ca.record, index, None, NOW_TS)
+        record = inventory_db(st)[key]
+        return (report.added, report.updated, report.unchanged, report.rejected), (record.revoked_at, record.reason)
+
+    conflict = {inventory.CONFLICTING_REVOCATION: 1}
+    assert again("261129004234Z,superseded") == ((0, 0, 1, {}), (at, 4))
+    assert again("261129004234Z") == ((0, 0, 1, {}), (at, 4))  # no reason given: the same revocation
+    assert again("261129004235Z,superseded") == ((0, 0, 0, conflict), (at, 4))  # moved: refused
+    assert again("261129004234Z,affiliationChanged") == ((0, 0, 0, conflict), (at, 4))
+    assert pending(st) == []
+    assert again("261129004234Z,keyCompromise") == ((0, 1, 0, {}), (at, 1))
+    assert pending(st) == [bytes((store.PRIORITY_REVOCATION,)) + key]  # signed ahead of new serials
+    assert again("261129004234Z,superseded") == ((0, 0, 0, conflict), (at, 1))  # never back
+
+
+def test_an_index_revocation_in_the_future_or_removed_from_crl_is_rejected(
+    st: SignerStore, ca: Ca, tmp_path: Path
+) -> None:
+    """As `revoke` refuses them: a revocation is recorded once it has happened (a time ahead would be
+    signed as it is), and removeFromCRL (RFC 5280 §5.3.1) is no revocation reason."""
+    ahead = dt.datetime.fromtimestamp(NOW_TS + 3600, dt.UTC).strftime("%y%m%d%H%M%SZ")
+    skewed = dt.datetime.fromtimestamp(NOW_TS + 30, dt.UTC).strftime("%y%m%d%H%M%SZ")
+    entries, report = parse(
+        [
+            f"R\t301231235959Z\t{ahead},superseded\t2001\tunknown\t/CN=later",
+            f"R\t301231235959Z\t{skewed}\t2002\tunknown\t/CN=skew",  # within a minute of clock skew
+            "R\t301231235959Z\t261129004234Z,removeFromCRL\t2003\tunknown\t/CN=removed",
+            "R\t301231235959Z\t19491231235959Z\t2004\tunknown\t/CN=early",
+        ]
+    )
+    assert [entry.serial for entry in entries] == [0x2002]
+    assert report.rejected == {
+        "revocation time in the future": 1,
+        "removeFromCRL revocation (not a revocation reason)": 1,
+        "revocation time before 1950": 1,
+    }
+
+
+def test_a_crl_entry_revoked_in_the_future_is_rejected(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
+    add_certificates(st, ca.record, [ca.leaf(s) for s in (1, 2)], now=NOW_TS)
+    crl = build_crl(
+        ca.cert,
+        ca.key,
+        [(1, NOW_TS + 86400, x509.ReasonFlags.superseded), (2, NOW_TS - 60, x509.ReasonFlags.superseded)],
+    )
+    path = tmp_path / "ahead.crl"
+    path.write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    report = import_crl(st, ca.record, path, None, NOW_TS)
+    assert (report.updated, report.rejected) == (1, {"revocation time in the future": 1})
+    assert inventory_db(st)[inv_key(ca.record.number, 1)].revoked_at is None
+
+
 def test_index_row_does_not_override_a_certificates_own_not_after(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
     cert = ca.leaf(0x1001)
     add_certificates(st, ca.record, [cert], now=NOW_TS)
     own = int(cert.not_valid_after_utc.timestamp())
     index = tmp_path / "index.txt"
     index.write_text("V\t301231235959Z\t\t1001\tunknown\t/CN=x\n")
-    report = import_openssl_index(st, ca.record, index, None)
+    report = import_openssl_index(st, ca.record, index, None, NOW_TS)
     assert (report.added, report.updated, report.unchanged) == (0, 0, 1)
     assert inventory_db(st)[inv_key(ca.record.number, 0x1001)].not_after == own
     # An entry known only from an index row takes the next row's notAfter (the CA's database is the fact).
     index.write_text("V\t301231235959Z\t\t1002\tunknown\t/CN=y\n")
-    import_openssl_index(st, ca.record, index, None)
+    import_openssl_index(st, ca.record, index, None, NOW_TS)
     index.write_text("V\t311231235959Z\t\t1002\tunknown\t/CN=y\n")
-    assert import_openssl_index(st, ca.record, index, None).updated == 1
+    assert import_openssl_index(st, ca.record, index, None, NOW_TS).updated == 1
     assert inventory_db(st)[inv_key(ca.record.number, 0x1002)].not_after == ts(2031, 12, 31, 23, 59, 59)
 
 
@@ -510,7 +575,7 @@ def test_index_in_random_order_imported_through_spilled_runs(
     rows.append(f"R\t401231235959Z\t251231235959Z,superseded\t{serials[0]:X}\tunknown\t/CN=s\n")
     index = tmp_path / "index.txt"
     index.write_text("".join(rows))
-    report = import_openssl_index(st, ca.record, index, None)
+    report = import_openssl_index(st, ca.record, index, None, NOW_TS)
     assert (report.added, report.updated, report.unchanged) == (500, 1, 0)
     db = inventory_db(st)
     assert set(db) == {inv_key(ca.record.number, s) for s in serials}
@@ -528,7 +593,7 @@ def test_index_import_progress_in_batches(
     index = tmp_path / "index.txt"
     index.write_text("".join(f"V\t301231235959Z\t\t{s:04X}\tunknown\t/CN=s{s}\n" for s in range(1, 8)))
     seen: list[tuple[str, int]] = []
-    report = import_openssl_index(st, ca.record, index, lambda what, done: seen.append((what, done)))
+    report = import_openssl_index(st, ca.record, index, lambda what, done: seen.append((what, done)), NOW_TS)
     assert report.added == 7
     assert seen == [("read", 3), ("read", 6), ("written", 3), ("written", 6), ("written", 7)]
     assert len(inventory_db(st)) == 7
@@ -631,7 +696,7 @@ def test_import_crl(st: SignerStore, ca: Ca, tmp_path: Path, encoding: serializa
     with st.env.begin(write=True) as txn:  # start from an empty queue to see exactly what the import adds
         for key in pending(st):
             txn.delete(key, db=st.pending)
-    report = import_crl(st, ca.record, path, None)
+    report = import_crl(st, ca.record, path, None, NOW_TS)
     assert (report.added, report.updated, report.unchanged) == (0, 3, 0)
     assert report.rejected == {"serial not in the inventory (import its certificate or index first)": 1}
     inv = inventory_db(st)
@@ -643,7 +708,7 @@ def test_import_crl(st: SignerStore, ca: Ca, tmp_path: Path, encoding: serializa
     assert inv_key(n, 99) not in inv
     assert sorted(pending(st)) == sorted(bytes((store.PRIORITY_REVOCATION,)) + inv_key(n, s) for s in (1, 2, 3))
     # Importing the same CRL again changes nothing.
-    again = import_crl(st, ca.record, path, None)
+    again = import_crl(st, ca.record, path, None, NOW_TS)
     assert (again.added, again.updated, again.unchanged) == (0, 0, 3)
 
 
@@ -656,7 +721,7 @@ def test_a_delta_crls_remove_from_crl_entry_revokes_nothing(st: SignerStore, ca:
     )
     path = tmp_path / "delta.crl"
     path.write_bytes(crl.public_bytes(serialization.Encoding.DER))
-    report = import_crl(st, ca.record, path, None)
+    report = import_crl(st, ca.record, path, None, NOW_TS)
     assert (report.updated, report.rejected) == (1, {"removeFromCRL entry (not a revocation)": 1})
     inv = inventory_db(st)
     assert inv[inv_key(ca.record.number, 1)].revoked_at is None
@@ -689,12 +754,12 @@ def test_import_crl_signed_by_another_key(st: SignerStore, ca: Ca, tmp_path: Pat
     path = tmp_path / "forged.crl"
     path.write_bytes(forged.public_bytes(serialization.Encoding.DER))
     with pytest.raises(SignerError, match="not signed by CA 'ca1'"):
-        import_crl(st, ca.record, path, None)
+        import_crl(st, ca.record, path, None, NOW_TS)
     # Another CA's CRL (other name, its own key).
     other = build_ca(other_key, "Other", NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=1))
     path.write_bytes(build_crl(other, other_key, [(1, NOW_TS, None)]).public_bytes(serialization.Encoding.PEM))
     with pytest.raises(SignerError, match="not signed by CA 'ca1'"):
-        import_crl(st, ca.record, path, None)
+        import_crl(st, ca.record, path, None, NOW_TS)
     assert inventory_db(st)[inv_key(ca.record.number, 1)].revoked_at is None
 
 
@@ -702,10 +767,10 @@ def test_import_crl_not_a_crl(st: SignerStore, ca: Ca, tmp_path: Path) -> None:
     path = tmp_path / "junk.crl"
     path.write_bytes(b"\x30\x03\x02\x01\x01")
     with pytest.raises(SignerError, match="not a CRL"):
-        import_crl(st, ca.record, path, None)
+        import_crl(st, ca.record, path, None, NOW_TS)
     path.write_bytes(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
     with pytest.raises(SignerError, match="not a CRL"):
-        import_crl(st, ca.record, path, None)
+        import_crl(st, ca.record, path, None, NOW_TS)
 
 
 def test_status(st: SignerStore, ca: Ca) -> None:
