@@ -328,7 +328,9 @@ class Precomputer:
             # so that a successor certificate takes over before the response goes stale.
             times = _capped(times, signer.valid_until)
             cut = this_update + int((times.next_update - this_update) * self._config.refresh_fraction)
-            refresh_at = max(min(refresh_at, cut), now + MIN_CUT_SHORT_REFRESH_SECONDS)
+            # The quarter-hour floor never past the response's own end (a second before it): a successor
+            # installed meanwhile signs it then, where it would go stale for up to the floor's length.
+            refresh_at = min(max(min(refresh_at, cut), now + MIN_CUT_SHORT_REFRESH_SECONDS), times.next_update - 1)
         refresh_at = min(max(refresh_at, now + 1), serve_until)
         revoked = record.revoked_at is not None
         if revoked:

@@ -31,7 +31,7 @@ from signer.precompute import (
     SIGN_CHUNK_SECONDS,
     Precomputer,
 )
-from signer.registry import add_ca, create_ca, load_response_signer, mint_responder, renew_responders
+from signer.registry import add_ca, create_ca, load_response_signer, mint_responder, renew_responders, set_responder
 from signer.state import SignerStore, key_path
 from tests.signer.conftest import PrivateKey, build_ca, build_delegate, build_leaf, key_pem, pem, pool_key, utc
 
@@ -336,6 +336,28 @@ def test_a_response_cut_short_is_not_refreshed_again_within_a_quarter_hour(setup
     stored = responses(setup.st)[(issuer.number, 1, 9)]
     assert stored.next_update == T0 + 1200
     assert stored.refresh_at == T0 + MIN_CUT_SHORT_REFRESH_SECONDS == T0 + 900
+
+
+def test_a_response_cut_short_to_its_last_minutes_is_refreshed_before_it_ends(setup: Setup) -> None:
+    """The audit's outage: a responder ending in 3 minutes cut a response to it and planned its refresh a
+    quarter hour later; a successor installed at once then waited for that refresh, the edge answering
+    tryLater for 12 minutes. The refresh is now a second before the response ends; the successor signs
+    it then, and until one exists it is retried every minute (as any unsignable serial)."""
+    issuer, _ = add_delegated(setup, T0 - 10 * DAY, T0 + 180)
+    run_all(setup.precomputer())
+    stored = responses(setup.st)[(issuer.number, 1, 9)]
+    assert (stored.next_update, stored.refresh_at) == (T0 + 180, T0 + 179)
+    ca_key, successor_key = pool_key("ec-p256", 20), pool_key("ec-p256", 22)
+    ca_cert = x509.load_der_x509_certificate(issuer.cert_der)
+    successor = build_delegate(ca_cert, ca_key, successor_key, utc(T0 - DAY), utc(T0 + 30 * DAY))
+    set_responder(setup.st, issuer.name, pem(successor), key_pem(successor_key), utc(T0))  # installed at once
+    p = setup.precomputer()
+    setup.clock.wall = T0 + 178
+    assert run_all(p) == []  # nothing due yet: the response still serves
+    setup.clock.wall = T0 + 179
+    run_all(p)
+    renewed = responses(setup.st)[(issuer.number, 1, 9)]
+    assert renewed.next_update == T0 + 179 - 3600 + 7 * DAY  # a whole validity, signed before it went stale
 
 
 @pytest.mark.parametrize(
