@@ -8,6 +8,7 @@ routine refreshes and a crash can never separate the two.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -526,3 +527,37 @@ def overview(st: SignerStore, now: int) -> Overview:
         (info["last_pgno"] + 1) * page,
         info["map_size"],
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _issued(child_der: bytes, parent_der: bytes) -> bool:
+    """Whether ``parent_der``'s CA issued ``child_der`` (name and signature): checked once per pair."""
+    child, parent = x509.load_der_x509_certificate(child_der), x509.load_der_x509_certificate(parent_der)
+    return child_der != parent_der and check_directly_issued(child, parent) is None
+
+
+@functools.lru_cache(maxsize=256)
+def _serial_key_of(cert_der: bytes) -> bytes:
+    return store.serial_key(x509.load_der_x509_certificate(cert_der).serial_number)
+
+
+def revoked_by(st: SignerStore, record: IssuerRecord) -> IssuerRecord | None:
+    """The registry CA that revoked CA ``record``'s certificate, or an ancestor's; None when none did.
+
+    A revoked CA issues nothing, and neither do the CAs under it (a certificate chaining to a revoked
+    CA is refused by every client that checks). Each call reads the inventory (a revocation is a fact
+    of the moment); the signatures are checked once per pair.
+    """
+    issuers = st.issuers()
+    seen = {record.number}
+    child = record
+    with st.env.begin(db=st.inventory) as txn:
+        while True:
+            parent = next((p for p in issuers if p.number not in seen and _issued(child.cert_der, p.cert_der)), None)
+            if parent is None:
+                return None
+            raw = txn.get(store.inventory_key(parent.number, _serial_key_of(child.cert_der)))
+            if raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None:
+                return parent
+            seen.add(parent.number)
+            child = parent

@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from contract.store import IssuerRecord
 from signer.certs import check_directly_issued, load_certificate, make_ca_certificate, make_responder_certificate
-from signer.inventory import add_certificates
+from signer.inventory import add_certificates, revoked_by
 from signer.keys import KeyError_, SigningKey, generate_key, key_type_of, load_private_key, write_private_key
 from signer.ocsp_der import ResponseSigner
 from signer.state import SignerError, SignerStore, check_ca_name, check_ocsp_url, key_path
@@ -61,6 +61,8 @@ def create_ca(
         parent_cert = x509.load_der_x509_certificate(parent_record.cert_der)
         if parent_cert.not_valid_after_utc <= now:
             raise SignerError(f"CA {parent_name!r} has expired: it cannot issue certificates")
+        if (revoker := revoked_by(store, parent_record)) is not None:
+            raise SignerError(f"CA {parent_name!r} is revoked (in CA {revoker.name!r}): it cannot issue certificates")
         parent = (parent_cert, load_ca_key(store.data_dir, parent_record))
     cert = make_ca_certificate(
         name, key, days, now, parent, parent_ocsp_url=parent_record.ocsp_url if parent_record else None

@@ -269,6 +269,34 @@ def test_no_enrollment_while_the_cas_ocsp_responder_is_not_valid(est: Est) -> No
     assert enroll(3)[0] == 200
 
 
+def test_a_revoked_sub_ca_enrolls_no_more(est: Est) -> None:
+    """Its parent revoked it (cACompromise): what it would issue chains to a revoked CA. 403 with the
+    reason, as for an expired CA; the CLI refuses as well."""
+    pki_edge(est.data, "ca", "create", "revsub", "--parent", "root")
+    pki_edge(est.data, "issue", "root", "--cn", "dms-revsub", "--out", est.work)
+    pki_edge(est.data, "ra", "add", "dms-revsub", "--cert", est.work / "dms-revsub.pem", "--cas", "revsub")
+
+    def enroll(n: int) -> tuple[int, bytes]:
+        body = csr(est, f"revsub{n}", f"revsub-device-{n}")
+        return est.curl(
+            f"{est.https}/.well-known/est/revsub/simpleenroll",
+            "--cert", est.work / "dms-revsub.pem", "--key", est.work / "dms-revsub.key",
+            "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
+            expect_status=None,
+        )  # fmt: skip
+
+    assert enroll(1)[0] == 200
+    (est.work / "revsub.pem").write_text(pki_edge(est.data, "ca", "show", "revsub").stdout)
+    serial = helpers.openssl("x509", "-in", est.work / "revsub.pem", "-noout", "-serial").strip()
+    pki_edge(est.data, "revoke", "root", serial, "--reason", "cACompromise")
+    status, answer = enroll(2)
+    assert (status, answer) == (403, b"CA 'revsub' is revoked (in CA 'root'): it cannot issue certificates\n")
+    issued = pki_edge(est.data, "issue", "revsub", "--cn", "x.example", "--out", est.work / "x", check=False)
+    assert issued.returncode == 2 and "CA 'revsub' is revoked (in CA 'root')" in issued.stderr
+    made = pki_edge(est.data, "ca", "create", "revsubsub", "--parent", "revsub", check=False)
+    assert made.returncode == 2 and "CA 'revsub' is revoked (in CA 'root')" in made.stderr
+
+
 def test_https_refuses_headers_past_the_bound_with_431(est: Est) -> None:
     """Over TLS too (no half-close there: the refusal is read before the connection closes)."""
     headers = est.work / "big-headers.txt"

@@ -896,6 +896,22 @@ def test_expired_ca_cannot_issue(world: World) -> None:
     assert isinstance(result, Refused) and result.status == 403 and "expired" in result.reason
 
 
+def test_a_revoked_ca_cannot_issue_nor_the_cas_under_it(world: World) -> None:
+    """A sub-CA revoked in its parent's inventory (cACompromise, say): its certificates would chain to a
+    revoked CA. Found by the audit: EST, `issue` and `ca create --parent` all issued on."""
+    sub = create_ca(world.st, "sub", "ec-p256", 365, "ca1", None, utc(T0 - DAY))
+    create_ca(world.st, "subsub", "ec-p256", 30, "sub", None, utc(T0 - DAY))
+    assert isinstance(world.enroll(make_csr(), ca="subsub"), Issued)
+    revoke(world.st, world.ca1, x509.load_der_x509_certificate(sub.cert_der).serial_number, 2, T0)
+    before = all_dbs(world.st)
+    for ca in ("sub", "subsub"):
+        assert world.enroll(make_csr(), ca=ca) == Refused(
+            403, f"CA {ca!r} is revoked (in CA 'ca1'): it cannot issue certificates"
+        )
+    assert all_dbs(world.st) == before
+    assert isinstance(world.enroll(make_csr(), ca="ca1"), Issued)
+
+
 # ---------------------------------------------------------------------------- reenroll
 
 ORIGINAL_SANS: list[x509.GeneralName] = [x509.DNSName("d7.example.com"), x509.UniformResourceIdentifier("urn:dev:7")]

@@ -814,3 +814,18 @@ class _FixedClock:
 
     def monotonic(self) -> float:
         return 0.0
+
+
+def test_a_ca_revoked_in_its_parent_and_the_cas_under_it_are_known_revoked(st: SignerStore, ca: Ca) -> None:
+    sub = create_ca(st, "sub", "ec-p256", 365, "ca1", None, NOW)
+    subsub = create_ca(st, "subsub", "ec-p256", 30, "sub", None, NOW)
+    other = create_ca(st, "other", "ec-p256", 365, None, None, NOW)
+    assert [inventory.revoked_by(st, r) for r in (ca.record, sub, subsub, other)] == [None] * 4
+    sub_serial = x509.load_der_x509_certificate(sub.cert_der).serial_number
+    revoke(st, ca.record, sub_serial, 2, NOW_TS)  # cACompromise
+    assert [getattr(inventory.revoked_by(st, r), "name", None) for r in (ca.record, sub, subsub, other)] == [
+        None,
+        "ca1",
+        "ca1",  # an ancestor revoked: the chain is
+        None,
+    ]
