@@ -40,6 +40,7 @@ ALL_DBS = (DB_ISSUERS, DB_META, DB_INVENTORY, DB_RESPONSES, DB_SCHEDULE, DB_REFR
 
 META_REGISTRY_GENERATION = b"registry_generation"
 META_LAST_SIGNED_AT = b"last_signed_at"
+META_HASH_ALGORITHMS = b"hash_algorithms"  # what the signer signs for, comma-separated (signer.precompute)
 
 # Pending work priorities: lower sorts first and is signed first.
 PRIORITY_REVOCATION = 0

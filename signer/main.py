@@ -65,6 +65,7 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
     try:
         jobs_thread.start()  # EST and live OCSP need it: a signer without it is not started
         watch.start()
+        precomputer.queue_added_hash_algorithms()
         logger.info("signer running on %s", data_dir)
         precomputer.run(stop)
     finally:

@@ -156,6 +156,37 @@ class Precomputer:
         self._signed = 0  # responses signed since the last minute's report
         self._behind = False
 
+    def queue_added_hash_algorithms(self) -> int:
+        """At start: when signer.hash_algorithms gained an algorithm, queue every serial for signing
+        (revoked ones first, as revocations). Otherwise a client asking by that algorithm is answered
+        unauthorized until each serial's next routine refresh, days away: a revoked certificate too.
+        Returns how many serials were queued."""
+        st = self._st
+        configured = ",".join(sorted(self._config.hash_algorithms)).encode()
+        with st.env.begin(write=True) as txn:
+            recorded = txn.get(store.META_HASH_ALGORITHMS, db=st.meta)
+            if recorded == configured:
+                return 0
+            txn.put(store.META_HASH_ALGORITHMS, configured, db=st.meta)
+            if recorded is None or set(configured.split(b",")) <= set(recorded.split(b",")):
+                return 0  # not recorded yet (a store of an older version), or one dropped: swept by the batches
+            queued = 0
+            for key, raw in txn.cursor(db=st.inventory):
+                revoked = store.CERT_DECODER.decode(raw).revoked_at is not None
+                txn.put(
+                    store.pending_key(store.PRIORITY_REVOCATION if revoked else store.PRIORITY_NEW, key),
+                    b"",
+                    db=st.pending,
+                )
+                queued += 1
+        self._logger.info(
+            "hash algorithms now %s (were %s): %d serials queued for signing, revoked ones first",
+            configured.decode(),
+            recorded.decode(),
+            queued,
+        )
+        return queued
+
     def reload_issuers(self) -> None:
         """Load the signers when the registry changed, and retry a CA whose key failed to load."""
         generation = self._st.registry_generation()

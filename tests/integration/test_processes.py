@@ -255,3 +255,37 @@ def test_ctrl_c_lets_a_busy_signer_finish_its_batch(
         assert ": finishing the current batch" in log
         assert "signer stopped" in log, f"attempt {attempt}: the signer was killed mid-batch"
         assert store_counts(data_dir)["responses"] > before["responses"], "the batch under way was thrown away"
+
+
+def test_a_hash_algorithm_added_back_answers_at_once_revoked_first(
+    run: Run, data_dir: Path, tmp_path: Path, servers: list[Server], free_port: int
+) -> None:
+    """sha1 dropped from signer.hash_algorithms, a certificate revoked, sha1 added back: `openssl ocsp`
+    (SHA-1 CertIDs by default) is told revoked once the signer restarts, not unauthorized for days."""
+    run("ca", "create", "algs")
+    (tmp_path / "ca.pem").write_text(run("ca", "show", "algs").stdout)
+    run("issue", "algs", "--cn", "algs.example", "--out", tmp_path / "out")
+    ca_pem, leaf_pem = tmp_path / "ca.pem", tmp_path / "out" / "algs.example.pem"
+    edge = Server("edge", data_dir, ["edge", "--port", str(free_port)], tmp_path / "edge.log", port=free_port)
+    servers.append(edge)
+    edge.wait_ready()
+
+    def status() -> str:
+        url = edge.base_url + "/ocsp"
+        text = openssl("ocsp", "-issuer", ca_pem, "-cert", leaf_pem, "-url", url, "-CAfile", ca_pem, check=False)
+        return text.split(f"{leaf_pem}: ", 1)[1].split()[0] if f"{leaf_pem}: " in text else text
+
+    sha256_only = {"PKI_EDGE_SIGNER_HASH_ALGORITHMS": "sha256"}
+    signer = Server("signer", data_dir, ["signer"], tmp_path / "signer1.log", env=sha256_only)
+    servers.append(signer)
+    wait_for("the first signing", lambda: "responses   1 cached" in run("status").stdout, timeout=30)
+    serial = openssl("x509", "-in", leaf_pem, "-noout", "-serial").strip().split("=")[1]
+    run("revoke", "algs", serial, "--reason", "keyCompromise")
+    wait_for("the revocation signed", lambda: "pending     no" in run("status", "algs", serial).stdout, timeout=30)
+    signer.stop_clean()
+    assert "Responder Error: unauthorized" in status()  # sha1 is not served
+    signer = Server("signer", data_dir, ["signer"], tmp_path / "signer2.log")  # the default: sha1 and sha256
+    servers.append(signer)
+    wait_for("the revocation by SHA-1", lambda: status() == "revoked", timeout=15)
+    assert "hash algorithms now sha1,sha256 (were sha256): 1 serials queued" in signer.log()
+    signer.stop_clean()

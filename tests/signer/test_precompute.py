@@ -471,6 +471,34 @@ def test_the_minute_report_says_when_the_signer_is_behind_and_when_it_caught_up(
     assert said.startswith(f"behind: 0 serials wait for a first signing or a revocation, {late}")
 
 
+def test_an_added_hash_algorithm_is_signed_at_once_revoked_serials_first(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit: sha1 dropped, then added back; a revoked certificate asked by SHA-1 was answered
+    unauthorized (soft-fail clients accept it) until its next routine refresh, days later."""
+    setup.add([1, 2, 3])
+    n = setup.issuer.number
+    p256 = setup.precomputer(hash_algorithms=["sha256"])
+    assert p256.queue_added_hash_algorithms() == 0  # first record of the set
+    run_all(p256)
+    revoke(setup.st, setup.issuer, 2, 1, T0)
+    run_all(p256)
+    assert {(code, serial) for _, code, serial in responses(setup.st)} == {(2, 1), (2, 2), (2, 3)}
+    both = setup.precomputer(hash_algorithms=["sha1", "sha256"])
+    with caplog.at_level(logging.INFO, logger="test"):
+        assert both.queue_added_hash_algorithms() == 3
+    assert (
+        "hash algorithms now sha1,sha256 (were sha256): 3 serials queued for signing, revoked ones first" in caplog.text
+    )
+    assert both.queue_added_hash_algorithms() == 0  # recorded: once
+    assert both.run_batch(limit=1) == 1  # the revoked serial first
+    got = responses(setup.st)
+    assert got[(n, 1, 2)].revoked and (n, 1, 1) not in got
+    run_all(both)
+    assert {(code, serial) for _, code, serial in responses(setup.st)} == {(c, s) for c in (1, 2) for s in (1, 2, 3)}
+    assert setup.precomputer(hash_algorithms=["sha256"]).queue_added_hash_algorithms() == 0  # dropped: swept
+
+
 # ---------------------------------------------------------------------------- order of work
 
 
