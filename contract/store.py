@@ -41,6 +41,9 @@ ALL_DBS = (DB_ISSUERS, DB_META, DB_INVENTORY, DB_RESPONSES, DB_SCHEDULE, DB_REFR
 META_REGISTRY_GENERATION = b"registry_generation"
 META_LAST_SIGNED_AT = b"last_signed_at"
 META_HASH_ALGORITHMS = b"hash_algorithms"  # what the signer signs for, comma-separated (signer.precompute)
+# The CAs whose responses the signer cannot sign now (key not loadable, signing certificate not valid),
+# comma-separated names (CA names hold no comma); absent when there are none.
+META_UNSIGNABLE = b"unsignable"
 
 # Pending work priorities: lower sorts first and is signed first.
 PRIORITY_REVOCATION = 0

@@ -258,6 +258,7 @@ def build_app(
             "issuers": source.issuer_count,
             "newest_response_age_seconds": age,
             "signer_backlog": None if backlog is None else backlog._asdict(),
+            "unsignable_cas": source.unsignable_cas(),
         }
         return JSONResponse({**body, "counters": metrics.snapshot()})
 

@@ -370,6 +370,14 @@ class LmdbSource:
         with self._begin() as txn:
             return store.read_backlog(txn, self._dbs[store.DB_PENDING], self._dbs[store.DB_SCHEDULE], now)
 
+    def unsignable_cas(self) -> list[str]:
+        """The CAs the signer cannot sign responses for now (contract.store.META_UNSIGNABLE)."""
+        if self._env is None:
+            return []
+        with self._begin(db=self._meta) as txn:
+            raw = txn.get(store.META_UNSIGNABLE)
+        return raw.decode().split(",") if raw else []
+
     def newest_signed_at(self) -> int | None:
         if self._env is None:
             return None

@@ -264,8 +264,9 @@ def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
             print("published   no: a cached response still says good (the signer signs the revocation next)")
         else:
             print(
-                "published   no: a cached response still says good, and the signer could not sign the revocation:"
-                " see its log (a CA key it cannot load?); it tries again every minute"
+                "published   no: a cached response still says good, and the signer could not sign the revocation"
+                " (a CA key it cannot load, or a signing certificate not valid now: see its log, and"
+                " `pki-edge status`); it tries again every minute"
             )
     return 0
 
@@ -308,6 +309,11 @@ def _print_overview(st: SignerStore, data_dir: Path) -> int:
         f"backlog     {o.backlog.pending} serials wait for a first signing or a revocation;"
         f" the oldest due refresh is {o.backlog.overdue_seconds} s late"
     )
+    if o.unsignable:
+        print(
+            f"unsignable  {', '.join(o.unsignable)}: the signer cannot sign their responses now (a CA key it cannot"
+            " load, or a signing certificate not valid: see its log); their serials wait"
+        )
     print(f"last signed {last}")
     share = o.store_bytes / o.map_bytes
     print(

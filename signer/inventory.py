@@ -506,6 +506,7 @@ class Overview(NamedTuple):
     serials: int  # inventory entries, every CA
     responses: int  # cached signed responses, every CA and hash algorithm
     backlog: store.Backlog
+    unsignable: list[str]  # CAs the signer cannot sign for now (as it last recorded)
     last_signed_at: int | None
     store_bytes: int  # the store file's high-water mark (LMDB reuses freed pages below it)
     map_bytes: int
@@ -517,12 +518,14 @@ def overview(st: SignerStore, now: int) -> Overview:
         responses = int(txn.stat(st.responses)["entries"])
         backlog = store.read_backlog(txn, st.pending, st.schedule, now)
         raw = txn.get(store.META_LAST_SIGNED_AT, db=st.meta)
+        unsignable = txn.get(store.META_UNSIGNABLE, db=st.meta)
     info, page = st.env.info(), st.env.stat()["psize"]
     return Overview(
         [record.name for record in st.issuers()],
         serials,
         responses,
         backlog,
+        unsignable.decode().split(",") if unsignable else [],
         store.unpack_u64(raw) if raw else None,
         (info["last_pgno"] + 1) * page,
         info["map_size"],

@@ -154,6 +154,7 @@ class Precomputer:
         self._full_until = 0.0  # while the store is full: one serial a transaction until then
         self._full_logged_at = -float(FULL_STORE_SECONDS)
         self._signed = 0  # responses signed since the last minute's report
+        self._unsignable_recorded: bytes | None = b"\x00"  # META_UNSIGNABLE as last written (not yet)
         self._behind = False
 
     def queue_added_hash_algorithms(self) -> int:
@@ -209,6 +210,29 @@ class Precomputer:
         self._warn_of_expiring_signers(now)
         self._generation = generation
         self._logger.info("loaded %d OCSP signers (registry generation %d)", len(signers), generation)
+        self.record_unsignable(now)
+
+    def record_unsignable(self, now: int) -> None:
+        """Write which CAs cannot be signed for now (META_UNSIGNABLE) when that changed: at each load and
+        every minute (a signing certificate expires between loads). The edge's /readyz and `pki-edge
+        status` show it: their serials wait, and neither the backlog nor the log of a busy signer tells."""
+        names = sorted(
+            name
+            for number, name in self._names.items()
+            if (signer := self._signers.get(number)) is None or not signer.valid_at(now)
+        )
+        value = ",".join(names).encode() or None
+        if value == self._unsignable_recorded:
+            return
+        try:
+            with self._st.env.begin(write=True, db=self._st.meta) as txn:
+                if value is None:
+                    txn.delete(store.META_UNSIGNABLE)
+                else:
+                    txn.put(store.META_UNSIGNABLE, value)
+        except lmdb.MapFullError:
+            return  # written once the store has room (step() says it is full)
+        self._unsignable_recorded = value
 
     def _warn_of_expiring_signers(self, now: int) -> None:
         """Warn, at load and then hourly, of each certificate signing responses that expires within two
@@ -433,6 +457,7 @@ class Precomputer:
                 self._st.env.reader_check()
                 self._warn_of_expiring_signers(self._clock.now())
                 self._every_minute(self._clock.now())
+                self.record_unsignable(self._clock.now())
                 self.report_backlog()
                 next_minute = self._clock.monotonic() + 60
             self.reload_issuers()

@@ -181,6 +181,7 @@ def test_readiness_reports_how_far_behind_the_signer_is(world):
     assert first_refresh > NOW
     on_time = call(world, "GET", "/readyz").json()
     assert on_time["signer_backlog"] == {"pending": 0, "overdue_seconds": 0}
+    assert on_time["unsignable_cas"] == []
     late = call(world, "GET", "/readyz", clock=FakeClock(first_refresh + 100))
     assert late.status_code == 200 and late.json()["ready"] is True  # the stored responses are still served
     assert late.json()["signer_backlog"] == {"pending": 0, "overdue_seconds": 100}

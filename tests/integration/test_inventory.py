@@ -150,6 +150,7 @@ def test_status_says_when_a_revocation_is_not_published(
     failed = wait_for("the signer giving up on it", settled, timeout=30, interval=0.2)
     assert "published   no: a cached response still says good, and the signer could not sign the revocation" in failed
     assert "cannot load its OCSP signing key" in second.log()
+    assert "unsignable  keyless: the signer cannot sign their responses now" in run("status").stdout
     second.stop_clean()
 
 

@@ -354,6 +354,11 @@ def test_a_response_cut_short_to_its_last_minutes_is_refreshed_before_it_ends(se
     p = setup.precomputer()
     setup.clock.wall = T0 + 178
     assert run_all(p) == []  # nothing due yet: the response still serves
+    setup.clock.wall = T0 + 180
+    p.record_unsignable(T0 + 180)  # the old responder's end: the successor signs, nothing unsignable
+    with setup.st.env.begin(db=setup.st.meta) as txn:
+        assert txn.get(store.META_UNSIGNABLE) is None
+    setup.clock.wall = T0 + 178
     setup.clock.wall = T0 + 179
     run_all(p)
     renewed = responses(setup.st)[(issuer.number, 1, 9)]
@@ -381,6 +386,8 @@ def test_nothing_is_signed_by_a_responder_certificate_not_valid_now(
         == 1
     )
     assert (T0 + 60, inv_key(issuer.number, 9)) in schedule(setup.st)  # retried later, not dropped
+    with setup.st.env.begin(db=setup.st.meta) as txn:
+        assert txn.get(store.META_UNSIGNABLE) == b"deleg"  # for /readyz and `pki-edge status`
 
 
 def test_a_renewed_responder_takes_over_before_the_responses_go_stale(setup: Setup) -> None:
