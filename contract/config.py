@@ -268,6 +268,12 @@ def validate(config: Config) -> None:
     for prefix in config.edge.ocsp_prefixes:
         if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
             raise ConfigError(f"edge.ocsp_prefixes: {prefix!r} must start with '/' and not end with '/'")
+        # EST's paths and the health paths are served first: OCSP under them would never be answered.
+        taken = [p for p in (*config.est.prefixes, "/healthz", "/readyz") if prefix == p or prefix.startswith(p + "/")]
+        if taken:
+            raise ConfigError(
+                f"edge.ocsp_prefixes: {prefix!r} is under {taken[0]!r}, which OCSP is never answered under"
+            )
     if config.edge.max_request_bytes < 64:
         raise ConfigError("edge.max_request_bytes is too small for any OCSP request")
     if config.edge.max_head_bytes < 3 * config.edge.max_request_bytes + 1024:

@@ -49,9 +49,25 @@ def cmd_ca_create(args: argparse.Namespace, data_dir: Path, config: Config) -> i
     from signer.registry import create_ca
 
     st = open_store(data_dir, config, create=True)
-    record = create_ca(st, args.name, args.key, args.days, args.parent, args.ocsp_url, _now())
+    now = _now()
+    record = create_ca(st, args.name, args.key, args.days, args.parent, args.ocsp_url, now)
     print(f"created CA {record.name} (issuer #{record.number})")
+    if args.parent is not None:
+        _note_if_capped(st.issuer(args.parent), args.days, now)
     return 0
+
+
+def _note_if_capped(issuer: IssuerRecord, days: int, now: dt.datetime) -> None:
+    """A certificate never outlives the CA that issues it: say so when that cut the --days asked for."""
+    from cryptography import x509
+
+    ends = x509.load_der_x509_certificate(issuer.cert_der).not_valid_after_utc
+    if ends < now + dt.timedelta(days=days):
+        print(
+            f"note: --days {days} would outlive CA {issuer.name}: the certificate ends with it,"
+            f" at {ends.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+            file=sys.stderr,
+        )
 
 
 def cmd_ca_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
@@ -147,6 +163,7 @@ def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     issuer, now = st.issuer(args.name), _now()
     cert_path, key_path = issue_to_directory(st, issuer, args.cn, args.san or [], args.key, args.days, args.out, now)
     print(f"{cert_path}\n{key_path}")
+    _note_if_capped(issuer, args.days, now)
     _warn_if_ocsp_waits(issuer, now, data_dir)
     return 0
 
@@ -244,7 +261,15 @@ def cmd_status(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     record, responses, pending = inventory.status(st, issuer, serial)
     print(f"serial      {serial:X}")
     print(f"issuer      {issuer.name}")
-    print(f"notAfter    {inventory.iso_time(record.not_after)}")
+    now = int(_now().timestamp())
+    grace_ends = record.not_after + int(config.signer.expired_grace_hours * 3600)
+    if now >= grace_ends:
+        expired = " (expired, past signer.expired_grace_hours: no longer served, the edge answers unauthorized)"
+    elif now >= record.not_after:
+        expired = f" (expired: served until {inventory.iso_time(grace_ends)}, signer.expired_grace_hours)"
+    else:
+        expired = ""
+    print(f"notAfter    {inventory.iso_time(record.not_after)}{expired}")
     if record.revoked_at is None:
         print("status      good")
     else:

@@ -263,7 +263,24 @@ def test_bad_prefixes(tmp_path: Path, prefix: str) -> None:
         load_config(tmp_path, {})
 
 
-@pytest.mark.parametrize("prefixes", [[], ["/ocsp"], ["/a/b/c", "/x"]])
+@pytest.mark.parametrize(
+    ("prefix", "under"),
+    [
+        ("/.well-known/est", "/.well-known/est"),
+        ("/.well-known/est/ocsp", "/.well-known/est"),
+        ("/api/devmanager/.well-known/est/x", "/api/devmanager/.well-known/est"),
+        ("/healthz", "/healthz"),
+        ("/readyz/ocsp", "/readyz"),
+    ],
+)
+def test_prefixes_where_ocsp_is_never_answered_are_refused(tmp_path: Path, prefix: str, under: str) -> None:
+    """EST's and the health paths are served first: found by the audit, accepted and answered 404."""
+    write(tmp_path, f'[edge]\nocsp_prefixes = ["{prefix}"]\n')
+    with pytest.raises(ConfigError, match=f"edge.ocsp_prefixes: '{prefix}' is under '{under}'"):
+        load_config(tmp_path, {})
+
+
+@pytest.mark.parametrize("prefixes", [[], ["/ocsp"], ["/a/b/c", "/x"], ["/.well-known"], ["/healthzz"]])
 def test_good_prefixes(tmp_path: Path, prefixes: list[str]) -> None:
     write(tmp_path, f"[edge]\nocsp_prefixes = {prefixes!r}\n")
     assert load_config(tmp_path, {}).edge.ocsp_prefixes == prefixes

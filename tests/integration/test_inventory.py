@@ -53,6 +53,11 @@ def test_expiry_grace_and_sticky_revocation(shared: Shared) -> None:
     wait_ocsp_status(shared.base_url, ocsp_request_by_serial(ca, 0x0B), "good", timeout=5)
     r = post_ocsp(shared.base_url, ocsp_request_by_serial(ca, 0x0C))
     assert (r.status_code, r.content) == (200, UNAUTHORIZED)
+    # `status` says what the edge does with them (the audit found an expired entry shown as plainly good).
+    assert "(expired: served until " in shared.run("status", "exp", "0B").stdout
+    past = shared.run("status", "exp", "0C").stdout
+    assert "(expired, past signer.expired_grace_hours: no longer served, the edge answers unauthorized)" in past
+    assert "(expired" not in shared.run("status", "exp", "0A").stdout
     revoked = ocsp.load_der_ocsp_response(post_ocsp(shared.base_url, ocsp_request_by_serial(ca, 0x0D)).content)
     assert revoked.revocation_reason == x509.ReasonFlags.superseded
 
@@ -196,3 +201,17 @@ def test_status_without_a_serial_is_the_store_at_a_glance(
     full = pki_edge(small, "status", env=env)
     assert "of its map (store.map_size_mb = 1)" in full.stdout
     assert full.stderr == "warning: the store is nearly full: raise store.map_size_mb (address space, not disk)\n"
+
+
+def test_a_lifetime_cut_to_the_issuing_cas_is_said(run: Run, tmp_path: Path) -> None:
+    """Found by the audit: --days past the CA's own notAfter was cut silently."""
+    run("ca", "create", "brief", "--days", "2")
+    issued = run("issue", "brief", "--cn", "long.example", "--days", "30", "--out", tmp_path / "out")
+    assert issued.stderr.startswith("note: --days 30 would outlive CA brief: the certificate ends with it, at 20")
+    ends = openssl("x509", "-in", tmp_path / "out" / "long.example.pem", "-noout", "-enddate").strip()
+    (tmp_path / "brief.pem").write_text(run("ca", "show", "brief").stdout)
+    assert ends == openssl("x509", "-in", tmp_path / "brief.pem", "-noout", "-enddate").strip()
+    made = run("ca", "create", "under", "--parent", "brief", "--days", "30")
+    assert "note: --days 30 would outlive CA brief" in made.stderr
+    shorter = run("issue", "brief", "--cn", "short.example", "--days", "1", "--out", tmp_path / "out")
+    assert "note:" not in shorter.stderr
