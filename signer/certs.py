@@ -64,6 +64,35 @@ def _aia(ocsp_url: str | None) -> list[x509.AccessDescription]:
     return [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
 
 
+def renew_ca_certificate(
+    current: x509.Certificate,
+    key: SigningKey,
+    days: int,
+    now: dt.datetime,
+    parent: tuple[x509.Certificate, SigningKey] | None = None,
+) -> x509.Certificate:
+    """``current`` again, for ``days`` from ``now`` (capped at ``parent``'s notAfter), with a new serial:
+    its subject, key and extensions kept, so that certificates it issued chain to either and OCSP
+    CertIDs stay the same. Self-signed by ``key``, or issued by ``parent`` (certificate, key), which
+    issued ``current`` (its authorityKeyIdentifier then still holds)."""
+    not_before, not_after = _validity(days, now)
+    issuer_cert, issuer_key = parent if parent else (None, key)
+    if issuer_cert is not None and not_after > issuer_cert.not_valid_after_utc:
+        not_after = issuer_cert.not_valid_after_utc
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(current.subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else current.subject)
+        .public_key(current.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    for extension in current.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.sign(issuer_key, signature_hash(issuer_key))
+
+
 def make_ca_certificate(
     name: str,
     key: SigningKey,

@@ -92,6 +92,26 @@ def cmd_ca_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     return 0
 
 
+def cmd_ca_renew(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer import registry
+
+    st = open_store(data_dir, config)
+    was = _not_after_text(st.issuer(args.name).cert_der)
+    now = _now()
+    record, renewed = registry.renew_ca(st, args.name, args.cert.read_bytes() if args.cert else None, args.days, now)
+    ends = renewed.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"renewed CA {record.name}: its certificate ends at {ends} (was {was}), serial {renewed.serial_number:X}")
+    if args.days is not None and renewed.not_valid_after_utc < now + dt.timedelta(days=args.days):
+        print(f"note: --days {args.days} would outlive its issuing CA: the certificate ends with it", file=sys.stderr)
+    return 0
+
+
+def _not_after_text(cert_der: bytes) -> str:
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(cert_der).not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def cmd_ca_responder(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     from cryptography import x509
 
@@ -464,6 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", choices=KEY_TYPES, help="the minted responder's key type (default ec-p256)")
     p.add_argument("--days", type=int, help="the minted responder's lifetime (default 30)")
     p.set_defaults(handler=cmd_ca_responder)
+    p = ca_sub.add_parser(
+        "renew", help="replace a CA's certificate by its renewal (same subject and key)", parents=[common]
+    )
+    p.add_argument("name")
+    renewal = p.add_mutually_exclusive_group()
+    renewal.add_argument("--cert", type=Path, help="the renewed certificate, made elsewhere (PEM or DER)")
+    renewal.add_argument("--days", type=int, help="made here: its lifetime (default 3650)")
+    p.set_defaults(handler=cmd_ca_renew)
     p = ca_sub.add_parser("list", help="list the CAs", parents=[common])
     p.set_defaults(handler=cmd_ca_list)
     p = ca_sub.add_parser("show", help="print a CA certificate as PEM", parents=[common])

@@ -14,7 +14,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from contract.store import IssuerRecord
-from signer.certs import check_directly_issued, load_certificate, make_ca_certificate, make_responder_certificate
+from signer.certs import (
+    check_directly_issued,
+    load_certificate,
+    make_ca_certificate,
+    make_responder_certificate,
+    renew_ca_certificate,
+)
 from signer.inventory import add_certificates, revoked_by
 from signer.keys import KeyError_, SigningKey, generate_key, key_type_of, load_private_key, write_private_key
 from signer.ocsp_der import ResponseSigner
@@ -83,6 +89,76 @@ def create_ca(
         # The parent's responder answers for its intermediate.
         add_certificates(store, parent_record, [cert], now=int(now.timestamp()))
     return record
+
+
+def renew_ca(
+    store: SignerStore, name: str, cert_data: bytes | None, days: int | None, now: dt.datetime
+) -> tuple[IssuerRecord, x509.Certificate]:
+    """Replace CA ``name``'s certificate by its renewal: the same subject and key (so the same key file,
+    CertIDs and chains), valid now and ending later. ``cert_data``: the renewal, made elsewhere; without
+    it one is made here for ``days``: self-signed for a root, else by its parent in the registry.
+    A parent in the registry gets the new certificate in its inventory (its OCSP answers for it)."""
+    record = store.issuer(name)
+    current = x509.load_der_x509_certificate(record.cert_der)
+    parent = next((p for p in store.issuers() if p.number != record.number and _issued_by(record, p)), None)
+    if cert_data is not None:
+        renewed = load_certificate(cert_data, "--cert")
+    else:
+        if record.signing != "ca":
+            raise SignerError(f"CA {name!r} was added without its key: give its renewed certificate with --cert")
+        key = load_ca_key(store.data_dir, record)
+        signer = None
+        if parent is not None:
+            signer = (x509.load_der_x509_certificate(parent.cert_der), _parent_key(store, parent, now))
+        elif check_directly_issued(current, current) is not None:
+            raise SignerError(
+                f"the issuer of CA {name!r} is not in the registry: give its renewed certificate with --cert"
+            )
+        renewed = renew_ca_certificate(current, key, 3650 if days is None else days, now, signer)
+    _check_renewal(name, current, renewed, parent, now)
+    updated = msgspec.structs.replace(record, cert_der=_der(renewed))
+    store.replace_issuer(record, updated)
+    if parent is not None:
+        add_certificates(store, parent, [renewed], now=int(now.timestamp()))
+    return updated, renewed
+
+
+def _issued_by(child: IssuerRecord, parent: IssuerRecord) -> bool:
+    ca = x509.load_der_x509_certificate(parent.cert_der)
+    return check_directly_issued(x509.load_der_x509_certificate(child.cert_der), ca) is None
+
+
+def _parent_key(store: SignerStore, parent: IssuerRecord, now: dt.datetime) -> SigningKey:
+    if parent.signing != "ca":
+        raise SignerError(f"CA {parent.name!r} was added without its key: give the renewed certificate with --cert")
+    if x509.load_der_x509_certificate(parent.cert_der).not_valid_after_utc <= now:
+        raise SignerError(f"CA {parent.name!r} has expired: it cannot issue certificates")
+    if (revoker := revoked_by(store, parent)) is not None:
+        raise SignerError(f"CA {parent.name!r} is revoked (in CA {revoker.name!r}): it cannot issue certificates")
+    return load_ca_key(store.data_dir, parent)
+
+
+def _check_renewal(
+    name: str, current: x509.Certificate, renewed: x509.Certificate, parent: IssuerRecord | None, now: dt.datetime
+) -> None:
+    if not _is_ca(renewed):
+        raise SignerError("--cert is not a CA certificate (basicConstraints cA is not true)")
+    if renewed.subject.public_bytes() != current.subject.public_bytes() or _public_der(renewed) != _public_der(current):
+        raise SignerError(f"--cert is not a renewal of CA {name!r}: its subject and public key must be the CA's")
+    if not renewed.not_valid_before_utc <= now < renewed.not_valid_after_utc:
+        raise SignerError("--cert is not valid now")
+    if renewed.not_valid_after_utc <= current.not_valid_after_utc:
+        raise SignerError(
+            f"the renewal does not end later than CA {name!r}'s certificate does now"
+            + (f" (it ends with its parent, CA {parent.name!r}: renew that one first)" if parent else "")
+        )
+    issuer = x509.load_der_x509_certificate(parent.cert_der) if parent is not None else None
+    if issuer is None and renewed.issuer == renewed.subject:
+        issuer = renewed  # self-signed: by the CA's own key
+    if issuer is not None and (why := check_directly_issued(renewed, issuer)) is not None:
+        raise SignerError(f"--cert was not issued by {'its parent CA' if parent else 'its own key'}: {why}")
+    if issuer is None and renewed.issuer != current.issuer:
+        raise SignerError("--cert has another issuer than the CA's certificate")
 
 
 def add_ca(

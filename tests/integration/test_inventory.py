@@ -19,6 +19,7 @@ from tests.integration.helpers import (
     openssl,
     pki_edge,
     post_ocsp,
+    start_up,
     wait_drained,
     wait_for,
     wait_ocsp_status,
@@ -215,3 +216,40 @@ def test_a_lifetime_cut_to_the_issuing_cas_is_said(run: Run, tmp_path: Path) -> 
     assert "note: --days 30 would outlive CA brief" in made.stderr
     shorter = run("issue", "brief", "--cn", "short.example", "--days", "1", "--out", tmp_path / "out")
     assert "note:" not in shorter.stderr
+
+
+def test_a_ca_renewed_issues_past_its_old_end_and_signs_whole_validities(
+    run: Run, data_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    """A CA two days from its end: its responses are cut short to it, and it cannot issue past it.
+    `ca renew` gives it a renewed certificate (same subject and key): what it issued before still
+    verifies, it issues past the old end, and responses signed from then on run their whole validity."""
+    run("ca", "create", "brief", "--days", "2")
+    run("issue", "brief", "--cn", "before.example", "--days", "1", "--out", tmp_path / "out")
+    up = start_up(data_dir, tmp_path)
+    servers.append(up)
+    old_pem = tmp_path / "old.pem"
+    old_pem.write_text(run("ca", "show", "brief").stdout)
+
+    def next_update(leaf: str, ca_pem: Path) -> str | None:
+        url, cert = f"{up.base_url}/ocsp", tmp_path / "out" / f"{leaf}.pem"
+        text = openssl("ocsp", "-issuer", ca_pem, "-cert", cert, "-url", url, "-CAfile", ca_pem, check=False)
+        if f"{cert}: good" not in text:
+            return None
+        return text.split("Next Update: ", 1)[1].splitlines()[0].strip()
+
+    old_end = openssl("x509", "-in", old_pem, "-noout", "-enddate").strip().removeprefix("notAfter=")
+    assert wait_for("the first answer", lambda: next_update("before.example", old_pem), timeout=30) == old_end
+
+    renewed = run("ca", "renew", "brief", "--days", "30")
+    assert renewed.stdout.startswith("renewed CA brief: its certificate ends at ")
+    new_pem = tmp_path / "new.pem"
+    new_pem.write_text(run("ca", "show", "brief").stdout)
+    assert "OK" in openssl("verify", "-CAfile", new_pem, tmp_path / "out" / "before.example.pem")
+    issued = run("issue", "brief", "--cn", "after.example", "--days", "20", "--out", tmp_path / "out")
+    assert "note:" not in issued.stderr  # within the renewed CA's life
+    after_end = openssl("x509", "-in", tmp_path / "out" / "after.example.pem", "-noout", "-enddate").strip()
+    assert after_end != f"notAfter={old_end}"
+    said = wait_for("the new certificate's answer", lambda: next_update("after.example", new_pem), timeout=30)
+    ends = dt.datetime.strptime(said, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.UTC)
+    assert ends > dt.datetime.now(dt.UTC) + dt.timedelta(days=6)  # a whole week, not cut to the old end

@@ -24,6 +24,7 @@ from signer.registry import (
     load_response_signer,
     mint_responder,
     remove_responder,
+    renew_ca,
     renew_responders,
     set_responder,
 )
@@ -633,3 +634,73 @@ def test_records_without_a_minted_responder_still_decode_on_an_older_edge(st: Si
     assert old.decode(raw[b"plain"]).name == "plain"
     with pytest.raises(msgspec.ValidationError, match="responder_minted"):
         old.decode(raw[b"minted"])
+
+
+# ---------------------------------------------------------------------------- renewal
+
+
+def test_renewing_a_root_and_its_sub_ca_keeps_subject_key_and_chains(st: SignerStore, data_dir: Path) -> None:
+    """Found by the audit: a CA near its notAfter could not be given a renewed certificate at all."""
+    root = create_ca(st, "root", "ec-p256", 1, None, None, NOW)
+    sub = create_ca(st, "sub", "ec-p256", 1, "root", None, NOW)
+    sub_cert = x509.load_der_x509_certificate(sub.cert_der)
+    sub_key = load_key(keys_dir(data_dir) / "sub.ca.key")
+    leaf = build_leaf(sub_cert, sub_key, 7, NOW - dt.timedelta(hours=1), NOW + dt.timedelta(hours=12))
+    with pytest.raises(SignerError, match="ends with its parent, CA 'root': renew that one first"):
+        renew_ca(st, "sub", None, 30, NOW)
+    new_root, root_cert = renew_ca(st, "root", None, 30, NOW)
+    new_sub, renewed = renew_ca(st, "sub", None, 30, NOW)
+    assert (new_root.number, new_sub.number) == (root.number, sub.number)
+    for old, new in ((x509.load_der_x509_certificate(root.cert_der), root_cert), (sub_cert, renewed)):
+        assert new.subject == old.subject and public_der(new) == public_der(old)
+        assert list(new.extensions) == list(old.extensions) and new.serial_number != old.serial_number
+        assert new.not_valid_after_utc == NOW - dt.timedelta(minutes=5) + dt.timedelta(days=30)
+    root_cert.verify_directly_issued_by(root_cert)
+    renewed.verify_directly_issued_by(root_cert)
+    leaf.verify_directly_issued_by(renewed)  # what the old certificate issued chains to the new one
+    assert st.issuer("sub").cert_der == renewed.public_bytes(serialization.Encoding.DER)
+    assert status(st, new_root, renewed.serial_number)[0].cert_der == new_sub.cert_der  # the parent answers for it
+
+
+def test_a_renewal_made_elsewhere_is_checked(st: SignerStore, data_dir: Path) -> None:
+    ca_key, other_key = pool_key("ec-p256", 31), pool_key("ec-p256", 32)
+    current = build_ca(ca_key, "Imported CA", NOW - dt.timedelta(days=300), NOW + dt.timedelta(days=5))
+    add_ca(st, "imported", pem(current), key_pem(ca_key), None, None, None, NOW)
+
+    def renewal(key: PrivateKey = ca_key, cn: str = "Imported CA", days: int = 400, start_days: int = -1) -> bytes:
+        start = NOW + dt.timedelta(days=start_days)
+        return pem(build_ca(key, cn, start, start + dt.timedelta(days=days)))
+
+    refused = {
+        "another key": (renewal(key=other_key), "its subject and public key must be the CA's"),
+        "another subject": (renewal(cn="Other"), "its subject and public key must be the CA's"),
+        "not yet valid": (renewal(start_days=2), "not valid now"),
+        "ending sooner": (renewal(days=3), "does not end later"),
+        "not a CA": (pem(build_ca(ca_key, "Imported CA", NOW, NOW + dt.timedelta(days=400), ca=False)), "not a CA"),
+    }
+    for label, (data, said) in refused.items():
+        with pytest.raises(SignerError, match=said):
+            renew_ca(st, "imported", data, None, NOW)
+        assert st.issuer("imported").cert_der == current.public_bytes(serialization.Encoding.DER), label
+    given = renewal()
+    record, renewed = renew_ca(st, "imported", given, None, NOW)
+    assert renewed.public_bytes(serialization.Encoding.PEM) == given
+    assert load_response_signer(data_dir, record).valid_until == int(renewed.not_valid_after_utc.timestamp())
+
+
+def test_a_ca_without_its_key_or_its_issuer_needs_the_renewal_given(st: SignerStore) -> None:
+    ca_key, responder_key, parent_key = pool_key("ec-p256", 33), pool_key("ec-p256", 34), pool_key("ec-p256", 35)
+    ca = build_ca(ca_key, "Keyless CA", NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=400))
+    responder = build_delegate(ca, ca_key, responder_key, NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=30))
+    add_ca(st, "keyless", pem(ca), None, pem(responder), key_pem(responder_key), None, NOW)
+    with pytest.raises(SignerError, match="added without its key: give its renewed certificate with --cert"):
+        renew_ca(st, "keyless", None, 30, NOW)
+    parent = build_ca(parent_key, "Outside Root", NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=900))
+    inter = build_ca(
+        ca_key, "Outside Inter", NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=9), issuer=(parent, parent_key)
+    )
+    add_ca(st, "inter", pem(inter), key_pem(ca_key), None, None, None, NOW)
+    with pytest.raises(
+        SignerError, match="the issuer of CA 'inter' is not in the registry: give its renewed certificate"
+    ):
+        renew_ca(st, "inter", None, 30, NOW)
