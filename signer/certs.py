@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from signer.keys import SigningKey, signature_hash
@@ -64,6 +65,32 @@ def _aia(ocsp_url: str | None) -> list[x509.AccessDescription]:
     return [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
 
 
+def _ca_builder(
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    key: SigningKey,
+    days: int,
+    now: dt.datetime,
+    parent: tuple[x509.Certificate, SigningKey] | None,
+) -> tuple[x509.CertificateBuilder, SigningKey]:
+    """A CA certificate's builder but for its extensions (validity from ``now``, never past ``parent``'s
+    end; a new serial), and the key that signs it: ``key`` for a self-signed root, else the parent's."""
+    not_before, not_after = _validity(days, now)
+    issuer_cert, issuer_key = parent if parent else (None, key)
+    if issuer_cert is not None and not_after > issuer_cert.not_valid_after_utc:
+        not_after = issuer_cert.not_valid_after_utc
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    return builder, issuer_key
+
+
 def renew_ca_certificate(
     current: x509.Certificate,
     key: SigningKey,
@@ -75,19 +102,7 @@ def renew_ca_certificate(
     its subject, key and extensions kept, so that certificates it issued chain to either and OCSP
     CertIDs stay the same. Self-signed by ``key``, or issued by ``parent`` (certificate, key), which
     issued ``current`` (its authorityKeyIdentifier then still holds)."""
-    not_before, not_after = _validity(days, now)
-    issuer_cert, issuer_key = parent if parent else (None, key)
-    if issuer_cert is not None and not_after > issuer_cert.not_valid_after_utc:
-        not_after = issuer_cert.not_valid_after_utc
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(current.subject)
-        .issuer_name(issuer_cert.subject if issuer_cert else current.subject)
-        .public_key(current.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-    )
+    builder, issuer_key = _ca_builder(current.subject, current.public_key(), key, days, now, parent)
     for extension in current.extensions:
         builder = builder.add_extension(extension.value, extension.critical)
     return builder.sign(issuer_key, signature_hash(issuer_key))
@@ -108,19 +123,10 @@ def make_ca_certificate(
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, name), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pki-edge")]
     )
-    not_before, not_after = _validity(days, now)
-    issuer_cert, issuer_key = parent if parent else (None, key)
-    if issuer_cert is not None and not_after > issuer_cert.not_valid_after_utc:
-        not_after = issuer_cert.not_valid_after_utc
+    builder, issuer_key = _ca_builder(subject, key.public_key(), key, days, now, parent)
+    issuer_cert = parent[0] if parent else None
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject if issuer_cert else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
