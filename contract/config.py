@@ -39,6 +39,9 @@ class SignerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     batch_size: int = 512
     batch_seconds: float = 0.1
     poll_interval_ms: int = 50
+    # `pki-edge up` kills a signer whose signing loop has not come round for this long (hung: a deadlock,
+    # SIGSTOP), then stops as when a child dies, for its service manager to restart it; 0: never.
+    watchdog_seconds: float = 120.0
 
 
 DEFAULT_MAX_HEAD_BYTES = 65536
@@ -244,6 +247,12 @@ def validate(config: Config) -> None:
     if signer.poll_interval_ms > 60000 or signer.backdate_seconds > 86400 or signer.batch_size > 100000:
         raise ConfigError(
             "signer.poll_interval_ms is at most 60000, backdate_seconds at most 86400 and batch_size at most 100000"
+        )
+    loop_seconds = signer.batch_seconds + signer.poll_interval_ms / 1000  # the longest turn of a healthy loop
+    if signer.watchdog_seconds != 0 and not 2 * loop_seconds + 1 <= signer.watchdog_seconds <= 86400:
+        raise ConfigError(
+            "signer.watchdog_seconds must be 0 (off) or from twice batch_seconds plus poll_interval_ms, plus"
+            f" a second ({2 * loop_seconds + 1:g} s here), to a day"
         )
     if config.store.map_size_mb > MAX_MAP_SIZE_MB:
         raise ConfigError(f"store.map_size_mb must be at most {MAX_MAP_SIZE_MB} (16 TiB of address space)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import fcntl
+import functools
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from contract.store import file_identity, store_path
 from signer.jobserver import JobServer
 from signer.precompute import Clock, Precomputer
 from signer.registry import load_response_signer, renew_responders
-from signer.state import SignerError, SignerStore, signer_dir
+from signer.state import SignerError, SignerStore, beat, heartbeat_path, signer_dir
 from signer.worker_pool import ProcessPool, worker_command
 
 
@@ -60,6 +61,7 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
         logger,
         random.Random(),
         every_minute=lambda now: renew_responders(st, dt.datetime.fromtimestamp(now, dt.UTC), logger),
+        heartbeat=functools.partial(beat, heartbeat_path(data_dir)),
     )
     jobs_thread = JobServerThread(data_dir, config, logger, on_failure=stop.set)
     try:

@@ -37,6 +37,7 @@ FULL_STORE_SECONDS = 60
 # halving down to a minute would re-sign a whole CA a dozen times in its signer's last hours.
 MIN_CUT_SHORT_REFRESH_SECONDS = 900
 EXPIRY_WARNING_INTERVAL_SECONDS = 3600
+HEARTBEAT_SECONDS = 5.0
 # The minute's report says the signer is behind when its oldest due refresh is this late (or more than
 # a batch of serials waits): a minute of signing at most, so a short burst of work is not reported.
 BEHIND_SECONDS = 60
@@ -123,9 +124,15 @@ class Precomputer:
         logger: logging.Logger,
         rng: random.Random,
         every_minute: Callable[[int], object] = lambda now: None,
+        heartbeat: Callable[[], object] = lambda: None,
     ) -> None:
-        """``every_minute(now)``: upkeep run between batches (the signer renews the responders it minted)."""
+        """``every_minute(now)``: upkeep run between batches (the signer renews the responders it minted).
+        ``heartbeat()``: called as the loop comes round, at most every HEARTBEAT_SECONDS (or a quarter of
+        signer.watchdog_seconds), for `up`'s watchdog."""
         self._every_minute = every_minute
+        self._heartbeat = heartbeat
+        watchdog = config.watchdog_seconds
+        self._heartbeat_seconds = min(HEARTBEAT_SECONDS, watchdog / 4) if watchdog else HEARTBEAT_SECONDS
         self._st = st
         self._config = config
         self._load_signer = load_signer
@@ -449,8 +456,11 @@ class Precomputer:
     def run(self, stop: threading.Event) -> None:
         """Sign until ``stop`` is set; the batch under way is always finished and committed."""
         poll = self._config.poll_interval_ms / 1000
-        next_minute = 0.0
+        next_minute = next_beat = 0.0
         while not stop.is_set():
+            if self._clock.monotonic() >= next_beat:
+                self._heartbeat()
+                next_beat = self._clock.monotonic() + self._heartbeat_seconds
             if self._clock.monotonic() >= next_minute:
                 # Free reader slots of edge workers that died without closing them (kill -9),
                 # or LMDB could never reuse the pages they pin and the file would grow.

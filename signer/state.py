@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -46,6 +47,17 @@ def signer_dir(data_dir: Path) -> Path:
     path = data_dir / "signer"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def heartbeat_path(data_dir: Path) -> Path:
+    """Touched by the signer's signing loop as it comes round; `up`'s watchdog reads its mtime."""
+    return signer_dir(data_dir) / "alive"
+
+
+def beat(path: Path) -> None:
+    """Touch the heartbeat file; a data directory gone meanwhile is the signer's FilesWatch's to report."""
+    with contextlib.suppress(OSError):
+        path.touch()
 
 
 def signer_listening(data_dir: Path) -> bool:

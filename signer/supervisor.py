@@ -11,16 +11,18 @@ import contextlib
 import ctypes
 import datetime as dt
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from contract.config import Config
-from signer.state import SignerStore
+from signer.state import SignerStore, heartbeat_path
 
 # How long the children get to drain, beyond the signer's batch under way (signer.batch_seconds, up to
 # 30 s), which it finishes first.
@@ -42,6 +44,35 @@ def _child(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
         process_group=0,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
+
+
+class Watchdog:
+    """Whether the signer's heartbeat file (touched as its signing loop comes round) has stood still for
+    ``seconds``. Armed once it has moved since `up` started: before that the signer may be loading, or
+    queueing a whole store for a new hash algorithm. ``seconds`` 0: never hung."""
+
+    def __init__(self, path: Path, seconds: float, monotonic: Callable[[], float]) -> None:
+        self._path = path
+        self._seconds = seconds
+        self._monotonic = monotonic
+        self._first = self._mtime()
+        self._last: float | None = None  # its last mtime since armed
+        self._moved_at = 0.0
+
+    def _mtime(self) -> float | None:
+        try:
+            return os.stat(self._path).st_mtime
+        except OSError:
+            return None
+
+    def hung(self) -> bool:
+        if not self._seconds:
+            return False
+        mtime, now = self._mtime(), self._monotonic()
+        if mtime != (self._first if self._last is None else self._last):
+            self._last, self._moved_at = mtime, now
+            return False
+        return self._last is not None and now - self._moved_at >= self._seconds
 
 
 def _clean_exit(code: int | None) -> bool:
@@ -110,7 +141,14 @@ def run_up(
 
         print(demo_instructions(data_dir, url), flush=True)
 
+    watchdog = Watchdog(heartbeat_path(data_dir), config.signer.watchdog_seconds, time.monotonic)
     while not stopping and all(child.poll() is None for child in children):
+        if watchdog.hung():
+            logger.error(
+                "the signer's signing loop has not come round for %.0f s (signer.watchdog_seconds): killing it",
+                config.signer.watchdog_seconds,
+            )
+            children[0].kill()
         time.sleep(0.2)
     failed = not stopping
     if failed:

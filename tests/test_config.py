@@ -297,6 +297,10 @@ def test_good_prefixes(tmp_path: Path, prefixes: list[str]) -> None:
         "validity_hours = 0",
         "validity_hours = -1",
         "backdate_seconds = -1",
+        "watchdog_seconds = 1",  # under twice a loop turn (0.15 s) plus a second
+        "watchdog_seconds = 100000",
+        "watchdog_seconds = -5",
+        "batch_seconds = 30.0\nwatchdog_seconds = 60",
     ],
 )
 def test_invalid_signer_timing(tmp_path: Path, signer: str) -> None:
@@ -307,7 +311,13 @@ def test_invalid_signer_timing(tmp_path: Path, signer: str) -> None:
 
 @pytest.mark.parametrize(
     "signer",
-    ["refresh_fraction = 0.99\njitter_fraction = 0.0", "refresh_fraction = 0.2\njitter_fraction = 0.19"],
+    [
+        "refresh_fraction = 0.99\njitter_fraction = 0.0",
+        "refresh_fraction = 0.2\njitter_fraction = 0.19",
+        "watchdog_seconds = 0",
+        "watchdog_seconds = 2",
+        "batch_seconds = 30.0\nwatchdog_seconds = 62",
+    ],
 )
 def test_valid_signer_timing(tmp_path: Path, signer: str) -> None:
     write(tmp_path, f"[signer]\n{signer}\n")

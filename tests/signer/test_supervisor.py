@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -41,3 +44,63 @@ def test_a_child_that_does_not_drain_is_killed_after_the_grace_and_the_batch_bou
     said = [r.getMessage() for r in caplog.records]
     assert "a child process exited unexpectedly; stopping the other" in said
     assert any(m.startswith("child ") and m.endswith("did not stop within 2 s: killing it") for m in said), said
+
+
+def test_the_watchdog_arms_once_the_heartbeat_moves_and_fires_when_it_stands_still(tmp_path: Path) -> None:
+    path, now = tmp_path / "alive", [100.0]
+    path.touch()
+    os.utime(path, (1, 1))  # a heartbeat left by an earlier signer
+    dog = supervisor.Watchdog(path, 10, lambda: now[0])
+    now[0] += 1000
+    assert not dog.hung()  # not armed: the new signer may still be loading
+    os.utime(path, (2, 2))
+    assert not dog.hung()  # moved: armed from now (t = 1100)
+    now[0] += 9.9
+    assert not dog.hung()
+    os.utime(path, (3, 3))
+    assert not dog.hung()  # moved again at t = 1109.9
+    now[0] += 10
+    assert dog.hung()
+    assert not supervisor.Watchdog(path, 0, lambda: now[0]).hung()  # 0: off
+
+
+def test_the_loop_touches_the_heartbeat_as_it_comes_round(tmp_path: Path) -> None:
+    """Precomputer.run calls its heartbeat at start and then at most every HEARTBEAT_SECONDS."""
+    from signer.precompute import HEARTBEAT_SECONDS, Precomputer
+    from signer.state import SignerStore
+
+    beats: list[float] = []
+    clock = FakeClock()
+    stop = threading.Event()
+    with SignerStore(tmp_path, Config()) as st:
+        p = Precomputer(
+            st,
+            SignerConfig(),
+            lambda r: None,  # type: ignore[arg-type,return-value]
+            clock,  # type: ignore[arg-type]
+            logging.getLogger("t"),
+            random.Random(1),
+            heartbeat=lambda: beats.append(clock.mono),
+        )
+        original = p.step
+
+        def step() -> int:
+            clock.mono += 1.0  # each turn a second
+            if clock.mono > 20:
+                stop.set()
+            return original()
+
+        p.step = step  # type: ignore[method-assign]
+        p.run(stop)
+    assert beats == [n * HEARTBEAT_SECONDS for n in range(5)]  # t = 0, 5, 10, 15, 20 of a turn a second
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.mono = 0.0
+
+    def now(self) -> int:
+        return 1_800_000_000
+
+    def monotonic(self) -> float:
+        return self.mono
