@@ -100,6 +100,9 @@ class CAProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     csrattrs: list[str] = msgspec.field(default_factory=list)
 
 
+CLIENT_CERT_HEADERS = ("client-cert", "x-forwarded-client-cert", "x-ssl-client-cert")
+
+
 class EstConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # EST is served under each prefix, with and without a CA label.
     prefixes: list[str] = msgspec.field(default_factory=lambda: ["/.well-known/est", "/api/devmanager/.well-known/est"])
@@ -110,6 +113,9 @@ class EstConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client_ca: str | None = None  # PEM bundle trusted for client certificates (default: the registry's CAs)
     ra_trust_anchors: str | None = None  # PEM bundle: RA certificates may also be issued by these
     trusted_proxies: list[str] = msgspec.field(default_factory=list)  # addresses or CIDRs
+    # The one header a trusted proxy puts the client certificate in: client-cert (RFC 9440),
+    # x-forwarded-client-cert (Envoy) or x-ssl-client-cert (nginx). Only it is read.
+    client_cert_header: str = "client-cert"
     max_body_bytes: int = 65536
     job_timeout_seconds: float = 10.0
     max_inflight: int = 64  # signing jobs awaited at once by one edge worker
@@ -254,6 +260,8 @@ def validate(config: Config) -> None:
             "signer.watchdog_seconds must be 0 (off) or from twice batch_seconds plus poll_interval_ms, plus"
             f" a second ({2 * loop_seconds + 1:g} s here), to a day"
         )
+    if config.est.client_cert_header not in CLIENT_CERT_HEADERS:
+        raise ConfigError(f"est.client_cert_header must be one of {', '.join(CLIENT_CERT_HEADERS)} (lower case)")
     if config.store.map_size_mb > MAX_MAP_SIZE_MB:
         raise ConfigError(f"store.map_size_mb must be at most {MAX_MAP_SIZE_MB} (16 TiB of address space)")
     earliest_refresh = (signer.refresh_fraction - signer.jitter_fraction) * signer.validity_hours * 3600

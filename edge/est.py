@@ -120,6 +120,7 @@ class EstService:
         self._limiter = limiter
         self._now = now
         self._trusted = est_auth.TrustedProxies.parse(config.est.trusted_proxies)
+        self._cert_header = config.est.client_cert_header.encode()
         self._kdf_slots = asyncio.Semaphore(2)
         # Checked once at startup: a bad csrattrs entry is a configuration error, not a request error.
         self._csrattrs = {name: csrattrs_der(profile.csrattrs) for name, profile in config.profiles.items()}
@@ -213,7 +214,7 @@ class EstService:
         client = request.client
         try:
             forwarded = est_auth.client_cert_from_forwarded(
-                request.scope["headers"], client.host if client else None, self._trusted
+                request.scope["headers"], client.host if client else None, self._trusted, self._cert_header
             )
         except est_auth.ForwardedCertError as exc:
             self._logger.warning("ignoring a forwarded client certificate: %s", exc)

@@ -47,7 +47,6 @@ MAX_AUTHORIZATION_BYTES = 4096
 CLIENT_CERT = b"client-cert"  # RFC 9440: sf-binary ``:BASE64DER:``
 XFCC = b"x-forwarded-client-cert"  # Envoy: ``By=…;Hash=…;Cert="<url-encoded PEM>"``, elements comma-separated
 X_SSL_CLIENT_CERT = b"x-ssl-client-cert"  # nginx ``$ssl_client_escaped_cert``: URL-encoded PEM
-FORWARDED_HEADERS = (CLIENT_CERT, XFCC, X_SSL_CLIENT_CERT)
 
 _PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
 _WHITESPACE = re.compile(r"\s+")
@@ -203,52 +202,39 @@ def xfcc_elements(value: str) -> list[dict[str, str]]:
 
 
 def parse_xfcc(value: bytes) -> x509.Certificate | None:
-    """The certificate of the first XFCC element carrying a non-empty ``Cert``; None when none does."""
-    for element in xfcc_elements(value.decode("latin-1")):
-        cert = element.get("cert")
-        if cert:
-            return parse_pem_value(cert, XFCC)
-    return None
-
-
-def _header_values(headers: Sequence[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
-    found: dict[bytes, list[bytes]] = {}
-    for name, value in headers:
-        lower = name.lower()
-        if lower in FORWARDED_HEADERS and value.strip():
-            found.setdefault(lower, []).append(value)
-    return found
+    """The certificate of the last XFCC element, the one the nearest proxy added (Envoy appends its own
+    to what came in); None when it carries no ``Cert``. Earlier elements came from the client's side."""
+    elements = xfcc_elements(value.decode("latin-1"))
+    cert = elements[-1].get("cert") if elements else None
+    return parse_pem_value(cert, XFCC) if cert else None
 
 
 def client_cert_from_forwarded(
-    headers: Sequence[tuple[bytes, bytes]], peer_ip: str | None, trusted: TrustedProxies
+    headers: Sequence[tuple[bytes, bytes]], peer_ip: str | None, trusted: TrustedProxies, header: bytes
 ) -> x509.Certificate | None:
-    """The client certificate a trusted proxy forwarded, or None.
+    """The client certificate a trusted proxy forwarded in ``header`` (``est.client_cert_header``), or None.
 
-    From an untrusted peer the headers are ignored (None). From a trusted one, the first header
-    present (non-empty) of ``Client-Cert``, ``X-Forwarded-Client-Cert``, ``X-SSL-Client-Cert``
-    decides; the others are not consulted. An XFCC header with no ``Cert`` gives None. A header
-    that cannot be read raises ``ForwardedCertError`` (log it; treat the request as carrying
-    no certificate). Repeated XFCC headers are one comma-separated list; other headers must
-    appear once.
+    From an untrusted peer nothing is read (None). Only the one header the proxy is configured to set is
+    read: a proxy passes on what it does not set, so a client could send another one itself, with
+    anybody's certificate (certificates are public). An XFCC header gives its last element's ``Cert``
+    (None without one). A header that cannot be read raises ``ForwardedCertError`` (log it; treat the
+    request as carrying no certificate). Repeated XFCC headers are one comma-separated list; other
+    headers must appear once.
     """
     if not trusted.trusts(peer_ip):
         return None
-    values = _header_values(headers)
-    for name in FORWARDED_HEADERS:
-        found = values.get(name)
-        if not found:
-            continue
-        if sum(len(v) for v in found) > MAX_FORWARDED_BYTES:
-            raise ForwardedCertError(name, "too long")
-        if name == XFCC:
-            return parse_xfcc(b",".join(found))
-        if len(found) > 1:
-            raise ForwardedCertError(name, "repeated header")
-        if name == CLIENT_CERT:
-            return parse_client_cert(found[0])
-        return parse_pem_value(found[0].decode("latin-1").strip(), name)
-    return None
+    found = [value for name, value in headers if name.lower() == header and value.strip()]
+    if not found:
+        return None
+    if sum(len(v) for v in found) > MAX_FORWARDED_BYTES:
+        raise ForwardedCertError(header, "too long")
+    if header == XFCC:
+        return parse_xfcc(b",".join(found))
+    if len(found) > 1:
+        raise ForwardedCertError(header, "repeated header")
+    if header == CLIENT_CERT:
+        return parse_client_cert(found[0])
+    return parse_pem_value(found[0].decode("latin-1").strip(), header)
 
 
 def choose_client_cert(tls_cert_der: bytes | None, forwarded: x509.Certificate | None) -> x509.Certificate | None:

@@ -122,9 +122,9 @@ def _cases(pki: Pki) -> list[tuple[str, str | None, list[tuple[bytes, bytes]], x
         ("untrusted malformed ignored", "8.8.8.8", [(b"client-cert", b"garbage")], None),
         ("no peer", None, [(b"client-cert", sf_binary(leaf))], None),
         ("no header", "10.0.0.1", [(b"user-agent", b"x")], None),
-        ("empty header is absent", "10.0.0.1", [(b"client-cert", b" "), (b"x-ssl-client-cert", escaped(leaf2))], leaf2),
+        ("empty header is absent", "10.0.0.1", [(b"client-cert", b" ")], None),
         (
-            "several xfcc elements: first with Cert",
+            "several xfcc elements: the last, the nearest proxy's",
             "10.0.0.1",
             [
                 (
@@ -135,7 +135,13 @@ def _cases(pki: Pki) -> list[tuple[str, str | None, list[tuple[bytes, bytes]], x
                     ).encode(),
                 )
             ],
-            leaf2,
+            leaf,
+        ),
+        (
+            "xfcc: a client's element before the proxy's without Cert gives none",
+            "10.0.0.1",
+            [(b"x-forwarded-client-cert", f"{xfcc_cert(leaf2)},By=spiffe://edge;Hash=1".encode())],
+            None,
         ),
         (
             "repeated xfcc headers are one list",
@@ -145,24 +151,26 @@ def _cases(pki: Pki) -> list[tuple[str, str | None, list[tuple[bytes, bytes]], x
         ),
         ("xfcc without Cert", "10.0.0.1", [(b"x-forwarded-client-cert", b'By=a;Hash=1;Cert=""')], None),
         (
-            "client-cert before xfcc",
+            "only the configured header: another one sent by the client is ignored",
             "10.0.0.1",
-            [(b"x-forwarded-client-cert", xfcc_cert(leaf2).encode()), (b"client-cert", sf_binary(leaf))],
-            leaf,
+            [(b"x-ssl-client-cert", escaped(leaf2)), (b"client-cert", sf_binary(leaf))],
+            leaf2,
         ),
         (
-            "xfcc before x-ssl",
+            "the configured header absent: a client's own Client-Cert is not read",
             "10.0.0.1",
-            [(b"x-ssl-client-cert", escaped(leaf)), (b"x-forwarded-client-cert", xfcc_cert(leaf2).encode())],
-            leaf2,
+            [(b"x-ssl-client-cert", b""), (b"client-cert", sf_binary(leaf))],
+            None,
         ),
     ]
 
 
 @pytest.mark.parametrize("case", [c[0] for c in _cases(make_pki())])
 def test_forwarded_certificates(pki, case):
+    """The configured header (est.client_cert_header) is the case's first one; user-agent alone: the default."""
     [(_, peer, headers, expected)] = [c for c in _cases(pki) if c[0] == case]
-    got = client_cert_from_forwarded(headers, peer, TRUSTED)
+    configured = headers[0][0].lower() if headers[0][0].lower() != b"user-agent" else b"client-cert"
+    got = client_cert_from_forwarded(headers, peer, TRUSTED, configured)
     assert (der(got) if got else None) == (der(expected) if expected else None), case
 
 
@@ -193,7 +201,7 @@ def test_forwarded_certificates(pki, case):
 )
 def test_malformed_forwarded_headers_from_a_trusted_proxy(header, value, reason):
     with pytest.raises(ForwardedCertError) as info:
-        client_cert_from_forwarded([(header, value)], "10.0.0.1", TRUSTED)
+        client_cert_from_forwarded([(header, value)], "10.0.0.1", TRUSTED, header)
     assert info.value.header == header.decode()
     assert reason in info.value.reason
     assert str(info.value).startswith(f"{header.decode()}: ")
@@ -204,13 +212,13 @@ def test_repeated_single_headers_are_malformed(pki):
     for name in (b"client-cert", b"x-ssl-client-cert"):
         value = sf_binary(pki.leaf) if name == b"client-cert" else escaped(pki.leaf)
         with pytest.raises(ForwardedCertError, match="repeated header"):
-            client_cert_from_forwarded([(name, value), (name, value)], "::1", TRUSTED)
+            client_cert_from_forwarded([(name, value), (name, value)], "::1", TRUSTED, name)
 
 
-def test_malformed_first_header_does_not_fall_through(pki):
+def test_a_malformed_configured_header_does_not_fall_through_to_another(pki):
     headers = [(b"client-cert", b"nope"), (b"x-ssl-client-cert", escaped(pki.leaf))]
     with pytest.raises(ForwardedCertError, match="client-cert"):
-        client_cert_from_forwarded(headers, "10.0.0.1", TRUSTED)
+        client_cert_from_forwarded(headers, "10.0.0.1", TRUSTED, b"client-cert")
 
 
 def test_xfcc_elements():

@@ -349,7 +349,8 @@ def proxied(tmp_path_factory: pytest.TempPathFactory, material: Material) -> Ite
     data = prepare(work, material)
     pki_edge(data, "import", "devca", "--cert", material.expired_cert)
     pki_edge(data, "issue", "root", "--cn", "device-tls", "--out", work)  # a device, not an RA
-    with running_up("up-proxied", work, data, material, {"PKI_EDGE_EST_TRUSTED_PROXIES": "127.0.0.1"}) as est:
+    env = {"PKI_EDGE_EST_TRUSTED_PROXIES": "127.0.0.1", "PKI_EDGE_EST_CLIENT_CERT_HEADER": "x-ssl-client-cert"}
+    with running_up("up-proxied", work, data, material, env) as est:
         yield est
 
 
@@ -715,6 +716,17 @@ def test_trusted_proxy_forwarded_certificate_over_plain_http_enrolls(proxied: Es
     assert "OK" in helpers.openssl("verify", "-CAfile", proxied.work / "root.pem", cert)
     assert proxied.inventory() == before + 1
     assert "to ra:dms1 (enroll)" in proxied.servers[0].log()
+
+
+def test_a_forwarded_header_other_than_the_configured_one_is_not_read(proxied: Est) -> None:
+    """The security review: nginx sets X-SSL-Client-Cert and passes on whatever else the client sends,
+    such as a Client-Cert holding an RA's (public) certificate. Only the configured header is read."""
+    csr = make_csr(proxied.work, "fwd-other", "device-posing")
+    der = helpers.load_cert(proxied.work / "dms1.pem").public_bytes(serialization.Encoding.DER)
+    posing = ("-H", f"Client-Cert: :{base64.b64encode(der).decode()}:")
+    with proxied.nothing_issued():
+        reply = proxied.post(f"{EST}/root/simpleenroll", csr, *posing, https=False)
+    assert reply.status in (401, 403), reply
 
 
 def test_real_tls_certificate_wins_over_the_forwarded_header(proxied: Est) -> None:
