@@ -216,10 +216,13 @@ STORE_CHECK_SECONDS = 1.0
 
 
 async def _watch_store(source: LmdbSource) -> None:
-    """Notice a store replaced under this worker (a restored backup) within a second, off the hot path."""
+    """Notice within a second, off the hot path, a store replaced under this worker (a restored backup)
+    and a registry change: the TLS layer then trusts a new or renewed CA's client certificates before
+    any request of this worker has read the registry (a handshake comes before the request)."""
     while True:
         await asyncio.sleep(STORE_CHECK_SECONDS)
         source.reopen_if_replaced()
+        source.refresh_issuers()
 
 
 def build_app(

@@ -246,10 +246,28 @@ class LmdbSource:
         return store.EST_USER_DECODER.decode(raw) if raw is not None else None
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
-        """True when the registry CA that issued ``cert`` (by name and signature) has it revoked."""
+        """True when a registry CA that issued ``cert`` (by name and signature) has it revoked, or has
+        revoked a CA on the way up from it: a path through a revoked CA is invalid (RFC 5280 §6.1.3)."""
         if not self.open():
             raise Unavailable("store not created yet")
         self.refresh_issuers()
+        ca_of = dict(self._ca_certs)
+        seen: set[int] = set()
+        pending = [cert]
+        while pending:
+            current = pending.pop()
+            serial_k = store.serial_key(current.serial_number)
+            for number in self._issuing_cas(current):
+                raw = self._get(store.DB_INVENTORY, store.inventory_key(number, serial_k))
+                if raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None:
+                    return True
+                if number not in seen:
+                    seen.add(number)
+                    pending.append(ca_of[number])
+        return False
+
+    def _issuing_cas(self, cert: x509.Certificate) -> tuple[int, ...]:
+        """The registry CAs that issued ``cert`` (name and signature), remembered per certificate."""
         der = cert.public_bytes(serialization.Encoding.DER)
         numbers = self._issuers_of.get(der)
         if numbers is None:
@@ -257,12 +275,7 @@ class LmdbSource:
             if len(self._issuers_of) >= MAX_REMEMBERED_CLIENT_CERTS:
                 self._issuers_of.clear()
             self._issuers_of[der] = numbers
-        serial_k = store.serial_key(cert.serial_number)
-        for number in numbers:
-            raw = self._get(store.DB_INVENTORY, store.inventory_key(number, serial_k))
-            if raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None:
-                return True
-        return False
+        return numbers
 
     def cert_ref(self, cert_id: CertID) -> tuple[int, int] | None:
         """(issuer number, hash code) for a CertID's issuer and algorithm, if known."""

@@ -335,3 +335,12 @@ def test_a_dangling_configuration_link_is_an_error_not_the_defaults(tmp_path: Pa
     (tmp_path / "pki-edge.toml").symlink_to(tmp_path / "gone.toml")
     with pytest.raises(ConfigError, match=r"pki-edge.toml: No such file or directory"):
         load_config(tmp_path, {})
+
+
+@pytest.mark.parametrize("header", ["X-SSL-Client-Cert", "ssl-client-cert", ""])
+def test_the_client_certificate_header_is_one_of_three(tmp_path: Path, header: str) -> None:
+    write(tmp_path, f'[est]\nclient_cert_header = "{header}"\n')
+    with pytest.raises(
+        ConfigError, match=r"est\.client_cert_header must be one of client-cert, x-forwarded-client-cert"
+    ):
+        load_config(tmp_path, {})

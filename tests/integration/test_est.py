@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from contract.config import Config
 from signer.state import key_path
 from tests.integration import helpers
-from tests.integration.helpers import Server, free_port, pki_edge
+from tests.integration.helpers import Server, free_port, pki_edge, wait_for
 
 CURL = shutil.which("curl")
 pytestmark = pytest.mark.skipif(CURL is None, reason="curl is needed for the EST commands")
@@ -295,6 +295,30 @@ def test_a_revoked_sub_ca_enrolls_no_more(est: Est) -> None:
     assert issued.returncode == 2 and "CA 'revsub' is revoked (in CA 'root')" in issued.stderr
     made = pki_edge(est.data, "ca", "create", "revsubsub", "--parent", "revsub", check=False)
     assert made.returncode == 2 and "CA 'revsub' is revoked (in CA 'root')" in made.stderr
+
+
+def test_an_ra_under_a_revoked_ca_is_refused(est: Est) -> None:
+    """The security review: an RA certificate issued by a sub-CA that its parent has revoked still
+    enrolled (the TLS layer trusts every registry CA; only the RA's own serial was looked up)."""
+    pki_edge(est.data, "ca", "create", "rasub", "--parent", "root")
+    pki_edge(est.data, "issue", "rasub", "--cn", "dms-rasub", "--out", est.work)
+    pki_edge(est.data, "ra", "add", "dms-rasub", "--cert", est.work / "dms-rasub.pem", "--cas", "root")
+
+    def enroll(n: int) -> tuple[int, bytes]:
+        body = csr(est, f"rasub{n}", f"rasub-device-{n}")
+        return est.curl(
+            f"{est.https}/.well-known/est/root/simpleenroll",
+            "--cert", est.work / "dms-rasub.pem", "--key", est.work / "dms-rasub.key",
+            "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
+            expect_status=None,
+        )  # fmt: skip
+
+    wait_for("the new CA trusted on the TLS port", lambda: enroll(1)[0] == 200, timeout=10, interval=0.5)
+    (est.work / "rasub.pem").write_text(pki_edge(est.data, "ca", "show", "rasub").stdout)
+    serial = helpers.openssl("x509", "-in", est.work / "rasub.pem", "-noout", "-serial").strip()
+    pki_edge(est.data, "revoke", "root", serial, "--reason", "keyCompromise")
+    status, answer = enroll(2)
+    assert status == 403 and b"revoked" in answer, (status, answer)
 
 
 def test_https_refuses_headers_past_the_bound_with_431(est: Est) -> None:
