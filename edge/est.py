@@ -190,7 +190,11 @@ class EstService:
         result = await self._submit(jobs.ServerKeygenJob(ca.name, _der(csr), requester))
         if not isinstance(result, jobs.IssuedWithKey):
             raise EstError(500, "unexpected answer from the signer")
-        return _est_body(*serverkeygen_multipart(result.key_pkcs8_der, x509.load_der_x509_certificate(result.cert_der)))
+        answer = _est_body(
+            *serverkeygen_multipart(result.key_pkcs8_der, x509.load_der_x509_certificate(result.cert_der))
+        )
+        answer.headers["cache-control"] = "no-store"  # it holds a private key: never kept by a cache on the way
+        return answer
 
     # --- pieces -------------------------------------------------------------------------------
 

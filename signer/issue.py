@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,10 +66,16 @@ def issue_to_directory(
 ) -> tuple[Path, Path]:
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", common_name).strip("._") or "cert"
     cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
-    if cert_path.exists() or key_path.exists():
+    if os.path.lexists(cert_path) or os.path.lexists(key_path):  # a dangling symlink too
         raise SignerError(f"{cert_path} or {key_path} already exists")
     cert, key = issue_certificate(st, issuer, common_name, sans, key_type, days, now)
     out.mkdir(parents=True, exist_ok=True)
     write_private_key(key_path, key)  # type: ignore[arg-type]
-    cert_path.write_bytes(cert.public_bytes(Encoding.PEM))
+    # Created, never opened as found: a symlink placed there (even dangling) is not followed (O_EXCL).
+    try:
+        fd = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise SignerError(f"{cert_path} already exists") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(cert.public_bytes(Encoding.PEM))
     return cert_path, key_path

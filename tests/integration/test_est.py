@@ -173,6 +173,11 @@ def test_lamassu_simpleenroll_reenroll_and_serverkeygen(est: Est) -> None:
     )
     (est.work / "generated.pem").write_text(print_certs(est, "crt.p7"))
     check_issued(est, "generated.pem", None)
+    headers = est.bash(
+        f"curl -s -D - -o /dev/null --cacert tlsca.pem {base}/root/serverkeygen --cert dms1.pem --key dms1.key "
+        f"-H 'Content-Type: application/pkcs10' --data-binary @{keygen_csr.name}"
+    )
+    assert "cache-control: no-store" in headers.lower()  # it holds a private key
 
     # One OCSP request for two certificates: both statuses, in one response signed by the workers.
     est.bash("openssl x509 -in cert.pem -noout -serial | cut -d= -f2 > old.serial")

@@ -253,3 +253,17 @@ def test_a_ca_renewed_issues_past_its_old_end_and_signs_whole_validities(
     said = wait_for("the new certificate's answer", lambda: next_update("after.example", new_pem), timeout=30)
     ends = dt.datetime.strptime(said, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.UTC)
     assert ends > dt.datetime.now(dt.UTC) + dt.timedelta(days=6)  # a whole week, not cut to the old end
+
+
+def test_issue_never_writes_through_a_symlink_at_its_certificate_path(run: Run, tmp_path: Path) -> None:
+    """The security review: a dangling symlink at DIR/CN.pem made `issue` (often run as root) create the
+    file it pointed at."""
+    run("ca", "create", "links")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "created-by-issue.txt"
+    (out / "dev9.pem").symlink_to(target)
+    refused = run("issue", "links", "--cn", "dev9", "--out", out, check=False)
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+    assert not target.exists() and not (out / "dev9.key").exists()  # refused before anything was issued
+    assert "serials     0" in run("status").stdout
