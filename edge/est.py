@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import math
 import ssl
@@ -20,7 +21,6 @@ import time
 from collections.abc import Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
@@ -44,7 +44,6 @@ from edge.jobqueue import JobQueue, QueueError
 from edge.source import LmdbSource, Unavailable
 
 _DER = Encoding.DER
-_SHA256 = hashes.SHA256()
 OPERATIONS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "serverkeygen", "csrattrs", "fullcmc"})
 POST_OPERATIONS = frozenset({"simpleenroll", "simplereenroll", "serverkeygen", "fullcmc"})
 # RFC 7030 §4.4.1.1 and §4.4.1.2: the client asks for its server-generated key encrypted (id-aa-decryptKeyID,
@@ -296,7 +295,10 @@ class EstService:
             if ca_or_none is None:
                 raise EstError(403, "the client certificate was not issued by a CA of this server")
             ca = ca_or_none
-        self._rate_limit("cert:" + cert.fingerprint(_SHA256).hex())
+        # By the identity a re-enrollment keeps (issuer and subject: RFC 7030 §4.2.2), not by the certificate,
+        # which each re-enrollment renews: a chain of them would have a fresh bucket at every step.
+        identity = hashlib.sha256(cert.issuer.public_bytes() + b"\x00" + cert.subject.public_bytes()).hexdigest()
+        self._rate_limit("cert:" + identity)
         self._check_room()
         csr = decode_csr(await self._body(request), request.headers.get("content-type"), self._est.max_body_bytes)
         result = await self._submit(jobs.ReenrollJob(ca.name, _der(csr), cert.public_bytes(_DER)))

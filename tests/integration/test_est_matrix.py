@@ -764,6 +764,22 @@ def test_rate_limit_third_enroll_in_a_row_gets_429(limited: Est) -> None:
     assert limited.inventory() == before + 2
 
 
+def test_rate_limit_follows_a_device_through_its_re_enrollments(limited: Est) -> None:
+    """The security review: each re-enrollment's new certificate had a bucket of its own, so one device
+    key minted certificates without end. The bucket is the identity a re-enrollment keeps (issuer and
+    subject): two in a row (the burst), then 429, whichever of its certificates asks."""
+    helpers.pki_edge(limited.data, "issue", "root", "--cn", "chain.example", "--out", limited.work / "chain")
+    key = limited.work / "chain" / "chain.example.key"
+    cert = limited.work / "chain" / "chain.example.pem"
+    csr = make_csr(limited.work, "chain", "chain.example", key=key)
+    for step in range(2):
+        reply = limited.post(f"{EST}/simplereenroll", csr, "--cert", str(cert), "--key", str(key))
+        cert = issued_to(limited.work, reply, f"chain-{step}", key)
+    with limited.nothing_issued():
+        reply = limited.post(f"{EST}/simplereenroll", csr, "--cert", str(cert), "--key", str(key))
+    expect(reply, 429, "too many requests", limited)
+
+
 def test_rate_limit_counts_password_guesses_per_address_and_enrollments_per_user(limited: Est) -> None:
     """Several Basic users behind one address each enroll at their own rate; two wrong passwords
     from that address (the burst) hold back the next attempt, whoever makes it."""
