@@ -58,6 +58,17 @@ def signer_for(key: SigningKey, algorithm: hashes.HashAlgorithm) -> Callable[[by
     return lambda data: rsa_sign(data, pkcs1, algorithm)
 
 
+def check_private_dir(path: Path) -> None:
+    """A directory for keys (or the signer's socket) must be this user's and closed to everyone else. One
+    that already existed is not trusted as found: another user owning it, or allowed into it, could take
+    or replace what is put there (a key file is 0600, yet can be moved out of a directory one may write)."""
+    st = os.stat(path)
+    if st.st_uid != os.geteuid():
+        raise KeyError_(f"{path} belongs to another user (uid {st.st_uid}): chown it to this one, or start afresh")
+    if st.st_mode & 0o077:
+        raise KeyError_(f"{path} is open to other users (mode {st.st_mode & 0o777:o}): chmod 700 {path}")
+
+
 def write_private_key(path: Path, key: SigningKey) -> None:
     """Write PKCS#8 PEM, mode 0600, refusing to overwrite an existing key."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

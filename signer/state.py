@@ -14,6 +14,7 @@ import msgspec
 from contract import store
 from contract.config import Config
 from contract.jobs import socket_path
+from signer.keys import KeyError_, check_private_dir
 
 # A CA name is also an EST label later: path-safe and never an EST operation name.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -46,6 +47,10 @@ def signer_dir(data_dir: Path) -> Path:
     """The signer's side of the data directory: keys live here, mode 0700."""
     path = data_dir / "signer"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        check_private_dir(path)
+    except KeyError_ as exc:
+        raise SignerError(str(exc)) from None
     return path
 
 
@@ -74,7 +79,13 @@ def signer_listening(data_dir: Path) -> bool:
 
 
 def key_path(data_dir: Path, name: str, role: str = "ca") -> Path:
-    return signer_dir(data_dir) / "keys" / f"{name}.{role}.key"
+    keys = signer_dir(data_dir) / "keys"
+    if keys.exists():  # made by write_private_key, mode 0700; one made otherwise is not trusted as found
+        try:
+            check_private_dir(keys)
+        except KeyError_ as exc:
+            raise SignerError(str(exc)) from None
+    return keys / f"{name}.{role}.key"
 
 
 class SignerStore:
