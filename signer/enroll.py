@@ -217,6 +217,12 @@ def check_key(public_key: object, profile: CAProfile) -> None:
     if name is None or name not in profile.key_types:
         allowed = ", ".join(profile.key_types) or "none"
         raise EnrollRefused(400, f"key type {name or _describe_key(public_key)} is not allowed (allowed: {allowed})")
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.public_numbers().e < MIN_RSA_EXPONENT:
+        # NIST SP 800-78 / 800-56B and most CA policies: a small exponent (3) invites padding attacks.
+        raise EnrollRefused(400, f"an RSA public exponent below {MIN_RSA_EXPONENT} is not allowed")
+
+
+MIN_RSA_EXPONENT = 65537
 
 
 def _describe_key(public_key: object) -> str:

@@ -277,6 +277,7 @@ PROFILE_CASES: list[tuple[str, dict[str, Any], Callable[[], bytes], str | None]]
     ("ec-p521 unknown", {}, lambda: make_csr(ec.generate_private_key(ec.SECP521R1())), "secp521r1"),
     ("ed25519 unknown", {}, lambda: make_csr(ed25519.Ed25519PrivateKey.generate()), "key type"),
     ("rsa-1024 unknown", {}, lambda: make_csr(rsa.generate_private_key(65537, 1024)), "RSA 1024"),
+    ("rsa-2048 with e = 3", {}, lambda: make_csr(rsa.generate_private_key(3, 2048)), "exponent below 65537"),
     ("no CN", {}, lambda: make_csr(subject=x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")])), "one"),
     ("empty subject", {}, lambda: make_csr(subject=x509.Name([])), "exactly one commonName"),
     ("two CNs", {}, lambda: make_csr(subject=cn_name("a", "b")), "exactly one commonName (it has 2)"),
