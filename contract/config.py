@@ -76,6 +76,10 @@ EXTENDED_KEY_USAGE_NAMES = (
 )
 
 
+# The subject attributes RFC 4514 names (as cryptography writes them); any other is named by its OID.
+SUBJECT_ATTRIBUTE_NAMES = ("CN", "L", "ST", "O", "OU", "C", "STREET", "DC", "UID")
+
+
 class CAProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What a CA issues over EST (``[profiles.NAME]`` in the config file, NAME a CA of the registry)."""
 
@@ -87,6 +91,10 @@ class CAProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     extended_key_usage: list[str] = msgspec.field(default_factory=lambda: ["client_auth"])
     # The subject CN must fully match this regular expression; SAN entries their type's pattern.
     subject_cn_pattern: str = ".+"
+    # The subject's other attributes a CSR may carry, by RFC 4514 name (C, ST, L, O, OU, DC, UID) or dotted
+    # OID (emailAddress 1.2.840.113549.1.9.1, serialNumber 2.5.4.5): [] = the CN alone; None = any
+    # (copied as sent: relying parties that authorise on O or OU would trust what a device asked for).
+    subject_attributes: list[str] | None = None
     san_dns_pattern: str = ".+"
     san_uri_pattern: str = ".+"
     allow_san_ip: bool = True
@@ -323,6 +331,12 @@ def _validate_profile(where: str, profile: CAProfile) -> None:
         unknown = [v for v in values if v not in allowed]
         if unknown:
             raise ConfigError(f"{where}.{field}: unknown {unknown}; choose from {list(allowed)}")
+    for name in profile.subject_attributes or []:
+        if name not in SUBJECT_ATTRIBUTE_NAMES and not re.fullmatch(r"[0-2](\.[0-9]+)+", name):
+            raise ConfigError(
+                f"{where}.subject_attributes: {name!r} is neither one of {', '.join(SUBJECT_ATTRIBUTE_NAMES)}"
+                " nor a dotted OID"
+            )
     for field in ("subject_cn_pattern", "san_dns_pattern", "san_uri_pattern"):
         try:
             re.compile(getattr(profile, field))

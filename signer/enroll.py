@@ -243,6 +243,12 @@ def check_names(names: RequestedNames, profile: CAProfile) -> None:
         raise EnrollRefused(400, "the commonName is not a string")
     if not _pattern(profile.subject_cn_pattern).fullmatch(cn):
         raise EnrollRefused(400, f"commonName {_shown(cn)} is not allowed by this CA's profile")
+    if profile.subject_attributes is not None:
+        allowed = {"CN", *profile.subject_attributes}
+        for attribute in names.subject:
+            if attribute.rfc4514_attribute_name not in allowed:
+                name = attribute.rfc4514_attribute_name
+                raise EnrollRefused(400, f"subject attribute {name} is not allowed by this CA's profile")
     if names.san is None:
         if profile.require_san:
             raise EnrollRefused(400, "this CA requires a subjectAltName")

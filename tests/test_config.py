@@ -344,3 +344,15 @@ def test_the_client_certificate_header_is_one_of_three(tmp_path: Path, header: s
         ConfigError, match=r"est\.client_cert_header must be one of client-cert, x-forwarded-client-cert"
     ):
         load_config(tmp_path, {})
+
+
+@pytest.mark.parametrize(
+    ("names", "ok"), [(["O", "OU", "2.5.4.5"], True), ([], True), (["email"], False), (["2.5"], True), ([""], False)]
+)
+def test_subject_attributes_are_names_or_oids(tmp_path: Path, names: list[str], ok: bool) -> None:
+    write(tmp_path, f"[profiles.ca]\nsubject_attributes = {names!r}\n")
+    if ok:
+        assert load_config(tmp_path, {}).profiles["ca"].subject_attributes == names
+    else:
+        with pytest.raises(ConfigError, match="subject_attributes"):
+            load_config(tmp_path, {})

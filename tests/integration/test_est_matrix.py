@@ -366,7 +366,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory, material: Material) -> Ite
 @pytest.fixture(scope="module")
 def attrs(tmp_path_factory: pytest.TempPathFactory, material: Material) -> Iterator[Est]:
     work = tmp_path_factory.mktemp("attrs")
-    toml = '[profiles.root]\ncsrattrs = ["challengePassword", "ecPublicKey:secp256r1"]\n'
+    toml = '[profiles.root]\ncsrattrs = ["challengePassword", "ecPublicKey:secp256r1"]\nsubject_attributes = ["O"]\n'
     data = prepare(work, material, toml)
     with running_up("up-attrs", work, data, material, {"PKI_EDGE_WORKERS_COUNT": "1"}) as est:
         yield est
@@ -807,6 +807,20 @@ def test_rate_limit_counts_password_guesses_per_address_and_enrollments_per_user
 
 
 # ============================================================================== csrattrs
+
+
+def test_a_profile_restricts_the_subjects_other_attributes(attrs: Est) -> None:
+    """The security review: an emailAddress, title or serialNumber was copied into the certificate as the
+    device asked. With subject_attributes = ["O"], only the CN and O are."""
+    ok = make_csr(attrs.work, "subj-ok", "device-subj/O=Acme")
+    cert = issued_to(
+        attrs.work, attrs.post(f"{EST}/root/simpleenroll", ok, *attrs.ra), "subj-ok-cert", attrs.work / "subj-ok.key"
+    )
+    assert "O=Acme" in subject_of(cert) and "CN=device-subj" in subject_of(cert)
+    posing = make_csr(attrs.work, "subj-mail", "device-mail/emailAddress=ceo@bank.example")
+    with attrs.nothing_issued():
+        reply = attrs.post(f"{EST}/root/simpleenroll", posing, *attrs.ra)
+    expect(reply, 400, "subject attribute 1.2.840.113549.1.9.1 is not allowed by this CA's profile", attrs)
 
 
 def test_csrattrs_of_a_profile(attrs: Est) -> None:

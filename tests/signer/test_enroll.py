@@ -285,6 +285,14 @@ PROFILE_CASES: list[tuple[str, dict[str, Any], Callable[[], bytes], str | None]]
     ("CN must fullmatch", {"subject_cn_pattern": r"dev-\d+"}, lambda: make_csr(subject=cn_name("dev-12x")), "dev-12x"),
     ("CN prefix only", {"subject_cn_pattern": "dev"}, lambda: make_csr(subject=cn_name("dev-1")), "commonName"),
     ("CN plus O accepted", {}, lambda: make_csr(subject=cn_name("d", extra=[_o("x")])), None),
+    ("CN alone asked", {"subject_attributes": []}, lambda: make_csr(subject=cn_name("d", extra=[_o("x")])), "O is not"),
+    ("O allowed", {"subject_attributes": ["O"]}, lambda: make_csr(subject=cn_name("d", extra=[_o("x")])), None),
+    (
+        "emailAddress by OID",
+        {"subject_attributes": ["O"]},
+        lambda: make_csr(subject=cn_name("d", extra=[x509.NameAttribute(NameOID.EMAIL_ADDRESS, "ceo@bank.example")])),
+        "subject attribute 1.2.840.113549.1.9.1 is not allowed",
+    ),
     ("DNS ok", {"san_dns_pattern": r"[a-z0-9-]+\.example\.com"}, lambda: make_csr(sans=_dns("a.example.com")), None),
     (
         "DNS fullmatch",
