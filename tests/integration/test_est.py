@@ -274,6 +274,17 @@ def test_no_enrollment_while_the_cas_ocsp_responder_is_not_valid(est: Est) -> No
     assert enroll(3)[0] == 200
 
 
+def enroll_as(est: Est, ra: str, ca: str, name: str) -> tuple[int, bytes]:
+    """simpleenroll for CA ``ca`` with a new key and CSR (``name``), as RA ``ra`` (WORK/RA.pem, RA.key)."""
+    body = csr(est, name, f"{name}-device")
+    return est.curl(
+        f"{est.https}/.well-known/est/{ca}/simpleenroll",
+        "--cert", est.work / f"{ra}.pem", "--key", est.work / f"{ra}.key",
+        "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
+        expect_status=None,
+    )  # fmt: skip
+
+
 def test_a_revoked_sub_ca_enrolls_no_more(est: Est) -> None:
     """Its parent revoked it (cACompromise): what it would issue chains to a revoked CA. 403 with the
     reason, as for an expired CA; the CLI refuses as well."""
@@ -282,13 +293,7 @@ def test_a_revoked_sub_ca_enrolls_no_more(est: Est) -> None:
     pki_edge(est.data, "ra", "add", "dms-revsub", "--cert", est.work / "dms-revsub.pem", "--cas", "revsub")
 
     def enroll(n: int) -> tuple[int, bytes]:
-        body = csr(est, f"revsub{n}", f"revsub-device-{n}")
-        return est.curl(
-            f"{est.https}/.well-known/est/revsub/simpleenroll",
-            "--cert", est.work / "dms-revsub.pem", "--key", est.work / "dms-revsub.key",
-            "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
-            expect_status=None,
-        )  # fmt: skip
+        return enroll_as(est, "dms-revsub", "revsub", f"revsub{n}")
 
     assert enroll(1)[0] == 200
     (est.work / "revsub.pem").write_text(pki_edge(est.data, "ca", "show", "revsub").stdout)
@@ -310,13 +315,7 @@ def test_an_ra_under_a_revoked_ca_is_refused(est: Est) -> None:
     pki_edge(est.data, "ra", "add", "dms-rasub", "--cert", est.work / "dms-rasub.pem", "--cas", "root")
 
     def enroll(n: int) -> tuple[int, bytes]:
-        body = csr(est, f"rasub{n}", f"rasub-device-{n}")
-        return est.curl(
-            f"{est.https}/.well-known/est/root/simpleenroll",
-            "--cert", est.work / "dms-rasub.pem", "--key", est.work / "dms-rasub.key",
-            "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}",
-            expect_status=None,
-        )  # fmt: skip
+        return enroll_as(est, "dms-rasub", "root", f"rasub{n}")
 
     wait_for("the new CA trusted on the TLS port", lambda: enroll(1)[0] == 200, timeout=10, interval=0.5)
     (est.work / "rasub.pem").write_text(pki_edge(est.data, "ca", "show", "rasub").stdout)
