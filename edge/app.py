@@ -221,8 +221,7 @@ async def _watch_store(source: LmdbSource) -> None:
     any request of this worker has read the registry (a handshake comes before the request)."""
     while True:
         await asyncio.sleep(STORE_CHECK_SECONDS)
-        source.reopen_if_replaced()
-        source.refresh_issuers()
+        source.follow_store()
 
 
 def build_app(

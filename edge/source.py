@@ -123,6 +123,7 @@ class LmdbSource:
         self._end_this_read = self._end_read  # bound once, not once per snapshot
         self._decode = store.RESPONSE_DECODER.decode
         self._read_failed = False
+        self._follow_failed = False
         self._registry_listeners: list[Callable[[list[store.IssuerRecord]], None]] = []
         self._forget_store()
 
@@ -354,6 +355,19 @@ class LmdbSource:
         """The store file was replaced or removed since this worker opened it (a restored backup, a
         removed data directory): what it serves is no longer the signer's. Off the hot path."""
         return self._env is not None and store.file_identity(self._store_file) != self._store_identity
+
+    def follow_store(self) -> None:
+        """Once a second (edge.app): a replaced store reopened, a registry change read. A failing store is
+        said once and tried again at the next call."""
+        try:
+            self.reopen_if_replaced()
+            self.refresh_issuers()
+        except lmdb.Error as exc:
+            if not self._follow_failed:
+                self._logger.error("store check failed: %s", exc)
+            self._follow_failed = True
+        else:
+            self._follow_failed = False
 
     def reopen_if_replaced(self) -> bool:
         """Serve the store now in the data directory if the one open was replaced or removed; True if

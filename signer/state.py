@@ -47,6 +47,11 @@ def signer_dir(data_dir: Path) -> Path:
     """The signer's side of the data directory: keys live here, mode 0700."""
     path = data_dir / "signer"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return _private(path)
+
+
+def _private(path: Path) -> Path:
+    """``path``, a directory found this user's alone (signer.keys.check_private_dir); else SignerError."""
     try:
         check_private_dir(path)
     except KeyError_ as exc:
@@ -81,10 +86,7 @@ def signer_listening(data_dir: Path) -> bool:
 def key_path(data_dir: Path, name: str, role: str = "ca") -> Path:
     keys = signer_dir(data_dir) / "keys"
     if keys.exists():  # made by write_private_key, mode 0700; one made otherwise is not trusted as found
-        try:
-            check_private_dir(keys)
-        except KeyError_ as exc:
-            raise SignerError(str(exc)) from None
+        _private(keys)
     return keys / f"{name}.{role}.key"
 
 

@@ -205,3 +205,15 @@ def test_a_replaced_store_is_reopened_and_a_removed_one_leaves_the_source_closed
     shutil.copytree(backup, live)  # back: opened by the next lookup, as at a worker's start
     assert source.response(*lookup, AT).revoked is True
     assert seen == [1, 1, 0, 1]
+
+
+def test_following_a_failing_store_says_so_once_and_goes_on(world, caplog) -> None:
+    st, _, lookup = world
+    source = LmdbSource(lambda: st.env, logging.getLogger("t"), at_once)
+    assert source.response(*lookup, AT).revoked is False
+    source.follow_store()  # nothing changed: nothing said
+    st.env.close()
+    with caplog.at_level(logging.ERROR, logger="t"):
+        for _ in range(3):
+            source.follow_store()  # never raises: the worker's once-a-second task must live on
+    assert [r.getMessage().startswith("store check failed") for r in caplog.records] == [True]
