@@ -64,10 +64,15 @@ def _note_if_capped(issuer: IssuerRecord, days: int, now: dt.datetime) -> None:
     ends = x509.load_der_x509_certificate(issuer.cert_der).not_valid_after_utc
     if ends < now + dt.timedelta(days=days):
         print(
-            f"note: --days {days} would outlive CA {issuer.name}: the certificate ends with it,"
-            f" at {ends.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+            f"note: --days {days} would outlive CA {issuer.name}: the certificate ends with it, at {_iso(ends)}",
             file=sys.stderr,
         )
+
+
+def _iso(when: dt.datetime) -> str:
+    from signer.inventory import iso_time
+
+    return iso_time(int(when.timestamp()))
 
 
 def cmd_ca_add(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
@@ -99,7 +104,7 @@ def cmd_ca_renew(args: argparse.Namespace, data_dir: Path, config: Config) -> in
     was = _not_after_text(st.issuer(args.name).cert_der)
     now = _now()
     record, renewed = registry.renew_ca(st, args.name, args.cert.read_bytes() if args.cert else None, args.days, now)
-    ends = renewed.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    ends = _iso(renewed.not_valid_after_utc)
     print(f"renewed CA {record.name}: its certificate ends at {ends} (was {was}), serial {renewed.serial_number:X}")
     if args.days is not None and renewed.not_valid_after_utc < now + dt.timedelta(days=args.days):
         print(f"note: --days {args.days} would outlive its issuing CA: the certificate ends with it", file=sys.stderr)
@@ -109,7 +114,7 @@ def cmd_ca_renew(args: argparse.Namespace, data_dir: Path, config: Config) -> in
 def _not_after_text(cert_der: bytes) -> str:
     from cryptography import x509
 
-    return x509.load_der_x509_certificate(cert_der).not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso(x509.load_der_x509_certificate(cert_der).not_valid_after_utc)
 
 
 def cmd_ca_responder(args: argparse.Namespace, data_dir: Path, config: Config) -> int:

@@ -42,7 +42,7 @@ from contract.config import KEY_USAGE_NAMES, CAProfile, Config
 from contract.jobs import EnrollJob, Issued, IssuedWithKey, ReenrollJob, Refused, ServerKeygenJob
 from contract.store import CertRecord, IssuerRecord
 from signer.certs import check_directly_issued
-from signer.inventory import revoked_by
+from signer.inventory import issuing_refusal
 from signer.keys import KeyError_, SigningKey, generate_key, signature_hash
 from signer.ocsp_der import ResponseSigner
 from signer.precompute import Clock, Precomputer
@@ -466,10 +466,8 @@ def _issuing_ca(
     if issuer.signing != "ca":
         raise EnrollRefused(403, f"CA {name!r} was added without its key: it cannot issue certificates")
     ca_cert, ca_key, response_signer = load_ca(issuer)
-    if ca_cert.not_valid_after_utc.timestamp() <= now:
-        raise EnrollRefused(403, f"CA {name!r} has expired: it cannot issue certificates")
-    if (revoker := revoked_by(st, issuer)) is not None:
-        raise EnrollRefused(403, f"CA {name!r} is revoked (in CA {revoker.name!r}): it cannot issue certificates")
+    if (refusal := issuing_refusal(st, issuer, now)) is not None:
+        raise EnrollRefused(403, refusal)
     if not response_signer.valid_at(now):
         # A certificate is answered only with its first OCSP responses stored (signer.precompute signs
         # none outside this validity): a 503 until the operator gives the CA a valid responder.

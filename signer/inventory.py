@@ -532,6 +532,20 @@ def overview(st: SignerStore, now: int) -> Overview:
     )
 
 
+def registry_parent(st: SignerStore, record: IssuerRecord) -> IssuerRecord | None:
+    """The registry CA that issued CA ``record``'s certificate (name and signature), if any."""
+    return next((p for p in st.issuers() if p.number != record.number and _issued(record.cert_der, p.cert_der)), None)
+
+
+def issuing_refusal(st: SignerStore, record: IssuerRecord, now: int) -> str | None:
+    """Why CA ``record`` may not issue now (its certificate expired, or revoked up its chain), or None."""
+    if x509.load_der_x509_certificate(record.cert_der).not_valid_after_utc.timestamp() <= now:
+        return f"CA {record.name!r} has expired: it cannot issue certificates"
+    if (revoker := revoked_by(st, record)) is not None:
+        return f"CA {record.name!r} is revoked (in CA {revoker.name!r}): it cannot issue certificates"
+    return None
+
+
 @functools.lru_cache(maxsize=256)
 def _issued(child_der: bytes, parent_der: bytes) -> bool:
     """Whether ``parent_der``'s CA issued ``child_der`` (name and signature): checked once per pair."""

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from contract.name_bounds import UB_COMMON_NAME
 from contract.store import IssuerRecord
 from signer.certs import make_end_entity_certificate, parse_san
-from signer.inventory import add_certificates, revoked_by
+from signer.inventory import add_certificates, issuing_refusal
 from signer.keys import generate_key, write_private_key
 from signer.registry import load_ca_key
 from signer.state import SignerError, SignerStore
@@ -32,10 +32,8 @@ def issue_certificate(
     if not 1 <= len(common_name) <= UB_COMMON_NAME:
         raise SignerError(f"--cn must be 1 to {UB_COMMON_NAME} characters (RFC 5280), not {len(common_name)}")
     ca = x509.load_der_x509_certificate(issuer.cert_der)
-    if ca.not_valid_after_utc <= now:
-        raise SignerError(f"CA {issuer.name!r} has expired: it cannot issue certificates")
-    if (revoker := revoked_by(st, issuer)) is not None:
-        raise SignerError(f"CA {issuer.name!r} is revoked (in CA {revoker.name!r}): it cannot issue certificates")
+    if (refusal := issuing_refusal(st, issuer, int(now.timestamp()))) is not None:
+        raise SignerError(refusal)
     key = generate_key(key_type)
     try:
         cert = make_end_entity_certificate(

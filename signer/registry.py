@@ -21,7 +21,7 @@ from signer.certs import (
     make_responder_certificate,
     renew_ca_certificate,
 )
-from signer.inventory import add_certificates, revoked_by
+from signer.inventory import add_certificates, issuing_refusal, registry_parent
 from signer.keys import KeyError_, SigningKey, generate_key, key_type_of, load_private_key, write_private_key
 from signer.ocsp_der import ResponseSigner
 from signer.state import SignerError, SignerStore, check_ca_name, check_ocsp_url, key_path
@@ -64,12 +64,7 @@ def create_ca(
     parent_record = None
     if parent_name is not None:
         parent_record = store.issuer(parent_name)
-        parent_cert = x509.load_der_x509_certificate(parent_record.cert_der)
-        if parent_cert.not_valid_after_utc <= now:
-            raise SignerError(f"CA {parent_name!r} has expired: it cannot issue certificates")
-        if (revoker := revoked_by(store, parent_record)) is not None:
-            raise SignerError(f"CA {parent_name!r} is revoked (in CA {revoker.name!r}): it cannot issue certificates")
-        parent = (parent_cert, load_ca_key(store.data_dir, parent_record))
+        parent = (x509.load_der_x509_certificate(parent_record.cert_der), _parent_key(store, parent_record, now))
     cert = make_ca_certificate(
         name, key, days, now, parent, parent_ocsp_url=parent_record.ocsp_url if parent_record else None
     )
@@ -100,7 +95,7 @@ def renew_ca(
     A parent in the registry gets the new certificate in its inventory (its OCSP answers for it)."""
     record = store.issuer(name)
     current = x509.load_der_x509_certificate(record.cert_der)
-    parent = next((p for p in store.issuers() if p.number != record.number and _issued_by(record, p)), None)
+    parent = registry_parent(store, record)
     if cert_data is not None:
         renewed = load_certificate(cert_data, "--cert")
     else:
@@ -123,18 +118,12 @@ def renew_ca(
     return updated, renewed
 
 
-def _issued_by(child: IssuerRecord, parent: IssuerRecord) -> bool:
-    ca = x509.load_der_x509_certificate(parent.cert_der)
-    return check_directly_issued(x509.load_der_x509_certificate(child.cert_der), ca) is None
-
-
 def _parent_key(store: SignerStore, parent: IssuerRecord, now: dt.datetime) -> SigningKey:
+    """The key of a registry CA about to issue a CA certificate, if it may issue now."""
     if parent.signing != "ca":
-        raise SignerError(f"CA {parent.name!r} was added without its key: give the renewed certificate with --cert")
-    if x509.load_der_x509_certificate(parent.cert_der).not_valid_after_utc <= now:
-        raise SignerError(f"CA {parent.name!r} has expired: it cannot issue certificates")
-    if (revoker := revoked_by(store, parent)) is not None:
-        raise SignerError(f"CA {parent.name!r} is revoked (in CA {revoker.name!r}): it cannot issue certificates")
+        raise SignerError(f"CA {parent.name!r} was added without its key: it cannot issue certificates")
+    if (refusal := issuing_refusal(store, parent, int(now.timestamp()))) is not None:
+        raise SignerError(refusal)
     return load_ca_key(store.data_dir, parent)
 
 
