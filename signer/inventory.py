@@ -199,9 +199,7 @@ def write_entries(
                 try:
                     merged = _merge(old, store.CERT_DECODER.decode(raw_record))
                 except RevocationConflict:
-                    report.reject(
-                        "revocation other than the one recorded (kept; only keyCompromise may replace a reason)"
-                    )
+                    report.reject(CONFLICTING_REVOCATION)
                     continue
                 if merged is None:
                     report.unchanged += 1
@@ -442,18 +440,18 @@ def revoke(
         if raw is None:
             raise SignerError(f"serial {serial:X} is not in the inventory of CA {issuer.name!r}")
         old = store.CERT_DECODER.decode(raw)
-        if old.revoked_at is None:
-            record, change = msgspec.structs.replace(old, revoked_at=when, reason=reason), "revoked"
-        else:
-            same_time = not when_given or when == old.revoked_at
-            if same_time and reason in (None, old.reason):
-                return Revoked(old, "already")
-            if not (same_time and reason == KEY_COMPROMISE):
-                raise SignerError(
-                    f"serial {serial:X} was revoked at {iso_time(old.revoked_at)} (reason {reason_name(old.reason)}):"
-                    " a revocation is not changed, except its reason to keyCompromise"
-                )
-            record, change = msgspec.structs.replace(old, reason=KEY_COMPROMISE), "reason"
+        if old.revoked_at is not None and not when_given:
+            when = old.revoked_at  # the default time matches the recorded one
+        try:
+            record = _merge(old, msgspec.structs.replace(old, revoked_at=when, reason=reason))
+        except RevocationConflict:
+            raise SignerError(
+                f"serial {serial:X} was revoked at {iso_time(old.revoked_at or 0)} (reason {reason_name(old.reason)}):"
+                " a revocation is not changed, except its reason to keyCompromise"
+            ) from None
+        if record is None:
+            return Revoked(old, "already")
+        change = "revoked" if old.revoked_at is None else "reason"
         txn.put(key, store.CERT_ENCODER.encode(record), db=st.inventory)
         _queue_revocation(txn, st, key)
     return Revoked(record, change)
