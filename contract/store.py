@@ -44,6 +44,12 @@ META_HASH_ALGORITHMS = b"hash_algorithms"  # what the signer signs for, comma-se
 # The CAs whose responses the signer cannot sign now (key not loadable, signing certificate not valid),
 # comma-separated names (CA names hold no comma); absent when there are none.
 META_UNSIGNABLE = b"unsignable"
+# The layout version of the whole store (u64): raised by a release that lays out keys or records in a way
+# an older one would misread. Each side refuses a store of a later format instead of guessing (an edge or
+# a signer of an older release started on an upgraded data directory, a backup restored to an older host).
+# Stores made before the key existed have format 1.
+META_FORMAT = b"format"
+FORMAT = 1
 
 # Pending work priorities: lower sorts first and is signed first.
 PRIORITY_REVOCATION = 0
@@ -267,7 +273,36 @@ def open_env(data_dir: Path, *, readonly: bool, map_size: int) -> lmdb.Environme
 LATER_DBS = (DB_RAS, DB_EST_USERS)
 
 
+class StoreFormatError(Exception):
+    """The store was laid out by a later release than this one."""
+
+
+def check_format(raw: bytes | None, path: str) -> None:
+    """Refuse (StoreFormatError) a store whose META_FORMAT value is not this release's; absent is format 1."""
+    found = FORMAT if raw is None else unpack_u64(raw) if len(raw) == _U64.size else -1
+    if found == FORMAT:
+        return
+    if found < FORMAT:  # a format this release replaced, or an unreadable value: nothing to go by
+        raise StoreFormatError(f"the store in {path} has format {raw!r}, which this release cannot read")
+    raise StoreFormatError(
+        f"the store in {path} has format {found}, written by a later pki-edge release; this one reads"
+        f" format {FORMAT}: run that release (or restore a backup this one made)"
+    )
+
+
+def _open_meta(env: lmdb.Environment, *, readonly: bool) -> None:
+    """Check the store's format (a writer records it where none is) before anything else is opened."""
+    meta = env.open_db(DB_META, create=not readonly)
+    with env.begin(db=meta, write=not readonly) as txn:
+        raw = txn.get(META_FORMAT)
+        check_format(raw, env.path())
+        if raw is None and not readonly:
+            txn.put(META_FORMAT, pack_u64(FORMAT))
+
+
 def open_dbs(env: lmdb.Environment, *, readonly: bool) -> dict[bytes, Any]:
+    """The named databases, once the store's format is known to be this release's (StoreFormatError)."""
+    _open_meta(env, readonly=readonly)  # py-lmdb hands out one handle per name: opened again below
     if not readonly:
         return {name: env.open_db(name, create=True) for name in ALL_DBS}
     dbs: dict[bytes, Any] = {}

@@ -249,7 +249,7 @@ def build_app(
     async def readyz(request: Request) -> Response:
         source.reopen_if_replaced()
         if not source.open():
-            return JSONResponse({"ready": False, "reason": "store not created yet"}, status_code=503)
+            return JSONResponse({"ready": False, "reason": source.why_closed}, status_code=503)
         source.refresh_issuers()
         now = clock.now()
         newest = source.newest_signed_at()
@@ -266,7 +266,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if not source.open():
+        if not source.open() and not source.refused:  # a refused store was said, with why
             logger.warning("store not created yet: answering tryLater until it is")
         # What start-up made lives as long as the worker: keep the collector from walking it again
         # and again (in an EST storm gc took 9 % of the edge's CPU, 4 % with this).

@@ -124,6 +124,10 @@ class LmdbSource:
         self._decode = store.RESPONSE_DECODER.decode
         self._read_failed = False
         self._follow_failed = False
+        # A store of a later format (contract.store.FORMAT) was refused: no request opens it again, the
+        # once-a-second follow_store does. The refusal last logged, so that it is said once.
+        self._refused = False
+        self._refusal_said = ""
         self._registry_listeners: list[Callable[[list[store.IssuerRecord]], None]] = []
         self._forget_store()
 
@@ -150,11 +154,19 @@ class LmdbSource:
         """Open the store if it exists; True when open. Called at worker start and retried."""
         if self._env is not None:
             return True
+        if self._refused:
+            return False
+        env = None
         try:
             env = self._opener()
             if env is None:
                 return False
             dbs = store.open_dbs(env, readonly=True)
+        except store.StoreFormatError as exc:
+            assert env is not None
+            env.close()
+            self._refuse(exc)
+            return False
         except lmdb.Error as exc:
             self._logger.warning("store not ready: %s", exc)
             return False
@@ -167,6 +179,16 @@ class LmdbSource:
         self._dbs = dbs
         self.refresh_issuers()
         return True
+
+    @property
+    def refused(self) -> bool:
+        """The store in the data directory is of a later format: nothing is read from it."""
+        return self._refused
+
+    @property
+    def why_closed(self) -> str:
+        """Why no store is open (/readyz)."""
+        return self._refusal_said if self._refused else "store not created yet"
 
     @property
     def issuer_count(self) -> int:
@@ -356,11 +378,41 @@ class LmdbSource:
         removed data directory): what it serves is no longer the signer's. Off the hot path."""
         return self._env is not None and store.file_identity(self._store_file) != self._store_identity
 
-    def follow_store(self) -> None:
-        """Once a second (edge.app): a replaced store reopened, a registry change read. A failing store is
-        said once and tried again at the next call."""
+    def _refuse(self, exc: store.StoreFormatError) -> None:
+        """Serve nothing from a store of a later format (tryLater, /readyz 503) rather than misread it."""
+        self._refused = True
+        if str(exc) != self._refusal_said:
+            self._refusal_said = str(exc)
+            self._logger.error("store refused: %s; answering tryLater", exc)
+
+    def _refuse_if_reformatted(self) -> None:
+        """A later release's signer may rewrite the open store's format in place: stop reading it."""
+        env = self._env
+        if env is None:
+            return
+        with self._begin(db=self._meta) as txn:
+            raw = txn.get(store.META_FORMAT)
         try:
+            store.check_format(raw, env.path())
+        except store.StoreFormatError as exc:
+            self._end_read()
+            env.close()
+            self._forget_store()
+            self._refuse(exc)
+            for listener in self._registry_listeners:
+                listener([])
+
+    def follow_store(self) -> None:
+        """Once a second (edge.app): a replaced store reopened, a registry change read, a format change
+        refused. A failing store is said once and tried again at the next call."""
+        try:
+            if self._refused:
+                self._refused = False
+                if self.open():
+                    self._logger.warning("the store now in the data directory has this release's format: serving it")
+                    self._refusal_said = ""
             self.reopen_if_replaced()
+            self._refuse_if_reformatted()
             self.refresh_issuers()
         except lmdb.Error as exc:
             if not self._follow_failed:

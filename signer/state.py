@@ -98,7 +98,11 @@ class SignerStore:
         self.config = config
         data_dir.mkdir(parents=True, exist_ok=True)
         self.env = store.open_env(data_dir, readonly=False, map_size=config.store.map_size_mb << 20)
-        dbs = store.open_dbs(self.env, readonly=False)
+        try:
+            dbs = store.open_dbs(self.env, readonly=False)
+        except store.StoreFormatError as exc:
+            self.env.close()
+            raise SignerError(str(exc)) from None
         self.issuers_db: Any = dbs[store.DB_ISSUERS]
         self.meta: Any = dbs[store.DB_META]
         self.inventory: Any = dbs[store.DB_INVENTORY]

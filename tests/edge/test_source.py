@@ -217,3 +217,61 @@ def test_following_a_failing_store_says_so_once_and_goes_on(world, caplog) -> No
         for _ in range(3):
             source.follow_store()  # never raises: the worker's once-a-second task must live on
     assert [r.getMessage().startswith("store check failed") for r in caplog.records] == [True]
+
+
+def test_a_store_of_a_later_format_is_refused_once_and_a_store_of_this_one_served_again(tmp_path, caplog) -> None:
+    """A later release's signer rewrote the store's format under a running worker, then an operator
+    restored a backup of this release: nothing is read from the first, the second is served."""
+    import shutil
+
+    from contract import store
+
+    live, backup = tmp_path / "live", tmp_path / "backup"
+    with SignerStore(live, Config()) as st:
+        issuer = create_ca(st, "ca", "ec-p256", 30, None, None, NOW)
+        add_devices(st, issuer, (1,), NOW)
+        drain(st)
+    shutil.copytree(live, backup)
+    lookup = common_request(crypto_request_by_hash(*issuer_hashes(issuer.cert_der, "sha1"), 1))
+    assert lookup is not None
+    opened: list[int] = []
+    opener = read_only_store(live, 1 << 24)
+    source = LmdbSource(lambda: opened.append(1) or opener(), logging.getLogger("t"), at_once)
+    seen: list[int] = []
+    source.on_registry_change(lambda records: seen.append(len(records)))
+    assert source.response(*lookup, AT).revoked is False
+
+    # Another process (LMDB opens an environment once per process), as a later signer would.
+    rewrite = (
+        "import sys, lmdb; from contract import store; env = lmdb.open(sys.argv[1], max_dbs=len(store.ALL_DBS));"
+        " txn = env.begin(db=env.open_db(store.DB_META), write=True);"
+        " txn.put(store.META_FORMAT, store.pack_u64(store.FORMAT + 1)); txn.commit()"
+    )
+    subprocess.run([sys.executable, "-c", rewrite, str(live / "store")], check=True, timeout=60)
+    with caplog.at_level(logging.ERROR, logger="t"):
+        source.follow_store()
+        for _ in range(3):
+            for _ in range(5):
+                with pytest.raises(Unavailable):
+                    source.response(*lookup, AT)
+            source.follow_store()  # tries the data directory again, once a second
+    refused = [r.getMessage() for r in caplog.records]
+    assert len(refused) == 1 and refused[0].startswith("store refused: the store in "), refused
+    assert f"has format {store.FORMAT + 1}, written by a later pki-edge release" in refused[0]
+    assert len(opened) == 1 + 3  # by follow_store, never by a request
+    assert seen == [1, 0] and source.served_issuer_parts() == []
+
+    # A worker started on that store refuses it the same way.
+    fresh = LmdbSource(opener, logging.getLogger("t"), at_once)
+    with pytest.raises(Unavailable):
+        fresh.response(*lookup, AT)
+
+    shutil.rmtree(live)
+    shutil.copytree(backup, live)
+    with pytest.raises(Unavailable):
+        source.response(*lookup, AT)
+    with caplog.at_level(logging.INFO, logger="t"):
+        source.follow_store()
+    assert "the store now in the data directory has this release's format: serving it" in caplog.text
+    assert source.response(*lookup, AT).revoked is False
+    assert seen == [1, 0, 1]

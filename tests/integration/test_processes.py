@@ -222,7 +222,7 @@ def test_a_data_directory_replaced_under_signer_and_edge_is_noticed(
         text = openssl("ocsp", "-issuer", ca_pem, "-cert", leaf_pem, "-url", url, "-CAfile", ca_pem, check=False)
         return text.split(f"{leaf_pem}: ", 1)[1].split()[0] if f"{leaf_pem}: " in text else text
 
-    assert status() == "good"
+    wait_for("the first signing", lambda: status() == "good", timeout=30)  # "signer running" comes before it
     backup = tmp_path / "backup"
     shutil.copytree(data_dir, backup, ignore=shutil.ignore_patterns("jobs.sock"))
     serial = openssl("x509", "-in", leaf_pem, "-noout", "-serial").strip().split("=")[1]
