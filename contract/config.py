@@ -118,6 +118,8 @@ class EstConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tls_port: int | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    # A TLS handshake not complete by then is dropped with its connection (asyncio would hold it 60 s).
+    tls_handshake_seconds: float = 10.0
     client_ca: str | None = None  # PEM bundle trusted for client certificates (default: the registry's CAs)
     ra_trust_anchors: str | None = None  # PEM bundle: RA certificates may also be issued by these
     trusted_proxies: list[str] = msgspec.field(default_factory=list)  # addresses or CIDRs
@@ -218,6 +220,7 @@ def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config
 MAX_PORT = 65535
 MAX_EDGE_WORKERS = 256
 MAX_SIGNER_WORKERS = 256
+MAX_TLS_HANDSHAKE_SECONDS = 300
 MAX_VALIDITY_HOURS = 8784.0  # a leap year: far past any OCSP profile's (RFC 5019bis, CA/B BRs: days)
 MAX_MAP_SIZE_MB = 1 << 24
 
@@ -314,6 +317,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"workers.count must be at most {MAX_SIGNER_WORKERS} (processes, each with the CA keys)")
     if not 0 <= config.workers.nice <= 19:
         raise ConfigError("workers.nice must be between 0 and 19")
+    if not 0 < config.est.tls_handshake_seconds <= MAX_TLS_HANDSHAKE_SECONDS:
+        raise ConfigError(f"est.tls_handshake_seconds must be above 0 and at most {MAX_TLS_HANDSHAKE_SECONDS}")
 
 
 def _validate_profile(where: str, profile: CAProfile) -> None:

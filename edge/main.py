@@ -7,6 +7,7 @@ With HTTPS, one process serves both ports from one application instance.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import resource
@@ -18,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+import uvloop
 from cryptography import x509
 from uvicorn.supervisors import multiprocess
 
@@ -183,6 +185,21 @@ class _DualRecipe:
         return plain, secure
 
 
+class _TlsBoundedLoop(uvloop.Loop):
+    """uvloop, with a bound on TLS handshakes: uvicorn passes create_server no ssl_handshake_timeout, and
+    asyncio's default holds a connection that never completes one (a scan, a flood of opened and silent
+    connections) for 60 s. The edge's own timers (edge.http_protocol) start once the handshake is done."""
+
+    def __init__(self, handshake_seconds: float) -> None:
+        super().__init__()
+        self._handshake_seconds = handshake_seconds
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", self._handshake_seconds)
+        return await super().create_server(*args, **kwargs)
+
+
 class _DualServer:
     """Plain HTTP and HTTPS in one event loop; quacks like the uvicorn.Server a supervisor runs."""
 
@@ -200,8 +217,10 @@ class _DualServer:
         first.partner = second
         self._first = first
         plain_sockets, secure_sockets = ([sockets[0]], [sockets[1]]) if sockets else (None, None)
+        seconds = self._recipe.config.est.tls_handshake_seconds
         uvicorn.server.asyncio_run(
-            _serve_both(first, second, plain_sockets, secure_sockets), loop_factory=plain.get_loop_factory()
+            _serve_both(first, second, plain_sockets, secure_sockets),
+            loop_factory=functools.partial(_TlsBoundedLoop, seconds),
         )
 
 

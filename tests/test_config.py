@@ -337,6 +337,17 @@ def test_a_dangling_configuration_link_is_an_error_not_the_defaults(tmp_path: Pa
         load_config(tmp_path, {})
 
 
+@pytest.mark.parametrize(("seconds", "ok"), [("0.5", True), ("300", True), ("0", False), ("-1", False), ("301", False)])
+def test_the_tls_handshake_bound_is_above_zero_and_at_most_five_minutes(tmp_path: Path, seconds: str, ok: bool) -> None:
+    assert Config().est.tls_handshake_seconds == 10
+    environ = {"PKI_EDGE_EST_TLS_HANDSHAKE_SECONDS": seconds}
+    if ok:
+        assert load_config(tmp_path, environ).est.tls_handshake_seconds == float(seconds)
+    else:
+        with pytest.raises(ConfigError, match=r"est\.tls_handshake_seconds must be above 0 and at most 300"):
+            load_config(tmp_path, environ)
+
+
 @pytest.mark.parametrize("header", ["X-SSL-Client-Cert", "ssl-client-cert", ""])
 def test_the_client_certificate_header_is_one_of_three(tmp_path: Path, header: str) -> None:
     write(tmp_path, f'[est]\nclient_cert_header = "{header}"\n')

@@ -360,6 +360,34 @@ def test_https_with_several_edge_workers(est: Est) -> None:
     assert code in (0, -15), edge.log()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_tls_handshake_never_completed_is_dropped_at_its_bound(est: Est, workers: str) -> None:
+    """Connections opened on the TLS port and left silent, or stopped inside a ClientHello, are closed
+    after est.tls_handshake_seconds (asyncio would hold each 60 s); a real client is served meanwhile."""
+    import socket
+
+    http_port, tls_port = free_port(), free_port()
+    args = ["edge", "--port", str(http_port), "--workers", workers, "--tls-port", str(tls_port)]
+    args += ["--tls-cert", str(est.work / "localhost.pem"), "--tls-key", str(est.work / "localhost.key")]
+    env = {"PKI_EDGE_EST_TLS_HANDSHAKE_SECONDS": "1.5"}
+    edge = Server(f"edge-{workers}", est.data, args, est.work / f"edge-hs-{workers}.log", port=http_port, env=env)
+    try:
+        edge.wait_ready()
+        opened = time.monotonic()
+        silent = [socket.create_connection(("127.0.0.1", tls_port), timeout=10) for _ in range(4)]
+        silent[0].sendall(bytes.fromhex("160301020001"))  # a record header and a ClientHello's first byte
+        assert est.curl(f"https://127.0.0.1:{tls_port}/.well-known/est/root/cacerts")[0] == 200
+        for sock in silent:
+            assert sock.recv(1) == b""  # closed by the edge (a timeout of the test would raise)
+            sock.close()
+        waited = time.monotonic() - opened
+        assert 1.4 < waited < 6, waited
+    finally:
+        code = edge.stop()
+    assert code in (0, -15), edge.log()
+    assert "Traceback" not in edge.log(tail=1_000_000)
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children of any of its threads: the pool starts from a thread)."""
     found = []
