@@ -384,6 +384,20 @@ def cmd_export_requests(args: argparse.Namespace, data_dir: Path, config: Config
     return 0
 
 
+def cmd_backup(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
+    from signer.backup import back_up
+
+    with open_store(data_dir, config) as st:
+        summary = back_up(st, args.out)
+    config_note = ", pki-edge.toml" if summary.config else ""
+    print(
+        f"backed up {data_dir} to {args.out}: the store ({summary.store_bytes >> 10} KiB compacted; {summary.issuers}"
+        f" CAs, {summary.serials} serials), {summary.key_files} key files{config_note}"
+    )
+    print(f"it is a data directory: pki-edge --data {args.out} status; to restore, stop the signer and put it in place")
+    return 0
+
+
 def _logger(name: str) -> logging.Logger:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return logging.getLogger(name)
@@ -553,6 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, help="random seed, for the same sample again")
     p.set_defaults(handler=cmd_export_requests)
+
+    p = sub.add_parser(
+        "backup",
+        help="copy the store, the keys and the configuration to a new directory (while the signer runs)",
+        parents=[common],
+    )
+    p.add_argument("--out", type=Path, required=True, help="a new directory (mode 0700: it holds the CA keys)")
+    p.set_defaults(handler=cmd_backup)
 
     from signer.cli_est import register as register_est_commands
 

@@ -241,17 +241,19 @@ def responder_key_path(data_dir: Path, name: str, responder_cert_der: bytes) -> 
     return key_path(data_dir, name, "responder-" + hashlib.sha256(responder_cert_der).hexdigest()[:16])
 
 
-def _legacy_responder_key_path(data_dir: Path, name: str) -> Path:
-    return key_path(data_dir, name, "responder")  # where `ca add` wrote it before keys were kept per certificate
+def responder_key_file(data_dir: Path, name: str, responder_cert_der: bytes) -> Path:
+    """The file holding a responder certificate's key: its own, else where `ca add` wrote it before keys
+    were kept per certificate (``NAME.responder.key``), when that one is there."""
+    path = responder_key_path(data_dir, name, responder_cert_der)
+    legacy = key_path(data_dir, name, "responder")
+    return legacy if not path.exists() and legacy.exists() else path
 
 
 def load_response_signer(data_dir: Path, record: IssuerRecord) -> ResponseSigner:
     issuer = x509.load_der_x509_certificate(record.cert_der)
     if record.responder_cert_der is None:
         return ResponseSigner(issuer, load_ca_key(data_dir, record))
-    path = responder_key_path(data_dir, record.name, record.responder_cert_der)
-    if not path.exists():
-        path = _legacy_responder_key_path(data_dir, record.name)
+    path = responder_key_file(data_dir, record.name, record.responder_cert_der)
     key = load_private_key(path.read_bytes(), str(path))
     return ResponseSigner(issuer, key, x509.load_der_x509_certificate(record.responder_cert_der))
 
@@ -356,7 +358,4 @@ def _install_responder(
 
 
 def _remove_responder_key(data_dir: Path, name: str, responder_cert_der: bytes) -> None:
-    path = responder_key_path(data_dir, name, responder_cert_der)
-    if not path.exists():
-        path = _legacy_responder_key_path(data_dir, name)
-    path.unlink(missing_ok=True)
+    responder_key_file(data_dir, name, responder_cert_der).unlink(missing_ok=True)

@@ -83,11 +83,16 @@ def signer_listening(data_dir: Path) -> bool:
     return True
 
 
-def key_path(data_dir: Path, name: str, role: str = "ca") -> Path:
+def keys_dir(data_dir: Path) -> Path:
+    """Where the keys are (made by write_private_key, mode 0700; one made otherwise is not trusted as found)."""
     keys = signer_dir(data_dir) / "keys"
-    if keys.exists():  # made by write_private_key, mode 0700; one made otherwise is not trusted as found
+    if keys.exists():
         _private(keys)
-    return keys / f"{name}.{role}.key"
+    return keys
+
+
+def key_path(data_dir: Path, name: str, role: str = "ca") -> Path:
+    return keys_dir(data_dir) / f"{name}.{role}.key"
 
 
 class SignerStore:

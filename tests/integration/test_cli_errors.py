@@ -148,6 +148,8 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["ca", "responder", "root", "--mint", "--responder-key", "{d}/other.key"],
         "goes with --responder-cert",
     ),
+    "backup into an existing directory": (["backup", "--out", "{d}/out"], "{d}/out already exists: give a new"),
+    "backup under a file": (["backup", "--out", "{d}/ca.pem/b"], "cannot create {d}/ca.pem/b: Not a directory"),
     # The edge's flags are checked before anything starts (uvicorn would wrap a port, or fail in a worker).
     "edge port past 65535": (["edge", "--port", "99999"], "edge.port (--port) must be between 1 and 65535"),
     "up port 0": (["up", "--port", "0"], "edge.port (--port) must be between 1 and 65535"),
