@@ -189,17 +189,22 @@ def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     cert_path, key_path = issue_to_directory(st, issuer, args.cn, args.san or [], args.key, args.days, args.out, now)
     print(f"{cert_path}\n{key_path}")
     _note_if_capped(issuer, args.days, now)
-    _warn_if_ocsp_waits(issuer, now, data_dir)
+    _warn_if_ocsp_waits(st, issuer, now)
     return 0
 
 
-def _warn_if_ocsp_waits(issuer: IssuerRecord, now: dt.datetime, data_dir: Path) -> None:
+def _warn_if_ocsp_waits(st: SignerStore, issuer: IssuerRecord, now: dt.datetime) -> None:
     """What was just added or revoked gets no OCSP response while no signer runs, or while the CA cannot
     sign any (EST refuses then: 503): its signing certificate is not valid now, or its key cannot be
-    loaded here."""
+    loaded here; nor, soon, once the store is full."""
+    from signer.inventory import store_fill
     from signer.registry import load_response_signer, ocsp_signer_valid
     from signer.state import signer_listening
 
+    data_dir = st.data_dir
+    used, mapped = store_fill(st)
+    if used >= STORE_FULL_WARNING * mapped:
+        _warn_nearly_full(used / mapped, "the signer may fail to sign this, and every refresh")
     if not signer_listening(data_dir):
         print(
             f"warning: no signer is running on {data_dir}: the OCSP responses of this are signed once one"
@@ -247,7 +252,7 @@ def cmd_import(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
     if progress:
         print(file=sys.stderr)
     print(f"{issuer.name}: {report.summary()}")
-    _warn_if_ocsp_waits(issuer, _now(), data_dir)
+    _warn_if_ocsp_waits(st, issuer, _now())
     return 0
 
 
@@ -267,7 +272,7 @@ def cmd_revoke(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
         f"{said} {serial:X} of {issuer.name} at {inventory.iso_time(record.revoked_at)}"
         f" (reason {inventory.reason_name(record.reason)})"
     )
-    _warn_if_ocsp_waits(issuer, _now(), data_dir)
+    _warn_if_ocsp_waits(st, issuer, _now())
     return 0
 
 
@@ -371,8 +376,16 @@ def _print_overview(st: SignerStore, data_dir: Path) -> int:
         f" {o.map_bytes >> 20}); {_size(free)} free on its disk"
     )
     if share >= STORE_FULL_WARNING:
-        print("warning: the store is nearly full: raise store.map_size_mb (address space, not disk)", file=sys.stderr)
+        _warn_nearly_full(share, "the signer cannot sign into a full store")
     return 0
+
+
+def _warn_nearly_full(share: float, consequence: str) -> None:
+    print(
+        f"warning: the store is nearly full ({share:.0%} of store.map_size_mb): {consequence};"
+        " raise store.map_size_mb (address space, not disk)",
+        file=sys.stderr,
+    )
 
 
 def cmd_export_requests(args: argparse.Namespace, data_dir: Path, config: Config) -> int:

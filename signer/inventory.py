@@ -517,7 +517,6 @@ def overview(st: SignerStore, now: int) -> Overview:
         backlog = store.read_backlog(txn, st.pending, st.schedule, now)
         raw = txn.get(store.META_LAST_SIGNED_AT, db=st.meta)
         unsignable = txn.get(store.META_UNSIGNABLE, db=st.meta)
-    info, page = st.env.info(), st.env.stat()["psize"]
     return Overview(
         [record.name for record in st.issuers()],
         serials,
@@ -525,9 +524,14 @@ def overview(st: SignerStore, now: int) -> Overview:
         backlog,
         unsignable.decode().split(",") if unsignable else [],
         store.unpack_u64(raw) if raw else None,
-        (info["last_pgno"] + 1) * page,
-        info["map_size"],
+        *store_fill(st),
     )
+
+
+def store_fill(st: SignerStore) -> tuple[int, int]:
+    """(the store file's high-water mark, its map size) in bytes: the signer cannot sign past the map."""
+    info, page = st.env.info(), st.env.stat()["psize"]
+    return (info["last_pgno"] + 1) * page, info["map_size"]
 
 
 def registry_parent(st: SignerStore, record: IssuerRecord) -> IssuerRecord | None:

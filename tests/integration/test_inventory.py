@@ -201,7 +201,19 @@ def test_status_without_a_serial_is_the_store_at_a_glance(
     assert "pki-edge: error: the store is full at store.map_size_mb = 1" in imported.stderr
     full = pki_edge(small, "status", env=env)
     assert "of its map (store.map_size_mb = 1)" in full.stdout
-    assert full.stderr == "warning: the store is nearly full: raise store.map_size_mb (address space, not disk)\n"
+    nearly = (
+        "warning: the store is nearly full ({}% of store.map_size_mb): {};"
+        " raise store.map_size_mb (address space, not disk)"
+    )
+    share = full.stderr.split("(", 1)[1].split("%", 1)[0]
+    assert 90 <= int(share) <= 100, full.stderr
+    assert full.stderr == nearly.format(share, "the signer cannot sign into a full store") + "\n"
+    # What is revoked now may never be signed: revoke says so (and still records it).
+    revoked = pki_edge(small, "revoke", "tiny", "64", env=env, check=False)
+    assert revoked.returncode == 0 and revoked.stdout.startswith("revoked 64 of tiny at ")
+    said = revoked.stderr.splitlines()
+    assert said[0] == nearly.format(share, "the signer may fail to sign this, and every refresh"), said
+    assert said[1].startswith("warning: no signer is running on "), said
 
 
 def test_a_lifetime_cut_to_the_issuing_cas_is_said(run: Run, tmp_path: Path) -> None:
