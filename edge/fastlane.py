@@ -129,26 +129,31 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             return
         if self.url:  # a read ended inside a request's head
             self._head_grew(data)
-        elif self._fast and self._fast_early is None and not self._length_checked:  # inside a POST's body
+        elif self._fast:  # inside a POST's body
             self._post_body_pending()
 
     def _post_body_pending(self) -> None:
-        """A POST's body has not come whole with its head: if it declared a length past the limit, 413
-        now, as the ASGI path answers, not once it has all come (what follows it is read and dropped).
+        """A POST's body has not come whole: past the limit already (on_body's count), or declaring a
+        length past it, it is answered 413 now, as the ASGI path answers, and the connection closed
+        lingering (EarlyClosingCycle says why): not once it has all come.
 
-        Only then are the headers searched for it (3k instructions): a POST's body mostly comes with
-        its head, and a body past the limit is refused by on_body's count all the same.
+        Only then are the headers searched for a declared length (3k instructions): a POST's body mostly
+        comes with its head, and a body past the limit is refused by on_body's count all the same.
         """
         assert self._ocsp is not None
-        self._length_checked = True  # once a request, not once a read
-        early = self._ocsp.check_post_headers(self.headers)
+        early = self._fast_early
         if early is None:
+            if self._length_checked:
+                return
+            self._length_checked = True  # once a request, not once a read
+            early = self._ocsp.check_post_headers(self.headers)
+            if early is None:
+                return
+        if not isinstance(early, Answer):  # written already
             return
         self._fast_early = _WRITTEN
         self._fast_body, self._fast_pieces = b"", None
-        parser = self.parser
-        keep_alive = parser.should_keep_alive() and (not self._connection_header or parser.get_http_version() != "1.0")
-        self._write(early, keep_alive)
+        self._write(early, False, lingering=True)
 
     def shutdown(self) -> None:
         self._batch.flush()  # answers of this turn go out before a graceful shutdown closes connections
@@ -237,7 +242,8 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             self._fast_size = size
             if size > self._max_body:
                 assert self._ocsp is not None
-                self._fast_early = self._ocsp.too_large  # stop buffering; answer once the body ends
+                # Stop buffering. Answered at once when the read ends inside the body, else as it ends.
+                self._fast_early = self._ocsp.too_large
                 self._fast_body, self._fast_pieces = b"", None
             elif size == len(body):
                 self._fast_body = body
@@ -304,7 +310,8 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
 
-    def _write(self, answer: Answer, keep_alive: bool) -> None:
+    def _write(self, answer: Answer, keep_alive: bool, lingering: bool = False) -> None:
+        """Gather the answer into this turn's writes; ``lingering``: write it now and close lingering."""
         state = self.server_state
         if state.default_headers is not self._default_headers:  # uvicorn renews the list (date) every second
             self._default_headers = state.default_headers
@@ -313,8 +320,11 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         if keep_alive:
             data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, b"\r\n", answer.body))
             self._batch.write(self.transport, data, False)
+            return
+        data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, _CLOSE, answer.body))
+        if lingering:
+            self._write_and_close(data)
         else:
-            data = b"".join((STATUS_LINE[answer.status], self._default_block, answer.head, _CLOSE, answer.body))
             self._batch.write(self.transport, data, True)
 
     def _write_and_close(self, data: bytes) -> None:

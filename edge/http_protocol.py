@@ -43,7 +43,7 @@ import time
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from contract.config import DEFAULT_MAX_HEAD_BYTES
 from edge.answer import render_head
@@ -108,6 +108,29 @@ def _refusal_log(logger: logging.Logger) -> ThrottledLog:
     return ThrottledLog(logger, time.monotonic)
 
 
+class EarlyClosingCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, but an answer begun before its request's body has arrived whole
+    (a 401, 405 or 413 that reads no body, an Expect: 100-continue left unanswered) says Connection:
+    close (RFC 9110 §10.1.1: the client may not know whether the rest would be read) and ends in a
+    lingering close: reading the rest of a body a client trickles would keep the connection for good.
+    """
+
+    close_lingering: Any  # the protocol's, set with the class
+    closing = False
+
+    async def send(self, message: Any) -> None:
+        if not self.response_started:
+            if self.more_body and not self.disconnected:
+                self.closing = True
+                self.keep_alive = False  # uvicorn adds "connection: close"
+        elif self.closing and not message.get("more_body", False):
+            # Answered whole: the protocol closes it lingering, with nothing after it (uvicorn would
+            # close at once, and then start what was pipelined behind it).
+            self.keep_alive = True
+            self.on_response = self.close_lingering
+        await super().send(message)
+
+
 class EdgeHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -125,6 +148,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._refusal: bytes | None = None  # written once the answers under way are
         self._host: bytes | None = None  # the Host of the request being read (REPEATED_HOST: two came)
         self._valid_host = _NO_VALID_HOST  # the last one found valid on this connection
+        self._running: RequestResponseCycle | None = None  # the ASGI cycle started last
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -143,7 +167,17 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        # uvicorn tells only its newest cycle, which is not the running one when requests were pipelined
+        # behind it: the running one would write to the closed transport (a traceback in the log).
+        running = self._running
+        if running is not None and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def handle_websocket_upgrade(self) -> None:
         self._stop_timer()  # the connection is the WebSocket protocol's from now on
@@ -264,7 +298,12 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             return  # declined: served once it is given again without the upgrade (_without_upgrade)
         if self._tls_extension is not None:
             self.scope["extensions"] = {"tls": self._tls_extension}  # type: ignore[dict-item]
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not before and cycle is not None:
+            cycle.__class__ = EarlyClosingCycle
+            cycle.close_lingering = self._close_after_answer  # type: ignore[attr-defined]
         if not (self.parser.should_upgrade() and self._should_upgrade()):  # WebSocket's handover reads it
             self.url = b""
 
@@ -318,8 +357,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.url = b""
         self.flow.pause_reading()
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and cycle.more_body and not cycle.response_started:
-            self.transport.close()  # its own request will not arrive whole: the application sees a disconnect
+        reading = cycle is not None and not cycle.response_complete and cycle.more_body
+        if reading and cycle.response_started:
+            self.transport.close()  # its answer is under way: cut short, the application sees a disconnect
             return
         body = text.encode("ascii")
         head = [
@@ -329,7 +369,12 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             (b"connection", b"close"),
         ]
         self._refusal = STATUS_LINE[status] + render_head(head) + b"\r\n" + body
-        if cycle is None or cycle.response_complete:
+        if reading:  # the application waits for a body that will not come whole: it sees a disconnect
+            assert cycle is not None
+            cycle.disconnected = True  # what it still sends is dropped: the refusal is the answer
+            cycle.message_event.set()
+            self._send_refusal()
+        elif cycle is None or cycle.response_complete:
             self._send_refusal()
 
     def on_response_complete(self) -> None:
@@ -340,6 +385,12 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._refusal is not None:
             self.flow.pause_reading()  # the refused head is read no further
+
+    def _close_after_answer(self) -> None:
+        """An answer given before its request arrived whole is out: close, lingering (EarlyClosingCycle)."""
+        self.server_state.total_requests += 1
+        self.pipeline.clear()
+        self._write_and_close(b"")
 
     def _send_refusal(self) -> None:
         assert self._refusal is not None

@@ -197,8 +197,8 @@ def test_a_head_not_complete_at_two_checks_is_answered_408(app, protocol_class, 
 
 @PROTOCOLS
 def test_a_body_trickling_for_ever_is_cut_off(app, protocol_class) -> None:
-    """The fast lane reads an OCSP POST body itself: 408. On the ASGI path the application is already
-    reading it: the connection is closed under it (it sees a disconnect), nothing is sent."""
+    """408 on both paths: the fast lane reads an OCSP POST body itself; on the ASGI path the application
+    is already reading it, and sees a disconnect (what it would still send is dropped)."""
     head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
 
     async def scenario() -> tuple[float, bytes]:
@@ -208,10 +208,8 @@ def test_a_body_trickling_for_ever_is_cut_off(app, protocol_class) -> None:
         return result
 
     closed, received = run(scenario())
-    if protocol_class is OCSPHttpToolsProtocol:
-        assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), received
-    else:
-        assert received == b""
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), received
+    assert received.count(b"HTTP/1.1 ") == 1, received
     assert KEEP_ALIVE - TICK <= closed < 2 * KEEP_ALIVE + SLACK, closed
 
 
@@ -324,3 +322,81 @@ def test_a_connection_handed_to_websocket_is_no_longer_timed_by_the_http_protoco
         logger.removeHandler(handler)
     assert received.startswith(b"HTTP/1.1 403"), received[:100]
     assert not [message for message in logged if "(408)" in message], logged
+
+
+# ---------------------------------------------------------------------------- answers before the body
+EARLY = {
+    # a request whose answer needs none of its body, sent without it; the status it earns
+    "OCSP POST declaring too much": (b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n", b"413"),
+    "POST to a health check": (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", b"405"),
+    "EST over plain HTTP": (  # from no trusted proxy: refused before its CSR is read
+        b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/pkcs10\r\n"
+        b"Content-Length: 1000\r\n\r\n",
+        b"403",
+    ),
+    "Expect: 100-continue, not given": (
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n",
+        b"405",
+    ),
+}
+
+
+async def _answered_then_dropped(port: int, head: bytes) -> tuple[bytes, float, float]:
+    """Send ``head``, read the answer to the server's end of sending; then trickle a byte every 50 ms
+    until the server's socket is gone. What came, when it ended, when the trickle was refused."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    received = await asyncio.wait_for(reader.read(), 5)  # up to the server's FIN
+    answered = loop.time() - started
+    try:
+        while loop.time() < started + 5:
+            writer.write(b"0")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    writer.close()
+    return received, answered, loop.time() - started
+
+
+@PROTOCOLS
+@pytest.mark.parametrize("kind", EARLY)
+def test_an_answer_before_the_body_says_close_and_stops_reading_a_trickle(app, protocol_class, kind, monkeypatch):
+    """RFC 9110 §10.1.1: an answer sent before the content was read says whether the connection closes.
+    It does, lingering (RFC 9112 §9.6): the client reads the answer and the server's end of sending at
+    once; what it still sends (a byte every 50 ms, for ever) is dropped until the lingering time ends."""
+    from edge import http_protocol
+
+    monkeypatch.setattr(http_protocol, "LINGER_SECONDS", 0.5)
+    head, status = EARLY[kind]
+
+    async def scenario() -> tuple[bytes, float, float]:
+        server, port = await InProcessEdge(app, 5.0, protocol_class).serve()
+        result = await _answered_then_dropped(port, head)
+        server.close()
+        return result
+
+    received, answered, refused = run(scenario())
+    assert received.startswith(b"HTTP/1.1 " + status + b" "), received
+    assert b"\r\nconnection: close\r\n" in received.split(b"\r\n\r\n", 1)[0] + b"\r\n", received
+    assert received.count(b"HTTP/1.1 ") == 1, received  # no 100 Continue, no second answer (408)
+    assert answered < SLACK, answered
+    assert 0.5 - TICK <= refused < 0.5 + SLACK + 0.2, refused
+
+
+def test_both_paths_answer_a_body_that_has_come_and_keep_the_connection(store, servers) -> None:
+    """An early answer closes only when the body is still to come: the same requests, bodies sent
+    with them, are answered and the connection kept (as an EST client's 401, then its retry, would be)."""
+    _, ca = store
+    get = ocsp_get_path(ca)
+    for kind in ("POST to a health check", "EST over plain HTTP"):
+        head, status = EARLY[kind]
+        body = b"0" * int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        for url in servers:
+            with socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as s:
+                s.sendall(head + body + b"GET " + get + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                (first, _), (second, _) = read_answers(s, 2)
+            assert first.startswith(b"HTTP/1.1 " + status) and b"connection: close" not in first, (url, first)
+            assert second.startswith(b"HTTP/1.1 200 OK"), (url, second)
