@@ -45,6 +45,7 @@ class SignerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 DEFAULT_MAX_HEAD_BYTES = 65536
+DEFAULT_MAX_BODY_BYTES = 65536  # est.max_body_bytes
 
 
 class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -126,7 +127,7 @@ class EstConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The one header a trusted proxy puts the client certificate in: client-cert (RFC 9440),
     # x-forwarded-client-cert (Envoy) or x-ssl-client-cert (nginx). Only it is read.
     client_cert_header: str = "client-cert"
-    max_body_bytes: int = 65536
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     job_timeout_seconds: float = 10.0
     max_inflight: int = 64  # signing jobs awaited at once by one edge worker
     rate_per_minute: int = 60  # per client (certificate, user or address)

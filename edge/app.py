@@ -197,12 +197,14 @@ class EdgeApp:
         starlette: Starlette,
         client_trust: ClientTrust,
         max_head_bytes: int,
+        max_body_bytes: int,
         refusal_log: ThrottledLog,
     ) -> None:
         self.ocsp = ocsp  # also reached by the fast lane (edge.fastlane)
         self._starlette = starlette
         self.client_trust = client_trust  # the HTTPS port's ssl_context_factory (edge.main)
         self.max_head_bytes = max_head_bytes  # read by the HTTP protocol (edge.http_protocol)
+        self.max_body_bytes = max_body_bytes  # and this: the largest body any of its endpoints reads
         self.refusal_log = refusal_log  # so is this: the refused requests of all its connections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -301,7 +303,9 @@ def build_app(
     source.on_registry_change(lambda _: ocsp.serve_issuers(source.served_issuer_parts()))
     extra_trust = [path for path in (config.est.client_ca, config.est.ra_trust_anchors) if path]
     refusal_log = ThrottledLog(logger, time.monotonic)
-    return EdgeApp(ocsp, starlette, ClientTrust(source, extra_trust, logger), config.edge.max_head_bytes, refusal_log)
+    max_body = max(config.edge.max_request_bytes, config.est.max_body_bytes)
+    trust = ClientTrust(source, extra_trust, logger)
+    return EdgeApp(ocsp, starlette, trust, config.edge.max_head_bytes, max_body, refusal_log)
 
 
 def create_app(config: Config | None = None) -> EdgeApp:

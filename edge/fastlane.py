@@ -130,30 +130,28 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         if self.url:  # a read ended inside a request's head
             self._head_grew(data)
         elif self._fast:  # inside a POST's body
-            self._post_body_pending()
+            self._post_body_pending(data)
 
-    def _post_body_pending(self) -> None:
-        """A POST's body has not come whole: past the limit already (on_body's count), or declaring a
+    def _post_body_pending(self, data: bytes) -> None:
+        """A read ended inside a POST's body: past the limit already (on_body's count), or declaring a
         length past it, it is answered 413 now, as the ASGI path answers, and the connection closed
-        lingering (EarlyClosingCycle says why): not once it has all come.
+        lingering (EarlyClosingCycle says why): not once it has all come. Else the read is counted
+        (EdgeHttpProtocol._body_grew: chunk lines and trailers are bounded too).
 
         Only then are the headers searched for a declared length (3k instructions): a POST's body mostly
         comes with its head, and a body past the limit is refused by on_body's count all the same.
         """
         assert self._ocsp is not None
         early = self._fast_early
-        if early is None:
-            if self._length_checked:
-                return
+        if early is None and not self._length_checked:
             self._length_checked = True  # once a request, not once a read
             early = self._ocsp.check_post_headers(self.headers)
-            if early is None:
-                return
-        if not isinstance(early, Answer):  # written already
-            return
-        self._fast_early = _WRITTEN
-        self._fast_body, self._fast_pieces = b"", None
-        self._write(early, False, lingering=True)
+        if isinstance(early, Answer):
+            self._fast_early = _WRITTEN
+            self._fast_body, self._fast_pieces = b"", None
+            self._write(early, False, lingering=True)
+        elif early is None:
+            self._body_grew(data)
 
     def shutdown(self) -> None:
         self._batch.flush()  # answers of this turn go out before a graceful shutdown closes connections
@@ -174,7 +172,10 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         # reads Proxy-Connection as one too) can an HTTP/1.0 request ask to be kept alive or upgrade,
         # so only then are the version and the upgrade flag read (httptools formats the version as a
         # str each time). Validators: only then are the headers searched for them. Host: kept, and
-        # checked once the head is complete (EdgeHttpProtocol.check_head).
+        # checked once the head is complete (EdgeHttpProtocol.check_head). After the head: a trailer.
+        if not self.url:
+            self.on_trailer(name, value)
+            return
         name = name.lower()
         if name in _NOTED_HEADERS:
             if name == b"host":
@@ -305,7 +306,8 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
         if self._refusal is not None and not self.pipeline:  # a head after it was refused
             self._send_refusal()
             return
-        self.flow.resume_reading()
+        if self._may_read():
+            self.flow.resume_reading()
         if self.pipeline:  # what arrived meanwhile, in order (uvicorn queues with appendleft)
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)

@@ -43,9 +43,10 @@ import time
 from typing import Any
 
 import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from contract.config import DEFAULT_MAX_HEAD_BYTES
+from contract.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEAD_BYTES
 from edge.answer import render_head
 from edge.throttled_log import ThrottledLog
 
@@ -80,6 +81,12 @@ class BadRequest(Exception):
     """Raised by a parser callback for a request llhttp accepts and HTTP does not: answered 400."""
 
     status = 400
+
+
+class TrailersTooLarge(BadRequest):
+    """Trailer fields past the head's bound (they are dropped, not kept: counted all the same)."""
+
+    status = 431
 
 
 class VersionNotSupported(BadRequest):
@@ -135,6 +142,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_head_bytes: int = getattr(self.app, "max_head_bytes", DEFAULT_MAX_HEAD_BYTES)
+        # What may be read of a request after its head: its body (the largest any endpoint reads; each
+        # refuses past its own) and the framing around it (chunk lines, extensions, trailers).
+        self.max_body_read = self.max_head_bytes + getattr(self.app, "max_body_bytes", DEFAULT_MAX_BODY_BYTES)
         # One for all of a worker's connections (the app's): a flood of bad requests is one line a minute.
         self._refusal_log: ThrottledLog = getattr(self.app, "refusal_log", None) or _refusal_log(self.logger)
         self.url = b""
@@ -142,6 +152,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._tls_extension: dict[str, Any] | None = None
         self._counted_head: list[tuple[bytes, bytes]] | None = None  # the headers list of the head counted
         self._head_bytes = 0
+        self._counted_body: list[tuple[bytes, bytes]] | None = None  # the same, for what follows the head
+        self._body_bytes = 0
+        self._counted_trailers: list[tuple[bytes, bytes]] | None = None  # and for the trailer fields
+        self._trailer_bytes = 0
         self._active = False  # data arrived since the timer's last check
         self._incomplete_at_check: list[tuple[bytes, bytes]] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -179,6 +193,30 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._running = cycle
         super()._start_asgi_task(cycle, app)
 
+    # Flow control. uvicorn stops writing answers while the transport holds more than its high-water mark
+    # (the client does not read them), but goes on reading requests: pipelined ones pile up as queued
+    # cycles, and the fast lane's answers in the transport (measured: a client sending GETs and reading
+    # nothing took a worker from 50 MB to 430 MB in 6 s). A client is read only as fast as it reads.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.flow.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._may_read():
+            self.flow.resume_reading()
+
+    def _may_read(self) -> bool:
+        """Reading may go on: nothing refused or queued, no answer awaited but one still reading its body
+        below uvicorn's own bound on what it buffers."""
+        if self._refusal is not None or self.pipeline or self.flow.write_paused:
+            return False
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return True
+        return cycle.more_body and len(cycle.body) <= HIGH_WATER_LIMIT
+
     def handle_websocket_upgrade(self) -> None:
         self._stop_timer()  # the connection is the WebSocket protocol's from now on
         super().handle_websocket_upgrade()
@@ -201,6 +239,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             return
         if self.url:
             self._head_grew(data)
+        else:
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body and not cycle.response_complete:  # inside a body
+                self._body_grew(data)
 
     def _invalid_request(self, exc: httptools.HttpParserError) -> None:
         """A request llhttp refused, or one a callback did (BadRequest): 400 (or the callback's status, or
@@ -265,6 +307,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._host = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.url:  # the head is complete: a trailer field
+            self.on_trailer(name, value)
+            return
         super().on_header(name, value)
         lowered = self.headers[-1][0]
         if lowered == b"host":
@@ -327,6 +372,29 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             else:
                 self._refuse(431, "Request head too large.")
 
+    def on_trailer(self, name: bytes, value: bytes) -> None:
+        """Trailer fields (after a chunked body) are dropped, as RFC 9112 §7.1.2 allows: nothing here reads
+        them, and uvicorn would add them to the request's headers (RFC 9110 §6.5.1: never merged unless
+        known safe). They count against the head's bound (RFC 9110 §6.5 lets a recipient limit them)."""
+        if self._counted_trailers is not self.headers:
+            self._counted_trailers = self.headers
+            self._trailer_bytes = 0
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailer_bytes > self.max_head_bytes:
+            raise TrailersTooLarge("trailer fields past the bound")
+
+    def _body_grew(self, data: bytes) -> None:
+        """A read ended inside a request's body (or its trailers): count it, and refuse past the bound.
+
+        The first such read may hold earlier requests and the head: it is not counted."""
+        if self.headers is not self._counted_body:
+            self._counted_body = self.headers
+            self._body_bytes = 0
+        else:
+            self._body_bytes += len(data)
+            if self._body_bytes > self.max_body_read:
+                self._refuse(413, "Request content too large.")
+
     def _request_incomplete(self) -> bool:
         """A request has begun to arrive and has not arrived whole."""
         cycle = self.cycle
@@ -382,9 +450,11 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self.server_state.total_requests += 1
             self._send_refusal()
             return
-        super().on_response_complete()
-        if self._refusal is not None:
-            self.flow.pause_reading()  # the refused head is read no further
+        super().on_response_complete()  # resumes reading, starts the next queued cycle
+        if self._refusal is not None or self.pipeline or self.flow.write_paused:
+            # The refused head is read no further; while cycles are queued, or answers not read, no more
+            # requests are read (uvicorn would read on after each answer, queueing a read's worth).
+            self.flow.pause_reading()
 
     def _close_after_answer(self) -> None:
         """An answer given before its request arrived whole is out: close, lingering (EarlyClosingCycle)."""

@@ -400,3 +400,98 @@ def test_both_paths_answer_a_body_that_has_come_and_keep_the_connection(store, s
                 (first, _), (second, _) = read_answers(s, 2)
             assert first.startswith(b"HTTP/1.1 " + status) and b"connection: close" not in first, (url, first)
             assert second.startswith(b"HTTP/1.1 200 OK"), (url, second)
+
+
+def test_both_paths_read_a_client_no_faster_than_it_reads_its_answers(store, servers) -> None:
+    """A client pipelining GETs and reading nothing: once its answers fill the transport, the edge stops
+    reading it, and the client's sending stalls (before, the edge read on: its memory grew by 60 MB/s).
+    What it may send is the kernel's buffers' worth and the requests whose answers fill them."""
+    _, ca = store
+    requests = (b"GET " + ocsp_get_path(ca) + b" HTTP/1.1\r\nHost: x\r\n\r\n") * 1000
+    for url in servers:
+        with socket.create_connection(("127.0.0.1", port_of(url)), timeout=1.0) as s:
+            sent, deadline = 0, time.monotonic() + 20
+            try:
+                while time.monotonic() < deadline:
+                    sent += s.send(requests)
+            except TimeoutError:
+                pass  # a second without room to send anything: stalled
+            assert time.monotonic() < deadline, (url, sent)
+            assert sent < 64 << 20, (url, sent)
+            # It is answered all the same, in order, once it reads.
+            s.settimeout(10)
+            answers = read_answers(s, 10)
+        assert all(head.startswith(b"HTTP/1.1 200 OK") for head, _ in answers), url
+
+
+# ---------------------------------------------------------------------------- after the head: trailers, framing
+CHUNKED_POST = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+
+
+@PROTOCOLS
+@pytest.mark.parametrize(
+    ("after_last_chunk", "status"),
+    [
+        ([b"X-Trailer: " + b"t" * 200 + b"\r\n"] * 400, b"431"),  # trailer lines past the head's bound
+        ([b"X-Endless: "] + [b"a" * PIECE] * 256, b"413"),  # one trailer line that never ends
+    ],
+    ids=["many-trailers", "endless-trailer"],
+)
+def test_trailers_past_the_bound_are_refused_not_kept(app, protocol_class, after_last_chunk, status) -> None:
+    """Before, every trailer field was kept (a worker grew by 330 MB/s); now they count against the bound
+    of a head, and what follows a head against the largest body plus that bound."""
+    import tracemalloc
+
+    async def scenario() -> tuple[bytes, int]:
+        server, port = await InProcessEdge(app, 5.0, protocol_class).serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        tracemalloc.start()
+        writer.write(CHUNKED_POST)
+        for piece in after_last_chunk:
+            if reader.at_eof():
+                break
+            writer.write(piece)
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        writer.close()
+        server.close()
+        return answer, peak
+
+    answer, peak = run(scenario())
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
+    assert b"\r\nconnection: close\r\n" in answer
+    assert peak < 2_000_000, peak  # both ends of the connection: the server's part is the bound's
+
+
+@PROTOCOLS
+def test_trailer_fields_never_reach_the_application_as_headers(protocol_class) -> None:
+    """RFC 9110 §6.5.1: a trailer field is not merged into the header section (uvicorn appended them to
+    the scope's headers, where an application reading them after the body would find them)."""
+
+    async def echo_headers(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        names = b",".join(name for name, _ in scope["headers"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(names))]})
+        await send({"type": "http.response.body", "body": names})
+
+    trailers = b"Client-Cert: :forged:\r\nX-Trailer: 1\r\n\r\n"
+
+    async def scenario() -> bytes:
+        server, port = await InProcessEdge(echo_headers, 5.0, protocol_class).serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(CHUNKED_POST + trailers)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.close()
+        server.close()
+        return head + body
+
+    answer = run(scenario())
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+    assert answer.endswith(b"\r\n\r\nhost,transfer-encoding"), answer
