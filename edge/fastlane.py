@@ -186,7 +186,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
                 if value.lower() == b"100-continue":
                     self.expect_100_continue = True
             elif name == b"transfer-encoding":
-                check_transfer_coding(value)
+                check_transfer_coding(value, self.parser)
             else:
                 self._conditional = True
         self.headers.append((name, value))
@@ -202,6 +202,8 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
     def on_headers_complete(self) -> None:
         if self._host != self._valid_host:
             self.check_head()
+        if self.expect_100_continue:
+            self.ignore_expect_from_http_1_0()
         ocsp = self._ocsp
         parser = self.parser
         method = parser.get_method()
@@ -212,7 +214,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
             or (self.cycle is not None and not self.cycle.response_complete)
             or (self._connection_header and parser.should_upgrade())  # llhttp upgrades only with one
         ):
-            self._to_asgi()  # an upgrade too: WebSocket's is handed over, a declined one read again without it
+            self._to_asgi()  # an upgrade too: declined, it is read again without it
             return
         url = self.url
         raw_path = url[: url.find(b"?")] if _QUERY in url else url
@@ -256,7 +258,7 @@ class OCSPHttpToolsProtocol(EdgeHttpProtocol):
     def on_message_complete(self) -> None:
         if not self._fast:
             super().on_message_complete()
-            if not self.parser.should_upgrade():  # an upgrade is handed over from what this message read
+            if not self.parser.should_upgrade():  # a declined upgrade was emptied as it is read again
                 self._next_message()
             return
         self._fast = False

@@ -22,14 +22,14 @@ stayed open for good). Every connection of the edge, on either port and either p
   (checked with the Host: for the connection's first request, and whenever its Host changes); a
   method llhttp does not know is a 501, and so is a transfer coding other than chunked (llhttp passes
   ``gzip, chunked``);
-- an ``Upgrade`` other than to WebSocket (``h2c``, which curl --http2 and Java's HTTP clients offer)
-  is declined as RFC 9110 §7.8 allows: the request is served as HTTP/1.1. llhttp stops at the end of
+- an ``Upgrade`` (``h2c``, which curl --http2 and Java's HTTP clients offer; WebSocket, which the edge
+  does not serve) is declined as RFC 9110 §7.8 allows: the request is served as HTTP/1.1. llhttp stops at the end of
   such a head, body unread (uvicorn then lost the body and the rest of the connection: its issue
   #2722), so the head is given again, without its Upgrade header, to a new parser, followed by
   what came after it.
 
 A request's head is "in progress" while ``url`` holds anything: uvicorn's parser callbacks fill it, and
-this protocol empties it when the head is complete (unless the connection is handed to WebSocket).
+this protocol empties it when the head is complete. After it, a field is a trailer (dropped, counted).
 """
 
 from __future__ import annotations
@@ -101,10 +101,13 @@ class CodingNotImplemented(BadRequest):
     status = 501
 
 
-def check_transfer_coding(value: bytes) -> None:
-    """Only chunked: a body also gzip'd (say) would reach the application still compressed."""
+def check_transfer_coding(value: bytes, parser: httptools.HttpRequestParser) -> None:
+    """Only chunked: a body also gzip'd (say) would reach the application still compressed. And not in
+    HTTP/1.0, which has none: RFC 9112 §6.1 has such a message's framing treated as faulty."""
     if value.strip(b" \t").lower() != b"chunked":
         raise CodingNotImplemented(f"transfer coding {value.decode('latin-1')!a} not implemented (only chunked)")
+    if parser.get_http_version() == "1.0":
+        raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
 
 
 _HTTP_1 = ("1.1", "1.0")
@@ -217,10 +220,6 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             return True
         return cycle.more_body and len(cycle.body) <= HIGH_WATER_LIMIT
 
-    def handle_websocket_upgrade(self) -> None:
-        self._stop_timer()  # the connection is the WebSocket protocol's from now on
-        super().handle_websocket_upgrade()
-
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -257,9 +256,14 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         else:
             self._refuse(400, "Invalid HTTP request received.")
 
+    def _should_upgrade(self) -> bool:
+        """Never: the edge serves no WebSocket (uvicorn runs with ws "none"). Every upgrade is declined, as
+        RFC 9110 §7.8 allows, and the request served as HTTP/1.1."""
+        return False
+
     def _upgrade(self, data: bytes, offset: int) -> None:
-        """llhttp stopped at ``offset``, the end of a head asking for an upgrade: WebSocket's, or declined."""
-        while not self._should_upgrade():
+        """llhttp stopped at ``offset``, the end of a head asking for an upgrade: declined."""
+        while True:
             if self.parser.get_method() == b"CONNECT":  # llhttp hands over every CONNECT: no header to drop
                 self._refuse(501, "CONNECT is not supported.")
                 return
@@ -279,7 +283,6 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             if self.url:
                 self._head_grew(data)
             return
-        self.handle_websocket_upgrade()
 
     def _without_upgrade(self, data: bytes, offset: int) -> bytes:
         """The declined request's head again, without its Upgrade header, and what followed it, for a new parser.
@@ -315,7 +318,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if lowered == b"host":
             self._host = value if self._host is None else REPEATED_HOST
         elif lowered == b"transfer-encoding":
-            check_transfer_coding(value)
+            check_transfer_coding(value, self.parser)
 
     def check_head(self) -> None:
         """BadRequest unless the request is HTTP/1.x with one valid Host header (or none, in HTTP/1.0).
@@ -339,7 +342,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._host != self._valid_host:
             self.check_head()
-        if self.parser.should_upgrade() and not self._should_upgrade():
+        if self.expect_100_continue:
+            self.ignore_expect_from_http_1_0()
+        if self.parser.should_upgrade():
             return  # declined: served once it is given again without the upgrade (_without_upgrade)
         if self._tls_extension is not None:
             self.scope["extensions"] = {"tls": self._tls_extension}  # type: ignore[dict-item]
@@ -349,11 +354,16 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if cycle is not before and cycle is not None:
             cycle.__class__ = EarlyClosingCycle
             cycle.close_lingering = self._close_after_answer  # type: ignore[attr-defined]
-        if not (self.parser.should_upgrade() and self._should_upgrade()):  # WebSocket's handover reads it
-            self.url = b""
+        self.url = b""
+
+    def ignore_expect_from_http_1_0(self) -> None:
+        """RFC 9110 §10.1.1: a server MUST ignore a 100-continue expectation received in an HTTP/1.0
+        request (and §15.2: never send a 1xx to an HTTP/1.0 client)."""
+        if self.parser.get_http_version() == "1.0":
+            self.expect_100_continue = False
 
     def on_message_complete(self) -> None:
-        if self.parser.should_upgrade() and not self._should_upgrade():
+        if self.parser.should_upgrade():
             return  # declined: it has no cycle (on_headers_complete), and is read again
         super().on_message_complete()
 
@@ -476,7 +486,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if transport.is_closing():
             return
         self._stop_timer()
-        self.connections.discard(self)  # uvicorn's server no longer waits for it (as after a WebSocket handover)
+        self.connections.discard(self)  # uvicorn's server no longer waits for it: the lingering is bounded
         transport.write(data)
         if transport.can_write_eof():  # not over TLS: the answer is followed by a close_notify there
             transport.write_eof()

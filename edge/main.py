@@ -37,6 +37,7 @@ def _options(config: Config, log_level: str) -> dict[str, Any]:
         # bound a request's size and time (edge.http_protocol).
         "http": _FAST_LANE if config.edge.fast_lane else _ASGI_ONLY,
         "lifespan": "on",
+        "ws": "none",  # the edge serves no WebSocket: an Upgrade to one is declined, the request served
         "access_log": False,
         "server_header": False,
         "proxy_headers": False,  # client addresses are judged by edge.est_auth's trusted proxies

@@ -128,7 +128,9 @@ class InProcessEdge:
 
         from edge.fastlane import OCSPHttpToolsProtocol
 
-        self.config = UvicornConfig(app, timeout_keep_alive=keep_alive, proxy_headers=False, log_level="warning")
+        self.config = UvicornConfig(
+            app, timeout_keep_alive=keep_alive, proxy_headers=False, ws="none", log_level="warning"
+        )
         self.config.load()
         self.state = ServerState()
         self.protocol_class = protocol_class or OCSPHttpToolsProtocol

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import shutil
 import socket
 import subprocess
@@ -293,35 +292,55 @@ def test_idle_connections_close_between_one_and_two_keep_alive_timeouts(store, a
 
 
 @PROTOCOLS
-def test_a_connection_handed_to_websocket_is_no_longer_timed_by_the_http_protocol(app, protocol_class) -> None:
+def test_a_websocket_upgrade_is_declined_and_the_connection_timed_as_any(app, protocol_class) -> None:
+    """The edge serves no WebSocket: the request is answered as HTTP/1.1 (RFC 9110 §7.8), and its
+    connection closes after a keep-alive timeout like any other (before, uvicorn handed it to its
+    WebSocket protocol, which answered 403 with an empty reason phrase)."""
     upgrade = (
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
 
-    edge = InProcessEdge(app, 0.1, protocol_class)  # configures uvicorn's loggers: before the handler below
+    async def scenario() -> tuple[float, bytes]:
+        server, port = await InProcessEdge(app, KEEP_ALIVE, protocol_class).serve()
+        result = await _closed_after(port, [upgrade], 3.0)
+        server.close()
+        return result
 
+    closed, received = run(scenario())
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\nok\n"), received
+    assert KEEP_ALIVE - TICK <= closed < 2 * KEEP_ALIVE + SLACK, closed
+
+
+@PROTOCOLS
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue is ignored, no 1xx is sent (§15.2)
+        (b"POST /ocsp HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc", b"HTTP/1.1 400 "),
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing
+        (
+            b"POST /ocsp HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\n",
+        ),
+    ],
+    ids=["expect", "transfer-encoding"],
+)
+def test_http_1_0_gets_no_interim_answer_and_no_chunked_framing(app, protocol_class, message, expected) -> None:
     async def scenario() -> bytes:
-        server, port = await edge.serve()
+        server, port = await InProcessEdge(app, 5.0, protocol_class).serve()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(upgrade)
-        received = await asyncio.wait_for(reader.read(), 5)  # no WebSocket route: refused, closed
-        await asyncio.sleep(0.5)  # five keep-alive periods
+        writer.write(message)
+        received = await asyncio.wait_for(reader.read(), 5)
         writer.close()
         server.close()
         return received
 
-    logged: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate to the root
-    logger.addHandler(handler)
-    try:
-        received = run(scenario())
-    finally:
-        logger.removeHandler(handler)
-    assert received.startswith(b"HTTP/1.1 403"), received[:100]
-    assert not [message for message in logged if "(408)" in message], logged
+    received = run(scenario())
+    assert received.startswith(expected), received
+    assert b"100 Continue" not in received, received
+    if b"Transfer-Encoding" in message:
+        assert received.endswith(b"Transfer-Encoding in an HTTP/1.0 request."), received
 
 
 # ---------------------------------------------------------------------------- answers before the body
