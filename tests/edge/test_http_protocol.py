@@ -212,11 +212,32 @@ def test_a_body_trickling_for_ever_is_cut_off(app, protocol_class) -> None:
     assert KEEP_ALIVE - TICK <= closed < 2 * KEEP_ALIVE + SLACK, closed
 
 
+async def _sent_in_pieces(edge: InProcessEdge, pieces: list[bytes]) -> tuple[bytes, int]:
+    """Send the pieces (as the edge takes them, until it has closed), then read to the end: what came
+    back, and the peak of memory allocated meanwhile (tracemalloc: both ends, in this process)."""
+    import tracemalloc
+
+    server, port = await edge.serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    tracemalloc.start()
+    for piece in pieces:
+        if reader.at_eof():
+            break
+        writer.write(piece)
+        await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    writer.close()
+    server.close()
+    return answer, peak
+
+
 @PROTOCOLS
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_post_body_past_the_limit_is_counted_not_kept(app, protocol_class, framing: str) -> None:
-    """Read to its end and answered 413, holding no more than the limit (edge.max_request_bytes) of it."""
-    import tracemalloc
+    """Answered 413 once past the limit (edge.max_request_bytes), the connection closed lingering: no more
+    than the limit of it was held."""
 
     size = 4 * BIG
     if framing == "chunked":
@@ -226,22 +247,7 @@ def test_a_post_body_past_the_limit_is_counted_not_kept(app, protocol_class, fra
         head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
         pieces = [b"0" * PIECE] * (size // PIECE)
 
-    async def scenario() -> tuple[bytes, int]:
-        server, port = await InProcessEdge(app, 5.0, protocol_class).serve()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        tracemalloc.start()
-        writer.write(head)
-        for piece in pieces:
-            writer.write(piece)
-            await writer.drain()
-        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        writer.close()
-        server.close()
-        return answer, peak
-
-    answer, peak = run(scenario())
+    answer, peak = run(_sent_in_pieces(InProcessEdge(app, 5.0, protocol_class), [head, *pieces]))
     assert answer.startswith(b"HTTP/1.1 413 "), answer
     assert peak < size // 4, peak  # pieces in flight and the limit's 10 kB, not the body
 
@@ -459,26 +465,7 @@ CHUNKED_POST = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\
 def test_trailers_past_the_bound_are_refused_not_kept(app, protocol_class, after_last_chunk, status) -> None:
     """Before, every trailer field was kept (a worker grew by 330 MB/s); now they count against the bound
     of a head, and what follows a head against the largest body plus that bound."""
-    import tracemalloc
-
-    async def scenario() -> tuple[bytes, int]:
-        server, port = await InProcessEdge(app, 5.0, protocol_class).serve()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        tracemalloc.start()
-        writer.write(CHUNKED_POST)
-        for piece in after_last_chunk:
-            if reader.at_eof():
-                break
-            writer.write(piece)
-            await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 10)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        writer.close()
-        server.close()
-        return answer, peak
-
-    answer, peak = run(scenario())
+    answer, peak = run(_sent_in_pieces(InProcessEdge(app, 5.0, protocol_class), [CHUNKED_POST, *after_last_chunk]))
     assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
     assert b"\r\nconnection: close\r\n" in answer
     assert peak < 2_000_000, peak  # both ends of the connection: the server's part is the bound's
