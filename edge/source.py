@@ -19,10 +19,9 @@ from typing import Any, Protocol
 import lmdb
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from contract import store
+from contract import chain, store
 from contract.cert_id import issuer_part_encodings
 from contract.store import StoredResponse
 from edge import ocsp_request
@@ -143,11 +142,7 @@ class LmdbSource:
         self._table: dict[bytes, bytes] = {}
         self.issuers: dict[str, store.IssuerRecord] = {}
         self._dbs: dict[bytes, Any] = {}
-        # For EST authentication: CA certificates parsed once per registry generation, and which
-        # registry CAs issued a client certificate already seen (a signature check each time
-        # would cost more than the rest of the request).
-        self._ca_certs: list[tuple[int, x509.Certificate]] = []
-        self._issuers_of: dict[bytes, tuple[int, ...]] = {}
+        self._cas: list[tuple[int, bytes]] = []  # (number, certificate DER): paths for EST (contract.chain)
         self._ras: list[store.RaRecord] | None = None  # read once per registry generation
 
     def open(self) -> bool:
@@ -207,8 +202,7 @@ class LmdbSource:
             records = [store.ISSUER_DECODER.decode(v) for _, v in txn.cursor(db=self._issuers_db)]
         self._table = build_issuer_table(records)
         self.issuers = {record.name: record for record in records}
-        self._ca_certs = [(record.number, x509.load_der_x509_certificate(record.cert_der)) for record in records]
-        self._issuers_of = {}
+        self._cas = [(record.number, record.cert_der) for record in records]
         self._ras = None
         self._generation = generation
         self._logger.info("issuer registry generation %d: %d issuers", generation, len(records))
@@ -274,31 +268,12 @@ class LmdbSource:
         if not self.open():
             raise Unavailable("store not created yet")
         self.refresh_issuers()
-        ca_of = dict(self._ca_certs)
-        seen: set[int] = set()
-        pending = [cert]
-        while pending:
-            current = pending.pop()
-            serial_k = store.serial_key(current.serial_number)
-            for number in self._issuing_cas(current):
-                raw = self._get(store.DB_INVENTORY, store.inventory_key(number, serial_k))
-                if raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None:
-                    return True
-                if number not in seen:
-                    seen.add(number)
-                    pending.append(ca_of[number])
-        return False
-
-    def _issuing_cas(self, cert: x509.Certificate) -> tuple[int, ...]:
-        """The registry CAs that issued ``cert`` (name and signature), remembered per certificate."""
         der = cert.public_bytes(serialization.Encoding.DER)
-        numbers = self._issuers_of.get(der)
-        if numbers is None:
-            numbers = tuple(number for number, ca in self._ca_certs if _directly_issued(cert, ca))
-            if len(self._issuers_of) >= MAX_REMEMBERED_CLIENT_CERTS:
-                self._issuers_of.clear()
-            self._issuers_of[der] = numbers
-        return numbers
+        return chain.revoking_ca(der, self._cas, self._revoked) is not None
+
+    def _revoked(self, number: int, serial: int) -> bool:
+        raw = self._get(store.DB_INVENTORY, store.inventory_key(number, store.serial_key(serial)))
+        return raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None
 
     def cert_ref(self, cert_id: CertID) -> tuple[int, int] | None:
         """(issuer number, hash code) for a CertID's issuer and algorithm, if known."""
@@ -463,19 +438,6 @@ class LmdbSource:
         with self._begin(db=self._meta) as txn:
             raw = txn.get(store.META_LAST_SIGNED_AT)
         return store.unpack_u64(raw) if raw else None
-
-
-MAX_REMEMBERED_CLIENT_CERTS = 4096
-
-
-def _directly_issued(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    if cert.issuer != ca.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 class FreshnessPolicy:

@@ -7,7 +7,6 @@ import ipaddress
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
@@ -223,14 +222,3 @@ def load_certificate(data: bytes, source: str) -> x509.Certificate:
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
         raise SignerError(f"{source}: not an X.509 certificate ({exc})") from None
-
-
-def check_directly_issued(cert: x509.Certificate, ca: x509.Certificate) -> str | None:
-    """None if ``ca`` issued ``cert`` (name and signature), else the reason it did not."""
-    if cert.issuer != ca.subject:
-        return "issuer name differs from the CA's subject"
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return "signature does not verify with the CA's key"
-    return None

@@ -38,10 +38,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from contract import store
+from contract.chain import check_directly_issued
 from contract.config import KEY_USAGE_NAMES, CAProfile, Config
 from contract.jobs import EnrollJob, Issued, IssuedWithKey, ReenrollJob, Refused, ServerKeygenJob
 from contract.store import CertRecord, IssuerRecord
-from signer.certs import check_directly_issued
 from signer.inventory import issuing_refusal
 from signer.keys import KeyError_, SigningKey, generate_key, signature_hash
 from signer.ocsp_der import ResponseSigner

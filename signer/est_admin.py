@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from contract import store
+from contract.chain import check_directly_issued
 from contract.store import EstUserRecord, IssuerRecord, RaRecord
-from signer.certs import check_directly_issued, load_certificate
+from signer.certs import load_certificate
 from signer.state import SignerError, SignerStore
 
 _RA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -8,7 +8,6 @@ routine refreshes and a crash can never separate the two.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -18,10 +17,10 @@ import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from contract import store
+from contract import chain, store
+from contract.chain import check_directly_issued
 from contract.store import CertRecord, IssuerRecord
 from signer import key_order
-from signer.certs import check_directly_issued
 from signer.state import SignerError, SignerStore
 
 BATCH = 10000
@@ -536,7 +535,9 @@ def store_fill(st: SignerStore) -> tuple[int, int]:
 
 def registry_parent(st: SignerStore, record: IssuerRecord) -> IssuerRecord | None:
     """The registry CA that issued CA ``record``'s certificate (name and signature), if any."""
-    return next((p for p in st.issuers() if p.number != record.number and _issued(record.cert_der, p.cert_der)), None)
+    return next(
+        (p for p in st.issuers() if p.number != record.number and chain.issued(record.cert_der, p.cert_der)), None
+    )
 
 
 def issuing_refusal(st: SignerStore, record: IssuerRecord, now: int) -> str | None:
@@ -548,35 +549,20 @@ def issuing_refusal(st: SignerStore, record: IssuerRecord, now: int) -> str | No
     return None
 
 
-@functools.lru_cache(maxsize=256)
-def _issued(child_der: bytes, parent_der: bytes) -> bool:
-    """Whether ``parent_der``'s CA issued ``child_der`` (name and signature): checked once per pair."""
-    child, parent = x509.load_der_x509_certificate(child_der), x509.load_der_x509_certificate(parent_der)
-    return child_der != parent_der and check_directly_issued(child, parent) is None
-
-
-@functools.lru_cache(maxsize=256)
-def _serial_key_of(cert_der: bytes) -> bytes:
-    return store.serial_key(x509.load_der_x509_certificate(cert_der).serial_number)
-
-
 def revoked_by(st: SignerStore, record: IssuerRecord) -> IssuerRecord | None:
     """The registry CA that revoked CA ``record``'s certificate, or an ancestor's; None when none did.
 
     A revoked CA issues nothing, and neither do the CAs under it (a certificate chaining to a revoked
     CA is refused by every client that checks). Each call reads the inventory (a revocation is a fact
-    of the moment); the signatures are checked once per pair.
+    of the moment); the signatures are checked once per pair (contract.chain, as the edge's EST check).
     """
-    issuers = st.issuers()
-    seen = {record.number}
-    child = record
+    issuers = {other.number: other for other in st.issuers() if other.number != record.number}
     with st.env.begin(db=st.inventory) as txn:
-        while True:
-            parent = next((p for p in issuers if p.number not in seen and _issued(child.cert_der, p.cert_der)), None)
-            if parent is None:
-                return None
-            raw = txn.get(store.inventory_key(parent.number, _serial_key_of(child.cert_der)))
-            if raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None:
-                return parent
-            seen.add(parent.number)
-            child = parent
+
+        def revoked(number: int, serial: int) -> bool:
+            raw = txn.get(store.inventory_key(number, store.serial_key(serial)))
+            return raw is not None and store.CERT_DECODER.decode(raw).revoked_at is not None
+
+        cas = [(number, other.cert_der) for number, other in issuers.items()]
+        number = chain.revoking_ca(record.cert_der, cas, revoked)
+    return None if number is None else issuers[number]

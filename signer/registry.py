@@ -13,9 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from contract.chain import check_directly_issued
 from contract.store import IssuerRecord
 from signer.certs import (
-    check_directly_issued,
     load_certificate,
     make_ca_certificate,
     make_responder_certificate,
