@@ -42,19 +42,23 @@ def back_up(st: SignerStore, out: Path) -> BackupSummary:
         out.mkdir(parents=True, mode=0o700)
     except OSError as exc:
         raise SignerError(f"cannot create {out}: {exc.strerror}") from None
-    missing: list[Path] = []
-    for _ in range(ATTEMPTS):
-        for part in ("store", "signer"):
-            shutil.rmtree(out / part, ignore_errors=True)
-        summary, missing = _copy_once(st, out)
-        if not missing:
-            _sync_dir(out)
-            return summary
-    raise SignerError(
-        f"the store names keys that are not in {st.data_dir / 'signer' / 'keys'}: "
-        + ", ".join(path.name for path in missing)
-        + f" (a key file removed by hand?); {out} is incomplete"
-    )
+    try:
+        missing: list[Path] = []
+        for _ in range(ATTEMPTS):
+            for part in ("store", "signer"):
+                shutil.rmtree(out / part, ignore_errors=True)
+            summary, missing = _copy_once(st, out)
+            if not missing:
+                _sync_dir(out)
+                return summary
+        raise SignerError(
+            f"the store names keys that are not in {st.data_dir / 'signer' / 'keys'}: "
+            + ", ".join(path.name for path in missing)
+            + " (a key file removed by hand?)"
+        )
+    except BaseException:  # a disk full, an interrupt: no half backup is left to be taken for a whole one
+        shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _copy_once(st: SignerStore, out: Path) -> tuple[BackupSummary, list[Path]]:
