@@ -86,7 +86,7 @@ class CAProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     validity_days: int = 365
     # Keys a CSR (or serverkeygen) may carry: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096.
-    key_types: list[str] = msgspec.field(default_factory=lambda: ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"])
+    key_types: list[str] = msgspec.field(default_factory=lambda: list(KEY_TYPE_NAMES))
     serverkeygen_key_type: str = "ec-p256"
     key_usage: list[str] = msgspec.field(default_factory=lambda: ["digital_signature"])
     extended_key_usage: list[str] = msgspec.field(default_factory=lambda: ["client_auth"])

@@ -186,8 +186,15 @@ def make_end_entity_certificate(
     now: dt.datetime,
     ocsp_url: str | None,
     serial: int | None = None,
+    ocsp_signing: bool = False,
 ) -> x509.Certificate:
+    """``ocsp_signing``: id-kp-OCSPSigning beside clientAuth and serverAuth, so that the certificate may
+    also be the CA's delegated OCSP responder (RFC 6960 §4.2.2.2): the edge's TLS certificate signing its
+    OCSP, as Lamassu's gateway certificate does (README, "Lamassu")."""
     not_before, not_after = _validity(days, now)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    if ocsp_signing:
+        usages.append(ExtendedKeyUsageOID.OCSP_SIGNING)
     if not_after > ca_cert.not_valid_after_utc:
         not_after = ca_cert.not_valid_after_utc
     builder = (
@@ -200,9 +207,7 @@ def make_end_entity_certificate(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,

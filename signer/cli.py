@@ -186,7 +186,9 @@ def cmd_issue(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 
     st = open_store(data_dir, config)
     issuer, now = st.issuer(args.name), _now()
-    cert_path, key_path = issue_to_directory(st, issuer, args.cn, args.san or [], args.key, args.days, args.out, now)
+    cert_path, key_path = issue_to_directory(
+        st, issuer, args.cn, args.san or [], args.key, args.days, args.out, now, args.ocsp_responder
+    )
     print(f"{cert_path}\n{key_path}")
     _note_if_capped(issuer, args.days, now)
     _warn_if_ocsp_waits(st, issuer, now)
@@ -537,6 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", choices=("ec-p256", "rsa-2048"), default="ec-p256")
     p.add_argument("--days", type=int, default=365)
     p.add_argument("--out", type=Path, required=True, help="directory for CN.pem and CN.key")
+    p.add_argument(
+        "--ocsp-responder",
+        action="store_true",
+        help="add id-kp-OCSPSigning: the certificate may then also sign the CA's OCSP (pki-edge ca responder"
+        " NAME --responder-cert), as the edge's TLS certificate in Lamassu's model",
+    )
     p.set_defaults(handler=cmd_issue)
 
     p = sub.add_parser("import", help="import certificates, an OpenSSL index.txt or a CRL", parents=[common])

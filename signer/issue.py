@@ -28,6 +28,7 @@ def issue_certificate(
     key_type: str,
     days: int,
     now: dt.datetime,
+    ocsp_signing: bool = False,
 ) -> tuple[x509.Certificate, object]:
     if not 1 <= len(common_name) <= UB_COMMON_NAME:
         raise SignerError(f"--cn must be 1 to {UB_COMMON_NAME} characters (RFC 5280), not {len(common_name)}")
@@ -45,6 +46,7 @@ def issue_certificate(
             days,
             now,
             issuer.ocsp_url,
+            ocsp_signing=ocsp_signing,
         )
     except ValueError as exc:  # cryptography's own checks (it bounds a commonName by its UTF-8 bytes)
         raise SignerError(f"cannot issue this certificate: {exc}") from None
@@ -61,12 +63,13 @@ def issue_to_directory(
     days: int,
     out: Path,
     now: dt.datetime,
+    ocsp_signing: bool = False,
 ) -> tuple[Path, Path]:
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", common_name).strip("._") or "cert"
     cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
     if os.path.lexists(cert_path) or os.path.lexists(key_path):  # a dangling symlink too
         raise SignerError(f"{cert_path} or {key_path} already exists")
-    cert, key = issue_certificate(st, issuer, common_name, sans, key_type, days, now)
+    cert, key = issue_certificate(st, issuer, common_name, sans, key_type, days, now, ocsp_signing)
     out.mkdir(parents=True, exist_ok=True)
     write_private_key(key_path, key)  # type: ignore[arg-type]
     # Created, never opened as found: a symlink placed there (even dangling) is not followed (O_EXCL).

@@ -272,6 +272,7 @@ PROFILE_CASES: list[tuple[str, dict[str, Any], Callable[[], bytes], str | None]]
     ("bad signature", {}, lambda: make_csr(bad_signature=True), "signature"),
     ("ec-p384 allowed", {}, lambda: make_csr(pool_key("ec-p384")), None),
     ("rsa-2048 allowed", {}, lambda: make_csr(pool_key("rsa-2048")), None),
+    ("rsa-4096 allowed", {}, lambda: make_csr(rsa.generate_private_key(65537, 4096)), None),  # Lamassu's estclient's
     ("ec-p384 not in key_types", {"key_types": ["ec-p256"]}, lambda: make_csr(pool_key("ec-p384")), "ec-p384"),
     ("rsa-2048 not in key_types", {"key_types": ["ec-p256"]}, lambda: make_csr(pool_key("rsa-2048")), "rsa-2048"),
     ("ec-p521 unknown", {}, lambda: make_csr(ec.generate_private_key(ec.SECP521R1())), "secp521r1"),
