@@ -68,6 +68,11 @@ def test_fast_lane_and_asgi_answer_identically(store, servers):
             answers.append((r.status_code, comparable(r.headers), r.content))
             etag = etag or r.headers.get("etag")
         assert answers[0][0] == answers[1][0] and answers[0][2] == answers[1][2], (method, path)
+        if answers[0][0] == 413:
+            # Sent before the body has all come, either path says close; whether it had come when the
+            # head was read depends on how the client's writes arrived (httpx sends the body apart).
+            for answer in answers:
+                assert answer[1].pop("connection", "close") == "close"
         assert_same(answers[0][1], answers[1][1])
     # Conditional requests too.
     b64 = base64.b64encode(request(ca, 1)).decode()
