@@ -330,5 +330,8 @@ class OCSPAnswerer:
         if conditional.if_none_match is not None:
             return etag_matches(conditional.if_none_match, stored.etag)
         if conditional.if_modified_since is not None:
-            return not_modified_since(conditional.if_modified_since, stored.produced_at, now)
+            # Never for a revoked status: a date cannot tell the revoked response from a good one cached
+            # earlier when the signer's clock went back (the revocation's producedAt then comes before
+            # the good one's). The ETag can: it is the signature's.
+            return not stored.revoked and not_modified_since(conditional.if_modified_since, stored.produced_at, now)
         return False

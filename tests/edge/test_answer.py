@@ -668,9 +668,30 @@ def test_if_modified_since_after_a_revocation_gets_the_revoked_response() -> Non
     for validator in (good.last_modified, http_date(fetched_at), http_date(NOW)):
         answer = harness.answer(REQUEST, Conditional(if_modified_since=validator))
         assert (answer.status, answer.body) == (200, revoked_der), validator
-    # A date when the revocation had been served for a while: that is what the client holds.
+    # A date when the revocation had been served for a while: still the whole answer (a date cannot
+    # tell a cached good response from it, see below); its ETag gets the 304.
     harness.clock.advance(2 * MINUTE)
-    assert harness.answer(REQUEST, Conditional(if_modified_since=http_date(NOW + MINUTE))).status == 304
+    assert harness.answer(REQUEST, Conditional(if_modified_since=http_date(NOW + MINUTE))).status == 200
+    revoked_etag = harness.source.outcome.etag
+    assert harness.answer(REQUEST, Conditional(if_none_match=revoked_etag)).status == 304
+
+
+def test_a_revocation_signed_by_a_clock_gone_back_is_never_hidden_by_a_date() -> None:
+    """Found by an audit: the signer's clock stepped back 5 minutes, so the revocation's producedAt
+    (its Last-Modified) came before that of the good response a client holds. Judged by date, the
+    client's If-Modified-Since was later than the revocation: 304, and the client kept "good"."""
+    good = stored(this_update=NOW - HOUR)  # signed at NOW
+    harness = Harness(good, now=NOW + 10)
+    client_date = good.last_modified
+    revoked = msgspec.structs.replace(
+        stored(this_update=NOW - HOUR - 5 * MINUTE, revoked=True, etag=b'"r"'), der=b"\x30\x01r"
+    )
+    assert revoked.produced_at + SERVED_WITHIN_SECONDS <= NOW  # by date alone: "not modified"
+    harness.source.outcome = revoked
+    harness.clock.advance(MINUTE)
+    answer = harness.answer(REQUEST, Conditional(if_modified_since=client_date))
+    assert (answer.status, answer.body) == (200, b"\x30\x01r")
+    assert harness.answer(REQUEST, Conditional(if_none_match=good.etag)).status == 200
 
 
 @pytest.fixture
