@@ -77,10 +77,20 @@ def write_private_key(path: Path, key: SigningKey) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise KeyError_(f"{path} already exists; refusing to overwrite a private key") from None
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
-        out.flush()
-        os.fsync(out.fileno())
+    write_new_file(fd, path, pem)
+
+
+def write_new_file(fd: int, path: Path, data: bytes) -> None:
+    """Write and fsync a file just created (O_EXCL) at ``path``; on failure (a full disk) it is removed,
+    so that a retry is not refused by an empty file left where the key or certificate was to be."""
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def load_private_key(pem_or_der: bytes, source: str) -> SigningKey:
