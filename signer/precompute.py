@@ -32,6 +32,11 @@ RETRY_UNSIGNABLE_SECONDS = 60
 # After a batch did not fit in the store: serials are signed one a transaction this long, and the
 # error that not even one fits is logged at most this often.
 FULL_STORE_SECONDS = 60
+# A store that cannot be written (a full disk, a failing fsync: LMDB says ENOSPC or EIO) is tried again
+# this often; the edge serves what is stored meanwhile. These errors are not retried: the store itself
+# is broken or another release's, and only a restart (up's service manager) can mend that.
+WRITE_RETRY_SECONDS = 5.0
+FATAL_STORE_ERRORS = (lmdb.PanicError, lmdb.CorruptedError, lmdb.InvalidError, lmdb.VersionMismatchError)
 # A response cut short to its signing certificate is refreshed at refresh_fraction of what is left,
 # but not sooner than this: without a successor certificate each refresh is cut shorter again, and
 # halving down to a minute would re-sign a whole CA a dozen times in its signer's last hours.
@@ -159,6 +164,8 @@ class Precomputer:
         self._load_failed = False
         self._retry_load_at = 0
         self._full_until = 0.0  # while the store is full: one serial a transaction until then
+        self._write_failed_said = -float(FULL_STORE_SECONDS)  # when the failing store was last logged
+        self._write_failing = False
         self._full_logged_at = -float(FULL_STORE_SECONDS)
         self._signed = 0  # responses signed since the last minute's report
         self._unsignable_recorded: bytes | None = b"\x00"  # META_UNSIGNABLE as last written (not yet)
@@ -459,20 +466,45 @@ class Precomputer:
         next_minute = next_beat = 0.0
         while not stop.is_set():
             if self._clock.monotonic() >= next_beat:
-                self._heartbeat()
+                self._heartbeat()  # a signer waiting for a writable store is not a hung one
                 next_beat = self._clock.monotonic() + self._heartbeat_seconds
-            if self._clock.monotonic() >= next_minute:
-                # Free reader slots of edge workers that died without closing them (kill -9),
-                # or LMDB could never reuse the pages they pin and the file would grow.
-                self._st.env.reader_check()
-                self._warn_of_expiring_signers(self._clock.now())
-                self._every_minute(self._clock.now())
-                self.record_unsignable(self._clock.now())
-                self.report_backlog()
-                next_minute = self._clock.monotonic() + 60
-            self.reload_issuers()
-            if self.step() == 0:
+            try:
+                if self._clock.monotonic() >= next_minute:
+                    next_minute = self._clock.monotonic() + 60
+                    # Free reader slots of edge workers that died without closing them (kill -9),
+                    # or LMDB could never reuse the pages they pin and the file would grow.
+                    self._st.env.reader_check()
+                    self._warn_of_expiring_signers(self._clock.now())
+                    self._every_minute(self._clock.now())
+                    self.record_unsignable(self._clock.now())
+                    self.report_backlog()
+                self.reload_issuers()
+                idle = self.step() == 0
+            except lmdb.Error as exc:
+                if isinstance(exc, FATAL_STORE_ERRORS):
+                    raise
+                self._write_failed(exc)
+                stop.wait(WRITE_RETRY_SECONDS)
+                continue
+            if self._write_failing:
+                self._write_failing = False
+                self._logger.info("the store is written again: signing goes on")
+            if idle:
                 stop.wait(poll)
+
+    def _write_failed(self, exc: lmdb.Error) -> None:
+        """A full disk or a failing fsync: said once a minute; the signer lives on (a crash would take
+        `up`'s edge with it, and what is stored is still right to serve)."""
+        self._write_failing = True
+        now = self._clock.monotonic()
+        if now >= self._write_failed_said + FULL_STORE_SECONDS:
+            self._write_failed_said = now
+            self._logger.error(
+                "the store cannot be written (%s; is the disk full?): signing waits, tried again every %g s;"
+                " the edge serves what is stored, and revocations are signed first once it can write",
+                exc,
+                WRITE_RETRY_SECONDS,
+            )
 
     def report_backlog(self) -> None:
         """Once a minute: while the signer is behind, how much waits and how fast it goes (a large

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import msgspec
 import pytest
 from cryptography import x509
@@ -971,3 +972,51 @@ def test_pending_and_due_serial_is_signed_once(setup: Setup, monkeypatch: pytest
     monkeypatch.setattr(ResponseSigner, "response_data", counting)
     assert p.run_batch() == 3
     assert sorted(signed) == sorted([b"\x01", b"\x01", b"\x02", b"\x02", b"\x03", b"\x03"])
+
+
+def test_a_store_that_cannot_be_written_is_waited_for_not_died_of(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an audit: a full disk (LMDB's commit: Input/output error) ended the signer, and `up`
+    then stopped the edge with it: no OCSP at all, a crash loop under a service manager. Now the signer
+    says so once a minute, keeps its heartbeat, and signs again once the store can be written."""
+    from signer import precompute
+
+    monkeypatch.setattr(precompute, "WRITE_RETRY_SECONDS", 0.01)
+    setup.add([1])
+    beats: list[int] = []
+    stop = threading.Event()
+    failures = iter([lmdb.Error("mdb_txn_commit: Input/output error")] * 3)
+    p = setup.precomputer()
+    p._heartbeat = lambda: beats.append(1)  # type: ignore[method-assign]
+    p._heartbeat_seconds = 0.0
+    real_step = p.step
+
+    def step() -> int:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        handled = real_step()
+        if handled:
+            stop.set()
+        return handled
+
+    p.step = step  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="test"):
+        p.run(stop)
+    said = [r.getMessage() for r in caplog.records if "the store" in r.getMessage()]
+    assert len([m for m in said if m.startswith("the store cannot be written (mdb_txn_commit")]) == 1, said
+    assert "the store is written again: signing goes on" in said
+    assert (setup.issuer.number, 1, 1) in responses(setup.st) and len(beats) >= 4
+
+
+def test_a_broken_store_still_ends_the_signer(setup: Setup) -> None:
+    """Only a restart can mend LMDB's panic or a corrupted page: those are not waited for."""
+    p = setup.precomputer()
+
+    def step() -> int:
+        raise lmdb.PanicError("MDB_PANIC")
+
+    p.step = step  # type: ignore[method-assign]
+    with pytest.raises(lmdb.PanicError):
+        p.run(threading.Event())
