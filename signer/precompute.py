@@ -527,7 +527,7 @@ class Precomputer:
         self._behind = behind
 
     def step(self) -> int:
-        """One batch, or while the store is full one serial at a time (revocations come first):
+        """One batch, or while the store (or its disk) is full one serial at a time (revocations first):
         what does not fit waits, and the rest goes on (a crash would stop everything)."""
         if self._clock.monotonic() < self._full_until:
             return self._one_at_a_time()
@@ -536,6 +536,13 @@ class Precomputer:
         except lmdb.MapFullError:
             self._full_until = self._clock.monotonic() + FULL_STORE_SECONDS
             return self._one_at_a_time()
+        except FATAL_STORE_ERRORS:
+            raise
+        except lmdb.Error:
+            # A full disk: the store file cannot grow, but one serial (a revocation first) may fit in
+            # the pages it frees. If not even that, run() says so and waits.
+            self._full_until = self._clock.monotonic() + FULL_STORE_SECONDS
+            return self.run_batch(limit=1)
 
     def _one_at_a_time(self) -> int:
         try:

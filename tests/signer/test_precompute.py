@@ -1020,3 +1020,25 @@ def test_a_broken_store_still_ends_the_signer(setup: Setup) -> None:
     p.step = step  # type: ignore[method-assign]
     with pytest.raises(lmdb.PanicError):
         p.run(threading.Event())
+
+
+def test_a_full_disk_signs_one_serial_at_a_time_revocations_first(setup: Setup) -> None:
+    """The store file cannot grow, but the pages it frees may hold one serial: the revocation, which
+    comes first, is published while the disk stays full (as when the map is full)."""
+    setup.add([1, 2, 3])
+    run_all(setup.precomputer())
+    revoke(setup.st, setup.issuer, 2, 1, T0)
+    setup.add([4, 5, 6])
+    p = setup.precomputer()
+    real_batch, limits = p.run_batch, []
+
+    def run_batch(limit: int | None = None) -> int:
+        limits.append(limit)
+        if limit != 1:
+            raise lmdb.Error("mdb_txn_commit: No space left on device")
+        return real_batch(limit)
+
+    p.run_batch = run_batch  # type: ignore[method-assign]
+    assert p.step() == 1 and limits == [None, 1]
+    assert responses(setup.st)[(setup.issuer.number, 1, 2)].revoked
+    assert p.step() == 1 and limits == [None, 1, 1]  # one at a time for a while, not a batch each time
