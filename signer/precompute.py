@@ -36,6 +36,11 @@ FULL_STORE_SECONDS = 60
 # this often; the edge serves what is stored meanwhile. These errors are not retried: the store itself
 # is broken or another release's, and only a restart (up's service manager) can mend that.
 WRITE_RETRY_SECONDS = 5.0
+# A wall clock stepped back by more than this (against the monotonic one while running, against the
+# store's newest signature at start) has every serial signed again: responses signed by the clock that
+# ran ahead are dated in the future (a client rejects a thisUpdate ahead of its own clock, RFC 6960
+# §4.2.2.1), and serials dropped as expired by it are valid again. Smaller steps are NTP's business.
+CLOCK_STEP_SECONDS = 300
 FATAL_STORE_ERRORS = (lmdb.PanicError, lmdb.CorruptedError, lmdb.InvalidError, lmdb.VersionMismatchError)
 # A response cut short to its signing certificate is refreshed at refresh_fraction of what is left,
 # but not sooner than this: without a successor certificate each refresh is cut shorter again, and
@@ -170,6 +175,40 @@ class Precomputer:
         self._signed = 0  # responses signed since the last minute's report
         self._unsignable_recorded: bytes | None = b"\x00"  # META_UNSIGNABLE as last written (not yet)
         self._behind = False
+        self._clock_offset: float | None = None  # wall minus monotonic clock, at the last check
+
+    def check_clock(self) -> int:
+        """At start and once a minute: after a step back of the wall clock, queue every serial (see
+        CLOCK_STEP_SECONDS). Returns how many serials were queued."""
+        now, offset = self._clock.now(), self._clock.now() - self._clock.monotonic()
+        last, self._clock_offset = self._clock_offset, offset
+        if last is None:
+            with self._st.env.begin(db=self._st.meta) as txn:
+                raw = txn.get(store.META_LAST_SIGNED_AT)
+            back = store.unpack_u64(raw) - now if raw else 0
+        else:
+            back = int(last - offset)
+        if back <= CLOCK_STEP_SECONDS:
+            return 0
+        with self._st.env.begin(write=True) as txn:
+            queued = self._queue_all(txn)
+        self._logger.warning(
+            "the clock went back %d s (responses were signed ahead of it): %d serials queued for signing"
+            " again, revoked ones first, so that none is dated in the future",
+            back,
+            queued,
+        )
+        return queued
+
+    def _queue_all(self, txn: Any) -> int:
+        """Queue every serial of the inventory for signing, revoked ones as revocations (first)."""
+        st, queued = self._st, 0
+        for key, raw in txn.cursor(db=st.inventory):
+            revoked = store.CERT_DECODER.decode(raw).revoked_at is not None
+            priority = store.PRIORITY_REVOCATION if revoked else store.PRIORITY_NEW
+            txn.put(store.pending_key(priority, key), b"", db=st.pending)
+            queued += 1
+        return queued
 
     def queue_added_hash_algorithms(self) -> int:
         """At start: when signer.hash_algorithms gained an algorithm, queue every serial for signing
@@ -185,15 +224,7 @@ class Precomputer:
             txn.put(store.META_HASH_ALGORITHMS, configured, db=st.meta)
             if recorded is None or set(configured.split(b",")) <= set(recorded.split(b",")):
                 return 0  # not recorded yet (a store of an older version), or one dropped: swept by the batches
-            queued = 0
-            for key, raw in txn.cursor(db=st.inventory):
-                revoked = store.CERT_DECODER.decode(raw).revoked_at is not None
-                txn.put(
-                    store.pending_key(store.PRIORITY_REVOCATION if revoked else store.PRIORITY_NEW, key),
-                    b"",
-                    db=st.pending,
-                )
-                queued += 1
+            queued = self._queue_all(txn)  # in the transaction that records the set: a crash loses neither
         self._logger.info(
             "hash algorithms now %s (were %s): %d serials queued for signing, revoked ones first",
             configured.decode(),
@@ -474,6 +505,7 @@ class Precomputer:
                     # Free reader slots of edge workers that died without closing them (kill -9),
                     # or LMDB could never reuse the pages they pin and the file would grow.
                     self._st.env.reader_check()
+                    self.check_clock()
                     self._warn_of_expiring_signers(self._clock.now())
                     self._every_minute(self._clock.now())
                     self.record_unsignable(self._clock.now())

@@ -1042,3 +1042,43 @@ def test_a_full_disk_signs_one_serial_at_a_time_revocations_first(setup: Setup) 
     assert p.step() == 1 and limits == [None, 1]
     assert responses(setup.st)[(setup.issuer.number, 1, 2)].revoked
     assert p.step() == 1 and limits == [None, 1, 1]  # one at a time for a while, not a batch each time
+
+
+def test_a_clock_gone_back_has_every_serial_signed_again_by_the_right_time(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an audit: the signer's clock ran 8 days ahead, then was corrected. Every response was
+    dated 8 days in the future (clients refuse them) until its refresh, 11 days on; and a certificate
+    past its grace by the wrong clock lost its responses for good (unauthorized). Both are signed again
+    at the next check, revoked ones first: here once running (the wall clock against the monotonic one),
+    and at a start (the store's newest signature ahead of the clock)."""
+    setup.add([1, 2])
+    setup.add([3], not_after=T0 + 2 * DAY)  # its grace (a day) ends at T0 + 3 days
+    revoke(setup.st, setup.issuer, 2, 1, T0)
+    p = setup.precomputer()
+    assert p.check_clock() == 0  # the store's newest signature is not ahead
+    setup.clock.wall = T0 + 8 * DAY
+    assert p.check_clock() == 0  # forward: the schedule makes everything due
+    run_all(p)
+    assert {serial for (_, _, serial) in responses(setup.st)} == {1, 2}  # 3: past its grace, dropped
+
+    setup.clock.wall = T0  # corrected (by more than CLOCK_STEP_SECONDS)
+    with caplog.at_level(logging.WARNING, logger="test"):
+        assert p.check_clock() == 3
+    assert "the clock went back 691200 s (responses were signed ahead of it): 3 serials queued" in caplog.text
+    pending = sorted(dump_db(setup.st, setup.st.pending))
+    assert pending[0][0] == store.PRIORITY_REVOCATION and [k[0] for k in pending[1:]] == [store.PRIORITY_NEW] * 2
+    run_all(p)
+    signed = responses(setup.st)
+    assert {serial for (_, _, serial) in signed} == {1, 2, 3}
+    assert all(r.this_update <= T0 and r.produced_at <= T0 for r in signed.values())
+    assert p.check_clock() == 0  # said and done once
+
+    # A signer starting on a store whose newest signature is ahead of its clock does the same.
+    setup.clock.wall = T0 + 8 * DAY
+    run_all(setup.precomputer())
+    late = setup.precomputer()
+    setup.clock.wall = T0 + 8 * DAY - 299  # within CLOCK_STEP_SECONDS: NTP's business, not this
+    assert late.check_clock() == 0
+    setup.clock.wall = T0
+    assert setup.precomputer().check_clock() == 3
