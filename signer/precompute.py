@@ -432,9 +432,22 @@ class Precomputer:
             # installed meanwhile signs it then, where it would go stale for up to the floor's length.
             refresh_at = min(max(min(refresh_at, cut), now + MIN_CUT_SHORT_REFRESH_SECONDS), times.next_update - 1)
         refresh_at = min(max(refresh_at, now + 1), serve_until)
-        revoked = record.revoked_at is not None
-        if revoked:
-            tail = status_and_times(CertStatus(record.revoked_at, record.reason), this_update, times.next_update)
+        revoked_at = record.revoked_at
+        revoked = revoked_at is not None
+        if revoked_at is not None:
+            if revoked_at > now:
+                # Recorded by a command whose clock ran ahead of this one: a response signed now cannot
+                # say the certificate was revoked later (a keyCompromise dated a day ahead would leave
+                # that day's signatures looking valid). Said, and signed as revoked now.
+                self._logger.warning(
+                    "serial %X of issuer %d: revocation time %s is ahead of the signer's clock; signed as %s",
+                    store.serial_from_key(serial_k),
+                    issuer_number,
+                    http_date(revoked_at).decode(),
+                    http_date(now).decode(),
+                )
+                revoked_at = now
+            tail = status_and_times(CertStatus(revoked_at, record.reason), this_update, times.next_update)
         else:
             tail = times.good
         for code, prefix in self._response_prefixes(issuer_number):

@@ -1082,3 +1082,19 @@ def test_a_clock_gone_back_has_every_serial_signed_again_by_the_right_time(
     assert late.check_clock() == 0
     setup.clock.wall = T0
     assert setup.precomputer().check_clock() == 3
+
+
+def test_a_revocation_time_ahead_of_the_signers_clock_is_signed_as_now(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an audit: `revoke` run where the clock was a day ahead recorded that time, and the
+    response said the certificate was revoked a day after it was signed."""
+    setup.add([1])
+    revoke(setup.st, setup.issuer, 1, 1, T0 + DAY)
+    with caplog.at_level(logging.WARNING, logger="test"):
+        run_all(setup.precomputer())
+    assert "serial 1 of issuer 1: revocation time" in caplog.text and "ahead of the signer's clock" in caplog.text
+    der = responses(setup.st)[(setup.issuer.number, 1, 1)].der
+    single = ocsp.load_der_ocsp_response(der)
+    assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert single.revocation_time_utc == utc(T0) == single.produced_at_utc
