@@ -180,18 +180,22 @@ class Precomputer:
     def check_clock(self) -> int:
         """At start and once a minute: after a step back of the wall clock, queue every serial (see
         CLOCK_STEP_SECONDS). Returns how many serials were queued."""
-        now, offset = self._clock.now(), self._clock.now() - self._clock.monotonic()
-        last, self._clock_offset = self._clock_offset, offset
+        now = self._clock.now()
+        offset = now - self._clock.monotonic()
+        last = self._clock_offset
         if last is None:
             with self._st.env.begin(db=self._st.meta) as txn:
                 raw = txn.get(store.META_LAST_SIGNED_AT)
             back = store.unpack_u64(raw) - now if raw else 0
         else:
             back = int(last - offset)
+        if back > CLOCK_STEP_SECONDS:
+            with self._st.env.begin(write=True) as txn:
+                queued = self._queue_all(txn)
+        # Only now: a store that could not be written keeps the step back for the next check.
+        self._clock_offset = offset
         if back <= CLOCK_STEP_SECONDS:
             return 0
-        with self._st.env.begin(write=True) as txn:
-            queued = self._queue_all(txn)
         self._logger.warning(
             "the clock went back %d s (responses were signed ahead of it): %d serials queued for signing"
             " again, revoked ones first, so that none is dated in the future",

@@ -1074,6 +1074,17 @@ def test_a_clock_gone_back_has_every_serial_signed_again_by_the_right_time(
     assert all(r.this_update <= T0 and r.produced_at <= T0 for r in signed.values())
     assert p.check_clock() == 0  # said and done once
 
+    # A store that cannot be written when the step back is seen keeps it for the next check.
+    setup.clock.wall = T0 + 8 * DAY
+    assert p.check_clock() == 0
+    setup.clock.wall = T0
+    setup.st.env = _FailingWrites(setup.st.env)  # type: ignore[assignment]
+    with pytest.raises(lmdb.Error):
+        p.check_clock()
+    setup.st.env = setup.st.env.inner  # type: ignore[attr-defined]
+    assert p.check_clock() == 3
+    run_all(p)
+
     # A signer starting on a store whose newest signature is ahead of its clock does the same.
     setup.clock.wall = T0 + 8 * DAY
     run_all(setup.precomputer())
@@ -1098,3 +1109,15 @@ def test_a_revocation_time_ahead_of_the_signers_clock_is_signed_as_now(
     single = ocsp.load_der_ocsp_response(der)
     assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert single.revocation_time_utc == utc(T0) == single.produced_at_utc
+
+
+class _FailingWrites:
+    """An LMDB environment whose write transactions fail (a full disk), reads passing through."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def begin(self, *args: Any, write: bool = False, **kwargs: Any) -> Any:
+        if write:
+            raise lmdb.Error("mdb_txn_commit: No space left on device")
+        return self.inner.begin(*args, **kwargs)
