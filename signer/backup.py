@@ -19,6 +19,7 @@ from pathlib import Path
 
 from contract import store
 from contract.config import CONFIG_FILE
+from signer.keys import write_new_file
 from signer.registry import responder_key_file
 from signer.state import SignerError, SignerStore, key_path, keys_dir
 
@@ -104,11 +105,7 @@ def _needed_keys(data_dir: Path, record: store.IssuerRecord) -> list[Path]:
 def _copy_private(source: Path, target: Path) -> None:
     """A key file copied as the signer writes one: created new, 0600, on disk before it counts."""
     data = source.read_bytes()
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as dst:
-        dst.write(data)
-        dst.flush()
-        os.fsync(dst.fileno())
+    write_new_file(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), target, data)
 
 
 def _sync_dir(out: Path) -> None:
