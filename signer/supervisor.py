@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,11 +23,14 @@ from pathlib import Path
 from types import FrameType
 
 from contract.config import Config
+from contract.jobs import socket_path
 from signer.state import SignerStore, heartbeat_path
 
 # How long the children get to drain, beyond the signer's batch under way (signer.batch_seconds, up to
 # 30 s), which it finishes first.
 GRACE_SECONDS = 15
+# How long the edge waits for the signer's job server (which starts its worker processes first).
+JOB_SERVER_WAIT_SECONDS = 30
 _PR_SET_PDEATHSIG = 1
 
 
@@ -91,6 +95,19 @@ def _wait_ready(url: str, deadline: float) -> bool:
     return False
 
 
+def _wait_listening(path: Path, child: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Whether the job server at ``path`` accepts a connection before ``deadline`` (not once ``child``,
+    its signer, has exited)."""
+    while time.monotonic() < deadline and child.poll() is None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return True
+            except OSError:  # not there yet, or a stale socket left by a killed signer
+                time.sleep(0.05)
+    return False
+
+
 def run_up(
     data_dir: Path,
     config: Config,
@@ -114,10 +131,7 @@ def run_up(
     finally:
         st.close()
 
-    children = [
-        _child(data_dir, "signer"),
-        _child(data_dir, "edge", "--host", host, "--port", str(port), "--workers", str(workers), *edge_flags),
-    ]
+    children = [_child(data_dir, "signer")]
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -135,6 +149,16 @@ def run_up(
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP too: a closed terminal; nothing reloads
         signal.signal(signum, on_signal)
+
+    # The edge starts once the signer takes jobs, so an enroll sent as soon as the port answers is not
+    # told "signer unreachable". A signer slower than that still gets an edge, which serves OCSP.
+    signer = children[0]
+    listening = _wait_listening(socket_path(data_dir), signer, time.monotonic() + JOB_SERVER_WAIT_SECONDS)
+    if not stopping and signer.poll() is None:
+        if not listening:
+            logger.warning("the signer takes no jobs after %g s: starting the edge anyway", JOB_SERVER_WAIT_SECONDS)
+        edge = _child(data_dir, "edge", "--host", host, "--port", str(port), "--workers", str(workers), *edge_flags)
+        children.append(edge)
 
     if demo and _wait_ready(f"http://{public_host}:{port}/healthz", time.monotonic() + 30):
         from signer.demo import demo_instructions
@@ -165,6 +189,9 @@ def run_up(
             child.wait()
             failed = True
     if not all(_clean_exit(child.returncode) for child in children):
-        logger.error("exit codes: signer %s, edge %s", children[0].returncode, children[1].returncode)
+        codes = ", ".join(
+            f"{name} {child.returncode}" for name, child in zip(("signer", "edge"), children, strict=False)
+        )
+        logger.error("exit codes: %s", codes)
         failed = True
     return 1 if failed else 0
