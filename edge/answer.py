@@ -195,7 +195,8 @@ class OCSPAnswerer:
         self._revoked_hits = 0
         metrics.collect(self._hit_counts)
         self._logger = logger
-        self._stale_log = ThrottledLog(logger, clock.now)  # a line per request while the signer is down
+        # What the signer's state makes of every request (stale or future-dated responses): a line a minute.
+        self._signer_log = ThrottledLog(logger, clock.now)
         self._retry_after = (b"retry-after", b"%d" % retry_after_seconds)
         self._overdue_max_age = overdue_max_age_seconds
         self.malformed = _unsigned(400, MALFORMED_REQUEST)
@@ -260,7 +261,7 @@ class OCSPAnswerer:
             return self.unauthorized
         if isinstance(failed, Stale):
             self._metrics.inc("ocsp_stale")
-            self._stale_log.log(logging.ERROR, Stale, "stale response requested: is the signer running?")
+            self._signer_log.log(logging.ERROR, Stale, "stale response requested: is the signer running?")
             return self.try_later
         self._metrics.inc("ocsp_unavailable")  # Unavailable, the last of the closed set
         return self.try_later
@@ -273,6 +274,8 @@ class OCSPAnswerer:
         if stored.next_update < until:
             until = stored.next_update
         max_age = until - now if until > now else 0
+        if stored.this_update > now:
+            max_age = self._future_dated()
         if conditional is not NO_CONDITIONS:
             if self._precondition_failed(conditional, stored):
                 self._metrics.inc("ocsp_precondition_failed")
@@ -287,6 +290,23 @@ class OCSPAnswerer:
         body = stored.der
         head = _HIT_HEAD % (max_age, stored.last_modified, stored.expires, stored.etag, len(body))
         return Answer(200, head, body)
+
+    def _future_dated(self) -> int:
+        """The max-age of a response whose thisUpdate is ahead of our clock: 0.
+
+        Its signer's clock ran ahead of ours by more than its backdating (signer.backdate_seconds):
+        clients with our time refuse it (RFC 6960 §4.2.2.1), so no cache may keep it; if our clock is
+        the one behind, clients take it and only the caching is lost. Served all the same: refusing
+        it would let one slow edge clock stop every answer. The signer re-signs once its clock steps back.
+        """
+        self._metrics.inc("ocsp_future_dated")
+        self._signer_log.log(
+            logging.WARNING,
+            "future-dated",
+            "a stored response's thisUpdate is ahead of this edge's clock: served with max-age=0;"
+            " check the signer's and the edge's clocks",
+        )
+        return 0
 
     def _live_signing(self, cert_ids: tuple[CertID, ...], now: int) -> Answer | LiveSigning:
         """What the signer workers must sign for a multi-CertID request, or the answer without signing.

@@ -183,6 +183,14 @@ MAX_AGE_CASES = [
     ("overdue-next-update-sooner", {"refresh_at": NOW - 1, "next_update": NOW + MINUTE}, MINUTE),
     ("overdue-next-update-equal", {"refresh_at": NOW - 1, "next_update": NOW + OVERDUE_MAX_AGE}, OVERDUE_MAX_AGE),
     ("revoked", {"revoked": True, "refresh_at": NOW + 5 * MINUTE}, 5 * MINUTE),
+    ("this-update-now", {"this_update": NOW}, 3 * DAY),
+]
+
+# A signer whose clock ran ahead of ours by more than its backdating: served, but no cache may keep it.
+FUTURE_DATED_CASES = [
+    ("this-update-two-minutes-ahead", {"this_update": NOW + 2 * MINUTE}),
+    ("this-update-a-day-ahead", {"this_update": NOW + DAY, "refresh_at": NOW + 4 * DAY, "next_update": NOW + 8 * DAY}),
+    ("revoked-ahead", {"this_update": NOW + HOUR, "revoked": True}),
 ]
 
 
@@ -205,6 +213,34 @@ def test_authoritative_answer(fields: dict[str, int], max_age: int) -> None:
     }
     assert harness.source.calls == [EXPECTED_CERT_ID]
     assert harness.metrics.snapshot() == {"ocsp_revoked" if response.revoked else "ocsp_good": 1}
+
+
+@pytest.mark.parametrize("fields", [c[1] for c in FUTURE_DATED_CASES], ids=[c[0] for c in FUTURE_DATED_CASES])
+def test_a_response_dated_ahead_of_the_clock_is_served_with_max_age_0(
+    fields: dict[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    response = stored(**fields)  # type: ignore[arg-type]
+    harness = Harness(response)
+
+    with caplog.at_level(logging.WARNING, logger="test"):
+        answers = [harness.answer() for _ in range(3)]
+        harness.clock.advance(MINUTE)
+        answers.append(harness.answer())
+        not_modified = harness.answer(REQUEST, Conditional(if_none_match=ETAG))
+
+    for answer in answers:
+        assert answer.status == 200
+        assert answer.body == RESPONSE_DER
+        assert header_dict(answer)[b"cache-control"] == cache_control(0)
+        assert header_dict(answer)[b"expires"] == response.expires
+    assert not_modified.status == 304
+    assert header_dict(not_modified)[b"cache-control"] == cache_control(0)
+    said = [r.getMessage() for r in caplog.records]
+    warning = "a stored response's thisUpdate is ahead of this edge's clock: served with max-age=0;"
+    assert len(said) == 2 and all(m.startswith(warning) for m in said), said  # a line a minute, with a count
+    assert said[1].endswith("(2 more like it in the 60 s before, not logged)")
+    hits = "ocsp_revoked" if response.revoked else "ocsp_good"
+    assert harness.metrics.snapshot() == {hits: 4, "ocsp_future_dated": 5, "ocsp_not_modified": 1}
 
 
 @pytest.mark.parametrize(
