@@ -451,6 +451,11 @@ class Precomputer:
                     http_date(now).decode(),
                 )
                 revoked_at = now
+            if revoked_at > this_update:
+                # The backdated thisUpdate (clients' clock skew) comes before the revocation, when this
+                # status was not yet true (RFC 6960 §4.2.1: the time it is known to be correct at):
+                # signed again once a backdated thisUpdate covers it, so that lasts an hour, not days.
+                refresh_at = min(refresh_at, revoked_at + self._config.backdate_seconds)
             tail = status_and_times(CertStatus(revoked_at, record.reason), this_update, times.next_update)
         else:
             tail = times.good

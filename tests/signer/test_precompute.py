@@ -178,7 +178,10 @@ def check_stored(
     high = this_update + validity * config.refresh_fraction
     serve_until = not_after + int(config.expired_grace_hours * 3600)
     assert stored.serve_until == serve_until
-    if high < serve_until:
+    if revoked_at is not None and revoked_at > this_update:
+        # Signed again once a backdated thisUpdate covers the revocation (RFC 6960 §4.2.1).
+        assert stored.refresh_at == min(revoked_at + config.backdate_seconds, serve_until)
+    elif high < serve_until:
         assert low <= stored.refresh_at <= high
     else:
         assert stored.refresh_at == serve_until or low <= stored.refresh_at <= serve_until
@@ -1109,6 +1112,33 @@ def test_a_revocation_time_ahead_of_the_signers_clock_is_signed_as_now(
     single = ocsp.load_der_ocsp_response(der)
     assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert single.revocation_time_utc == utc(T0) == single.produced_at_utc
+
+
+def test_a_fresh_revocation_is_signed_again_once_thisupdate_can_cover_it(setup: Setup) -> None:
+    """Found by an interop audit: thisUpdate, backdated an hour for clients' clock skew, came before the
+    revocation time, when the status said was not yet true (RFC 6960 §4.2.1); so it stayed until the
+    routine refresh, days later. Now re-signed once a backdated thisUpdate reaches the revocation."""
+    setup.add([1, 2])
+    config = setup.st.config.signer
+    revoke(setup.st, setup.issuer, 1, 1, T0 - 5)  # just revoked
+    revoke(setup.st, setup.issuer, 2, 1, T0 - 2 * DAY)  # an old revocation, imported
+    run_all(setup.precomputer())
+    n = setup.issuer.number
+    first = responses(setup.st)
+    fresh, old = first[(n, 1, 1)], first[(n, 1, 2)]
+    assert fresh.this_update == T0 - config.backdate_seconds < T0 - 5  # the skew margin kept at first
+    assert fresh.refresh_at == T0 - 5 + config.backdate_seconds
+    assert old.refresh_at > T0 + DAY  # the routine refresh: its thisUpdate already covers the revocation
+
+    setup.clock.wall = fresh.refresh_at
+    assert run_all(setup.precomputer()) == [1]
+    again = responses(setup.st)
+    for code in (1, 2):
+        single = ocsp.load_der_ocsp_response(again[(n, code, 1)].der)
+        assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED
+        assert single.revocation_time_utc == utc(T0 - 5) == single.this_update_utc
+        assert again[(n, code, 1)].refresh_at > T0 + DAY  # and now the routine schedule
+    assert again[(n, 1, 2)] == old
 
 
 class _FailingWrites:
