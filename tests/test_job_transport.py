@@ -5,6 +5,7 @@ exercised in tests/signer/test_worker_pool.py and the integration tests)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
 import time
@@ -13,9 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from contract import jobs
-from edge.jobqueue import QueueFull, QueueTimeout, QueueUnavailable, UnixSocketQueue
+from edge.jobqueue import QueueFull, QueueTimeout, QueueUnavailable, UnixSocketQueue, start_deadline
 from signer.jobserver import JobServer
 
 LOG = logging.getLogger("test")
@@ -210,3 +215,99 @@ def test_a_job_whose_client_gave_up_is_never_run(tmp_path):
 
     asyncio.run(with_server(sock, one_at_a_time, body, workers=1))
     assert [j.csr_der for j in ran if isinstance(j, jobs.EnrollJob)] == [b"first"]
+
+
+def make_certificate(serial: int) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    builder = builder.serial_number(serial).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+    return builder.sign(key, hashes.SHA256())
+
+
+def test_a_job_started_just_in_time_is_stored_and_answered_before_the_edge_gives_up(tmp_path):
+    """Found by a flakiness audit: a job started just before its deadline, then stored (a commit and its
+    fsync at the workers' low priority), was answered after the edge had given up: a 503 for a
+    certificate in the inventory. The start deadline now leaves half the timeout for that."""
+    sock = tmp_path / "jobs.sock"
+    timeout = 1.0
+
+    def starts_late(job: jobs.Job, deadline: float) -> jobs.Result:
+        time.sleep(max(0.0, deadline - 0.05 - time.time()))  # queued behind others until then
+        if time.time() >= deadline:  # what signer.worker.Worker.run_batch checks
+            return jobs.Busy(1)
+        time.sleep(0.3)  # signing, then the batch's commit
+        return jobs.Issued(b"x")
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
+        started = time.monotonic()
+        result = await queue.submit(JOB, timeout=timeout)
+        await queue.close()
+        return result, time.monotonic() - started
+
+    result, took = asyncio.run(with_server(sock, starts_late, body))
+    assert result == jobs.Issued(b"x")
+    assert took < timeout
+
+
+def test_start_deadline_leaves_half_the_timeout_at_most_five_seconds():
+    assert start_deadline(100.0, 1.0) == 100.5
+    assert start_deadline(100.0, 10.0) == 105.0
+    assert start_deadline(100.0, 60.0) == 155.0
+
+
+def test_a_certificate_issued_after_the_edge_gave_up_is_logged(tmp_path, caplog):
+    """A worker stalled past the whole timeout (a stopped process, a disk taking seconds to sync) still
+    stores what it signed: the edge cannot take the 503 back, but says which certificate it was."""
+    sock = tmp_path / "jobs.sock"
+    cert = make_certificate(0xC0FFEE)
+    release = threading.Event()
+
+    def stalled(job: jobs.Job, deadline: float) -> jobs.Result:
+        release.wait(5)
+        return jobs.Issued(cert.public_bytes(serialization.Encoding.DER))
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
+        with pytest.raises(QueueTimeout):
+            await queue.submit(JOB, timeout=0.3)
+        release.set()
+        for _ in range(100):
+            if "was issued after" in caplog.text:
+                break
+            await asyncio.sleep(0.02)
+        await queue.close()
+
+    with caplog.at_level(logging.ERROR, logger="test"):
+        asyncio.run(with_server(sock, stalled, body))
+    assert [r.getMessage() for r in caplog.records] == [
+        "certificate serial C0FFEE was issued after its client had been answered 503 (est.job_timeout_seconds):"
+        " it was never delivered; the client's retry gets another"
+    ]
+
+
+def test_an_old_connection_ending_late_fails_none_of_the_new_ones_jobs(tmp_path):
+    """The audit's reading: a connection dropped on a write error, its reader ending after a new one
+    was opened, closed the new connection too and failed every job waiting on it."""
+    sock = tmp_path / "jobs.sock"
+
+    def slow_echo(job: jobs.Job, deadline: float) -> jobs.Result:
+        time.sleep(0.3)
+        return echo(job, deadline)
+
+    async def body():
+        queue = UnixSocketQueue(sock, max_inflight=4, logger=LOG)
+        assert await queue.submit(JOB, timeout=5) == jobs.Issued(b"csr!")
+        old_reader = queue._reader_task
+        queue._drop_connection(queue._writer)  # what a failed write does
+        waiting = asyncio.create_task(queue.submit(JOB, timeout=5))  # on a new connection
+        await asyncio.sleep(0.05)
+        assert old_reader is not None and queue._reader_task is not old_reader
+        await old_reader  # the old connection's end, seen while the new one's job is signed
+        result = await waiting
+        await queue.close()
+        return result
+
+    assert asyncio.run(with_server(sock, slow_echo, body)) == jobs.Issued(b"csr!")
