@@ -197,7 +197,7 @@ class Server:
 
         return wait_for(f"{self.name} /readyz", probe, timeout=timeout, interval=0.1)
 
-    def stop(self, timeout: float = 15) -> int:
+    def stop(self, timeout: float = 30) -> int:
         """SIGTERM, wait; SIGKILL the whole group if it does not stop in time. Returns the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

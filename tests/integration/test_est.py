@@ -238,7 +238,7 @@ def test_no_enrollment_while_the_cas_ocsp_responder_is_not_valid(est: Est) -> No
     ca = helpers.load_cert(ca_pem)
     ca_key = serialization.load_pem_private_key(key_path(est.data, "lapsing").read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    lapses_at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=8)
+    lapses_at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=15)
     responder = helpers.make_leaf(ca, ca_key, "lapsing responder", 0x7001, ocsp_signing=True, not_after=lapses_at)
     successor = helpers.make_leaf(ca, ca_key, "next responder", 0x7002, ocsp_signing=True)
 

@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import itertools
+import math
 import os
 import shutil
 import signal
@@ -797,13 +798,16 @@ def test_rate_limit_counts_password_guesses_per_address_and_enrollments_per_user
         expect(reply, 200, est=limited)
     assert limited.inventory() == before + 3
     csr = limited.work / "basic-u1.b64"
+    guessed = time.monotonic()
     for _ in range(2):
         with limited.nothing_issued():
             expect(limited.post(f"{EST}/root/simpleenroll", csr, "-u", "u4:guess"), 401, None, limited)
     with limited.nothing_issued():
         reply = limited.post(f"{EST}/root/simpleenroll", csr, "-u", "u4:pw-u4")
     expect(reply, 429, "too many wrong passwords from this address", limited)
-    assert 55 <= int(reply.headers.get("retry-after", "0")) <= 60, reply.headers  # one a minute
+    # One a minute: what is left of it, however slow this machine is.
+    since = math.ceil(time.monotonic() - guessed)
+    assert 59 - since <= int(reply.headers.get("retry-after", "0")) <= 60, reply.headers
 
 
 # ============================================================================== csrattrs
@@ -851,7 +855,7 @@ def test_stalled_signer_answers_503_within_the_job_timeout(split: Split) -> None
         os.kill(signer.proc.pid, signal.SIGCONT)
     expect(reply, 503, "no signer answered within 2 s", est)
     assert reply.headers.get("retry-after", "").isdigit(), reply.headers
-    assert 1.5 <= reply.seconds < 5, reply.seconds
+    assert 1.5 <= reply.seconds < 10, reply.seconds
 
 
 def test_a_job_answered_503_is_not_issued_later(split: Split) -> None:
@@ -883,12 +887,17 @@ def test_a_full_queue_answers_503_before_reading_the_csr(split: Split) -> None:
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             first = pool.submit(est.post, f"{EST}/root/simpleenroll", csr, *est.ra)
-            time.sleep(0.5)  # the first request holds the only slot
             with est.nothing_issued():
-                reply = est.post(f"{EST}/root/simpleenroll", garbage, *est.ra)
+                # 400 (its body read) until the first request holds the only slot, however long its
+                # connection takes on a loaded machine; then refused unread, and at once.
+                reply = helpers.wait_for(
+                    "the only slot taken",
+                    lambda: r if (r := est.post(f"{EST}/root/simpleenroll", garbage, *est.ra)).status != 400 else None,
+                    timeout=10,
+                )
             expect(reply, 503, "queue is full", est)  # not 400: the body was never read
             assert reply.headers.get("retry-after", "").isdigit(), reply.headers
-            assert reply.seconds < 1, reply.seconds
+            assert reply.seconds < 1.5, reply.seconds  # not after the job timeout (2 s)
             assert first.result(timeout=10).status == 503  # its own timeout (2 s), signer stopped
     finally:
         os.kill(signer.proc.pid, signal.SIGCONT)
@@ -909,7 +918,7 @@ def test_stopped_signer_answers_503_while_ocsp_keeps_answering(split: Split) -> 
             reply = est.post(f"{EST}/root/simpleenroll", csr, *est.ra)
         expect(reply, 503, "signer is not available", est)
         assert reply.headers.get("retry-after", "").isdigit(), reply.headers
-        assert reply.seconds < 5, reply.seconds
+        assert reply.seconds < 10, reply.seconds
     answer = helpers.post_ocsp(est.http, ocsp_der)
     assert answer.status_code == 200 and helpers.cert_status(answer.content) == "good", answer
     assert split.edge.alive(), est.logs()

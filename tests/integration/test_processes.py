@@ -151,19 +151,19 @@ def test_up_kills_a_hung_signer_and_stops(run: Run, data_dir: Path, tmp_path: Pa
     while `up` looked healthy. Its watchdog kills it once the heartbeat stands still, and `up` stops
     as when a child dies, for its service manager to start it again."""
     run("ca", "create", "hang")
-    up = start_up(data_dir, tmp_path, env={"PKI_EDGE_SIGNER_WATCHDOG_SECONDS": "2"})
+    up = start_up(data_dir, tmp_path, env={"PKI_EDGE_SIGNER_WATCHDOG_SECONDS": "4"})
     servers.append(up)
     children = {pid: _cmdline(pid) for pid in up.children()}
     [signer_pid] = [pid for pid, cmd in children.items() if cmd.rstrip().endswith(" signer")]
     alive = data_dir / "signer" / "alive"
     wait_for("a heartbeat", lambda: alive.exists() and time.time() - alive.stat().st_mtime < 1, timeout=30)
-    time.sleep(3)  # a healthy signer for longer than the watchdog's limit: nothing happens
+    time.sleep(5)  # a healthy signer for longer than the watchdog's limit: nothing happens
     assert up.alive()
     os.kill(signer_pid, signal.SIGSTOP)
     assert up.proc.wait(timeout=30) == 1
     up.stopped_at = time.monotonic()
     log = up.log()
-    assert "the signer's signing loop has not come round for 2 s (signer.watchdog_seconds): killing it" in log
+    assert "the signer's signing loop has not come round for 4 s (signer.watchdog_seconds): killing it" in log
     assert not Path(f"/proc/{signer_pid}").exists()
 
 
