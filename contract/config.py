@@ -194,7 +194,30 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def check_not_writable_by_others(data_dir: Path) -> None:
+    """The data directory, its configuration and its store may be written by their owner alone.
+
+    Whoever else may write there could rewrite the configuration (trust a header as the client's
+    certificate, loosen a profile) or put a store of their own in place: as good as holding the CA.
+    The owner may be another user than this one (an edge reading what the signer's user wrote).
+    """
+    import stat
+
+    for path in (data_dir, data_dir / CONFIG_FILE, data_dir / "store", data_dir / "store" / "data.mdb"):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ConfigError(
+                f"{path} may be written by other users than its owner (mode {stat.S_IMODE(mode):o}): chmod go-w {path}"
+            )
+
+
 def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config:
+    check_not_writable_by_others(data_dir)
     path = data_dir / CONFIG_FILE
     raw: dict[str, Any] = {}
     if path.exists() or path.is_symlink():  # a dangling link is a broken configuration, not none

@@ -101,7 +101,7 @@ class SignerStore:
     def __init__(self, data_dir: Path, config: Config) -> None:
         self.data_dir = data_dir
         self.config = config
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o755)  # not group-writable whatever the umask
         self.env = store.open_env(data_dir, readonly=False, map_size=config.store.map_size_mb << 20)
         try:
             dbs = store.open_dbs(self.env, readonly=False)

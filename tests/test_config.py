@@ -367,3 +367,17 @@ def test_subject_attributes_are_names_or_oids(tmp_path: Path, names: list[str], 
     else:
         with pytest.raises(ConfigError, match="subject_attributes"):
             load_config(tmp_path, {})
+
+
+def test_a_data_directory_is_created_closed_to_writes_by_others_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from signer.state import SignerStore
+
+    old = os.umask(0o002)
+    try:
+        SignerStore(tmp_path / "data", Config()).close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o755
+    load_config(tmp_path / "data")  # not refused by check_not_writable_by_others

@@ -339,3 +339,25 @@ def test_a_signer_whose_job_server_cannot_listen_does_not_start(tmp_path: Path) 
     error = proc.stderr.strip().splitlines()[-1]
     assert error == f"pki-edge: error: the job server cannot listen on {data}/signer/jobs.sock: AF_UNIX path too long"
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "mode"),
+    [("", 0o777), ("", 0o775), ("pki-edge.toml", 0o666), ("store", 0o757), ("store/data.mdb", 0o664)],
+    ids=["data-777", "data-group-writable", "config-666", "store-world-writable", "store-file-group-writable"],
+)
+def test_a_data_directory_others_may_write_is_refused_by_every_side(tmp_path: Path, where: str, mode: int) -> None:
+    """Found by an audit: in a 777 data directory another local user wrote pki-edge.toml, made the edge
+    trust a header as the client certificate, and enrolled as a registered RA with its public
+    certificate alone. The CLI, the signer and the edge now refuse such a directory, naming the fix."""
+    data = tmp_path / "data"
+    pki_edge(data, "ca", "create", "root")
+    (data / "pki-edge.toml").write_text("")
+    path = data / where if where else data
+    path.chmod(mode)
+    refusal = f"{path} may be written by other users than its owner (mode {mode:o}): chmod go-w {path}"
+    for args in (["status"], ["ca", "list"], ["signer"], ["edge", "--port", "1"], ["up", "--port", "1"]):
+        proc = pki_edge(data, *args, check=False)
+        assert (proc.returncode, proc.stderr) == (2, f"pki-edge: error: {refusal}\n"), (args, proc)
+    path.chmod(0o755 if path.is_dir() else 0o644)
+    assert pki_edge(data, "ca", "list").returncode == 0
