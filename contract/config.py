@@ -8,6 +8,7 @@ command-line flags override both.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,10 @@ class CAProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     csrattrs: list[str] = msgspec.field(default_factory=list)
 
 
+# What an AIA location written into certificates may be: an http or https URL, no space, control
+# character or quote (`ca create --ocsp-url` and the profiles' URLs alike).
+HTTP_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]+)?(?:/[\x21\x23-\x7e]*)?")
+
 CLIENT_CERT_HEADERS = ("client-cert", "x-forwarded-client-cert", "x-ssl-client-cert")
 
 
@@ -173,6 +178,9 @@ _SECTIONS: tuple[tuple[str, type[msgspec.Struct]], ...] = (
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
+    profiles = sorted(name for name in environ if name.startswith("PKI_EDGE_PROFILES_"))
+    if profiles:
+        raise ConfigError(f"{', '.join(profiles)}: profiles are set in {CONFIG_FILE} only ([profiles.NAME])")
     for section, struct_type in _SECTIONS:
         # A name with a section's prefix and none of its keys is a typo that would be silently lost:
         # refused, as unknown keys of the file are (other PKI_EDGE_* names, DATA and LOCUST_*, are not config).
@@ -247,6 +255,7 @@ MAX_SIGNER_WORKERS = 256
 MAX_TLS_HANDSHAKE_SECONDS = 300
 MAX_VALIDITY_HOURS = 8784.0  # a leap year: far past any OCSP profile's (RFC 5019bis, CA/B BRs: days)
 MAX_MAP_SIZE_MB = 1 << 24
+MAX_VALIDITY_DAYS = 36525  # a certificate's lifetime: a century (datetime ends at the year 9999)
 
 
 def _check_finite(config: Config) -> None:
@@ -343,14 +352,45 @@ def validate(config: Config) -> None:
         raise ConfigError("workers.nice must be between 0 and 19")
     if not 0 < config.est.tls_handshake_seconds <= MAX_TLS_HANDSHAKE_SECONDS:
         raise ConfigError(f"est.tls_handshake_seconds must be above 0 and at most {MAX_TLS_HANDSHAKE_SECONDS}")
+    _validate_est(config.est)
+    if config.workers.max_queue > MAX_QUEUE or not 1 <= config.workers.live_ocsp_max_inflight <= MAX_QUEUE:
+        raise ConfigError(f"workers.max_queue and live_ocsp_max_inflight must be between 1 and {MAX_QUEUE}")
+
+
+# Bounds of the EST settings: what each must be for EST to answer at all, and what stays sane.
+MAX_QUEUE = 100_000
+MIN_EST_BODY_BYTES = 1024  # a P-256 CSR in base64 is ~400 bytes; RSA-4096 ~1.1 kB of DER
+MAX_EST_BODY_BYTES = 512 * 1024  # a body travels to the signer in one job frame (contract.jobs.MAX_FRAME_BYTES)
+MIN_JOB_TIMEOUT_SECONDS, MAX_JOB_TIMEOUT_SECONDS = 0.5, 300.0
+MAX_RETRY_AFTER_SECONDS = 86400
+
+
+def _validate_est(est: EstConfig) -> None:
+    for prefix in est.prefixes:
+        if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+            raise ConfigError(f"est.prefixes: {prefix!r} must start with '/' and not end with '/'")
+    if est.default_label is not None and not est.default_label.strip():
+        raise ConfigError("est.default_label is empty: name a CA, or leave it unset (the only CA, if one)")
+    if not MIN_EST_BODY_BYTES <= est.max_body_bytes <= MAX_EST_BODY_BYTES:
+        raise ConfigError(f"est.max_body_bytes must be between {MIN_EST_BODY_BYTES} and {MAX_EST_BODY_BYTES}")
+    if not MIN_JOB_TIMEOUT_SECONDS <= est.job_timeout_seconds <= MAX_JOB_TIMEOUT_SECONDS:
+        raise ConfigError(
+            f"est.job_timeout_seconds must be between {MIN_JOB_TIMEOUT_SECONDS:g} and {MAX_JOB_TIMEOUT_SECONDS:g}"
+        )
+    if est.max_inflight > MAX_QUEUE:
+        raise ConfigError(f"est.max_inflight must be at most {MAX_QUEUE}")
+    if est.rate_per_minute < 1 or est.rate_burst < 1:
+        raise ConfigError("est.rate_per_minute and est.rate_burst must be at least 1 (a client could never enroll)")
+    if not 1 <= est.retry_after_seconds <= MAX_RETRY_AFTER_SECONDS:
+        raise ConfigError(f"est.retry_after_seconds must be between 1 and {MAX_RETRY_AFTER_SECONDS}")
 
 
 def _validate_profile(where: str, profile: CAProfile) -> None:
     """Mistakes in a profile are the operator's: refuse them when the configuration loads."""
     import re
 
-    if profile.validity_days < 1:
-        raise ConfigError(f"{where}.validity_days must be at least 1")
+    if not 1 <= profile.validity_days <= MAX_VALIDITY_DAYS:
+        raise ConfigError(f"{where}.validity_days must be between 1 and {MAX_VALIDITY_DAYS} (a century)")
     for field, values, allowed in (
         ("key_types", profile.key_types, KEY_TYPE_NAMES),
         ("serverkeygen_key_type", [profile.serverkeygen_key_type], KEY_TYPE_NAMES),
@@ -366,6 +406,10 @@ def _validate_profile(where: str, profile: CAProfile) -> None:
                 f"{where}.subject_attributes: {name!r} is neither one of {', '.join(SUBJECT_ATTRIBUTE_NAMES)}"
                 " nor a dotted OID"
             )
+    for field in ("ocsp_url", "ca_issuers_url"):
+        url = getattr(profile, field)
+        if url is not None and not HTTP_URL.fullmatch(url):
+            raise ConfigError(f"{where}.{field}: {url[:80]!r} is not an http:// or https:// URL without spaces")
     for field in ("subject_cn_pattern", "san_dns_pattern", "san_uri_pattern"):
         try:
             re.compile(getattr(profile, field))

@@ -52,11 +52,23 @@ def check_listening(config: Config) -> None:
     """What uvicorn would only find once started (in a worker, with a traceback): an unknown host, a port
     in use or not allowed, unreadable or mismatched TLS files."""
     edge, est = config.edge, config.est
+    _check_ra_trust_anchors(est.ra_trust_anchors)
     if est.tls_port is not None:
         _check_tls_files(config)  # the operator's files first: the ports' state is the machine's
     _check_bindable(edge.host, edge.port, "edge.port (--port)")
     if est.tls_port is not None:
         _check_bindable(edge.host, est.tls_port, "est.tls_port (--tls-port)")
+
+
+def _check_ra_trust_anchors(path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"est.ra_trust_anchors {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise ConfigError(f"est.ra_trust_anchors {path}: not a PEM bundle of certificates") from None
 
 
 def _check_tls_files(config: Config) -> None:

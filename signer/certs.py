@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from contract.config import MAX_VALIDITY_DAYS
 from signer.keys import SigningKey, signature_hash
 from signer.state import SignerError
 
@@ -37,8 +38,8 @@ def parse_san(values: Sequence[str]) -> list[x509.GeneralName]:
 
 
 def _validity(days: int, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    if days <= 0:
-        raise SignerError("--days must be positive")
+    if not 0 < days <= MAX_VALIDITY_DAYS:
+        raise SignerError(f"--days must be between 1 and {MAX_VALIDITY_DAYS} (a century)")
     start = now.replace(microsecond=0) - dt.timedelta(minutes=5)  # tolerate clients' clock skew
     return start, start + dt.timedelta(days=days)
 

@@ -42,6 +42,7 @@ def _hold_lock(data_dir: Path) -> int:
 def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
     lock = _hold_lock(data_dir)
     st = SignerStore(data_dir, config)
+    _warn_of_unknown_profiles(st, config, logger)
     stop = threading.Event()
     watch = FilesWatch([store_path(data_dir) / "data.mdb", signer_dir(data_dir) / "signer.lock"], stop)
 
@@ -83,6 +84,17 @@ def run_signer(data_dir: Path, config: Config, logger: logging.Logger) -> None:
             " stopped; start the signer again on what is there now"
         )
     logger.info("signer stopped")
+
+
+def _warn_of_unknown_profiles(st: SignerStore, config: Config, logger: logging.Logger) -> None:
+    """A profile is a CA's by name: one naming no CA (a typo) leaves that CA on the permissive default."""
+    names = {record.name for record in st.issuers()}
+    for name in sorted(set(config.profiles) - names):
+        logger.warning(
+            "profiles.%s names no CA here (%s): it applies to none until a CA of that name is created",
+            name,
+            ", ".join(sorted(names)) or "no CA yet",
+        )
 
 
 class FilesWatch:

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from contract import store
-from contract.config import Config
+from contract.config import HTTP_URL, Config
 from contract.jobs import socket_path
 from signer.keys import KeyError_, check_private_dir
 
@@ -33,13 +33,9 @@ def check_ca_name(name: str) -> None:
         )
 
 
-# What an AIA OCSP location may be here: an http or https URL, no space, control character or quote.
-_OCSP_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]+)?(?:/[\x21\x23-\x7e]*)?")
-
-
 def check_ocsp_url(url: str | None) -> None:
     """``--ocsp-url`` goes into the AIA of every certificate the CA issues: an http(s) URL or nothing."""
-    if url is not None and not _OCSP_URL.fullmatch(url):
+    if url is not None and not HTTP_URL.fullmatch(url):
         raise SignerError(f"invalid --ocsp-url {url[:80]!r}: an http:// or https:// URL without spaces")
 
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, Encoding, PrivateFormat
 from cryptography.x509.oid import NameOID
 
-from tests.integration.helpers import make_ca, openssl, pki_edge, write_pem
+from tests.integration.helpers import clean_env, make_ca, openssl, pki_edge, write_pem
 
 
 @dataclass
@@ -138,6 +138,17 @@ CASES: dict[str, tuple[list[str], str]] = {
         "--responder-cert",
     ),
     "responder mint too short": (["ca", "responder", "root", "--mint", "--days", "3"], "--days must be at least 14"),
+    # An EST/CLI audit: a lifetime past the year 9999 ended in a traceback (OverflowError), exit 1.
+    "issue days past the calendar": (
+        ["issue", "root", "--cn", "big", "--days", "3000000", "--out", "{d}/big"],
+        "--days must be between 1 and 36525 (a century)",
+    ),
+    "create days past the calendar": (["ca", "create", "big", "--days", "99999999"], "--days must be between 1"),
+    "renew days past the calendar": (["ca", "renew", "root", "--days", "99999999"], "--days must be between 1"),
+    "mint days past the calendar": (
+        ["ca", "responder", "root", "--mint", "--days", "99999999"],
+        "--days must be between 1",
+    ),
     "responder remove none": (["ca", "responder", "root", "--remove"], "has no delegated responder"),
     "responder days without mint": (["ca", "responder", "root", "--remove", "--days", "60"], "are for --mint"),
     "responder key type without mint": (
@@ -179,6 +190,19 @@ CASES: dict[str, tuple[list[str], str]] = {
     ),
     "edge TLS port without cert": (["edge", "--tls-port", "18443"], "--tls-port needs --tls-cert and --tls-key"),
 }
+
+
+@pytest.mark.parametrize(
+    ("anchors", "expected"),
+    [("missing.pem", "No such file or directory"), ("garbage.pem", "not a PEM bundle of certificates")],
+    ids=["missing", "garbage"],
+)
+def test_ra_trust_anchors_unreadable_is_a_clean_error_naming_the_file(cli: Cli, anchors: str, expected: str) -> None:
+    """An audit: the edge's workers failed with a traceback, and the error did not name the file."""
+    path = cli.dir / anchors
+    for command in (["edge", "--port", "1"], ["up", "--port", "1"]):
+        proc = pki_edge(cli.data, *command, check=False, env=clean_env(PKI_EDGE_EST_RA_TRUST_ANCHORS=str(path)))
+        assert (proc.returncode, proc.stderr) == (2, f"pki-edge: error: est.ra_trust_anchors {path}: {expected}\n")
 
 
 @pytest.mark.parametrize("label", list(CASES))
