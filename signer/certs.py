@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -13,6 +14,27 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from contract.config import MAX_VALIDITY_DAYS
 from signer.keys import SigningKey, signature_hash
 from signer.state import SignerError
+
+# RFC 5280 §4.2.1.6: a dNSName in the preferred name syntax (RFC 1034 §3.5, RFC 1123 §2.1: letters,
+# digits and hyphens, labels of 1 to 63, no hyphen at either end), 253 octets at most; a wildcard only
+# as the whole leftmost label, as TLS clients read it (RFC 6125 §6.4.3).
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# C0 controls and DEL: an embedded NUL ended names early in C clients (CVE-2009-2408); none is printable.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def dns_name_problem(name: str) -> str | None:
+    """Why ``name`` is no dNSName a certificate may carry, or None."""
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+    if not labels or len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return "not a DNS name (letters, digits and hyphens in dot-separated labels; '*.' first at most)"
+    return None
+
+
+def control_character_in(value: str) -> bool:
+    return _CONTROL.search(value) is not None
 
 
 def parse_san(values: Sequence[str]) -> list[x509.GeneralName]:
@@ -24,8 +46,12 @@ def parse_san(values: Sequence[str]) -> list[x509.GeneralName]:
         if not text:
             raise SignerError(f"--san {value!r}: expected DNS:…, URI:… or IP:…")
         if kind == "DNS":
+            if (problem := dns_name_problem(text)) is not None:
+                raise SignerError(f"--san {value!r}: {problem}")
             names.append(x509.DNSName(text))
         elif kind == "URI":
+            if control_character_in(text) or " " in text:
+                raise SignerError(f"--san {value!r}: a URI has no spaces or control characters")
             names.append(x509.UniformResourceIdentifier(text))
         elif kind == "IP":
             try:

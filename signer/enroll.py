@@ -42,6 +42,7 @@ from contract.chain import check_directly_issued
 from contract.config import KEY_USAGE_NAMES, CAProfile, Config
 from contract.jobs import EnrollJob, Issued, IssuedWithKey, ReenrollJob, Refused, ServerKeygenJob
 from contract.store import CertRecord, IssuerRecord
+from signer.certs import control_character_in, dns_name_problem
 from signer.inventory import issuing_refusal
 from signer.keys import KeyError_, SigningKey, generate_key, signature_hash
 from signer.ocsp_der import ResponseSigner
@@ -233,8 +234,37 @@ def _describe_key(public_key: object) -> str:
     return type(public_key).__name__.removeprefix("_")
 
 
+# Bounds on what one certificate names, whatever the profile: a CSR is otherwise bounded only by the
+# body's size (1,000 SANs made a 14 kB certificate). Let's Encrypt's limit of names is 100 as well.
+MAX_SAN_ENTRIES = 100
+MAX_SUBJECT_ATTRIBUTES = 16
+
+
+def check_name_syntax(names: RequestedNames) -> None:
+    """What no profile may allow: control characters in a name (an embedded NUL ended names early in C
+    clients, CVE-2009-2408; an escape sequence reaches logs and terminals), DNS names outside RFC 5280's
+    preferred name syntax, and more names than any device needs."""
+    if len(names.subject) > MAX_SUBJECT_ATTRIBUTES:
+        raise EnrollRefused(400, f"the subject has {len(names.subject)} attributes (at most {MAX_SUBJECT_ATTRIBUTES})")
+    for attribute in names.subject:
+        if isinstance(attribute.value, str) and control_character_in(attribute.value):
+            name = attribute.rfc4514_attribute_name
+            raise EnrollRefused(400, f"subject attribute {name} {_shown(attribute.value)} has a control character")
+    if names.san is None:
+        return
+    if len(names.san) > MAX_SAN_ENTRIES:
+        raise EnrollRefused(400, f"the subjectAltName has {len(names.san)} entries (at most {MAX_SAN_ENTRIES})")
+    for general_name in names.san:
+        value = general_name.value
+        if isinstance(general_name, x509.DNSName) and (problem := dns_name_problem(value)) is not None:
+            raise EnrollRefused(400, f"DNS name {_shown(value)}: {problem}")
+        if isinstance(general_name, x509.UniformResourceIdentifier) and (control_character_in(value) or " " in value):
+            raise EnrollRefused(400, f"URI {_shown(value)} has a space or a control character")
+
+
 def check_names(names: RequestedNames, profile: CAProfile) -> None:
     """Subject: exactly one CN matching the profile; SAN: DNS, URI and (if allowed) IP entries matching theirs."""
+    check_name_syntax(names)
     cns = names.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(cns) != 1:
         raise EnrollRefused(400, f"the subject must have exactly one commonName (it has {len(cns)})")

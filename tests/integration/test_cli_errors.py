@@ -138,6 +138,14 @@ CASES: dict[str, tuple[list[str], str]] = {
         "--responder-cert",
     ),
     "responder mint too short": (["ca", "responder", "root", "--mint", "--days", "3"], "--days must be at least 14"),
+    "issue DNS name with a space": (
+        ["issue", "root", "--cn", "x", "--san", "DNS:bad name!", "--out", "{d}/x"],
+        "--san 'DNS:bad name!': not a DNS name",
+    ),
+    "issue URI with a space": (
+        ["issue", "root", "--cn", "x", "--san", "URI:urn:a b", "--out", "{d}/x"],
+        "a URI has no spaces or control characters",
+    ),
     # An EST/CLI audit: a lifetime past the year 9999 ended in a traceback (OverflowError), exit 1.
     "issue days past the calendar": (
         ["issue", "root", "--cn", "big", "--days", "3000000", "--out", "{d}/big"],

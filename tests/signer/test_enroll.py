@@ -324,6 +324,36 @@ PROFILE_CASES: list[tuple[str, dict[str, Any], Callable[[], bytes], str | None]]
     ("require_san without", {"require_san": True}, lambda: make_csr(), "requires a subjectAltName"),
     ("require_san with", {"require_san": True}, lambda: make_csr(sans=_dns("a.example.com")), None),
     ("other requested extensions ignored", {}, lambda: make_csr(extra=[x509.BasicConstraints(True, None)]), None),
+    # What no profile may allow (an EST audit: the default patterns issued all of these).
+    ("CN with NUL", {}, lambda: make_csr(subject=cn_name("evil\x00.example")), "has a control character"),
+    ("CN with ESC", {}, lambda: make_csr(subject=cn_name("dev\x1b[31mred")), "has a control character"),
+    ("CN with TAB", {}, lambda: make_csr(subject=cn_name("a\tb")), "has a control character"),
+    ("O with DEL", {}, lambda: make_csr(subject=cn_name("d", extra=[_o("x\x7f")])), "subject attribute O"),
+    ("DNS with NUL", {}, lambda: make_csr(sans=_dns("good.example\x00.evil.com")), "not a DNS name"),
+    ("DNS with space", {}, lambda: make_csr(sans=_dns("bad name!")), "not a DNS name"),
+    ("DNS underscore", {}, lambda: make_csr(sans=_dns("a_b.example")), "not a DNS name"),
+    ("DNS hyphen first", {}, lambda: make_csr(sans=_dns("-a.example")), "not a DNS name"),
+    ("DNS empty label", {}, lambda: make_csr(sans=_dns("a..example")), "not a DNS name"),
+    ("DNS label of 64", {}, lambda: make_csr(sans=_dns("a" * 64 + ".example")), "not a DNS name"),
+    ("DNS inner wildcard", {}, lambda: make_csr(sans=_dns("a.*.example")), "not a DNS name"),
+    ("DNS wildcard first", {}, lambda: make_csr(sans=_dns("*.example.com")), None),
+    ("DNS label of 63", {}, lambda: make_csr(sans=_dns("a" * 63 + ".example")), None),
+    ("DNS one label", {}, lambda: make_csr(sans=_dns("device-1")), None),
+    ("URI with space", {}, lambda: make_csr(sans=_uri("urn:a b")), "has a space or a control character"),
+    ("URI with NUL", {}, lambda: make_csr(sans=_uri("https://a\x00.example")), "has a space or a control character"),
+    (
+        "101 SANs",
+        {},
+        lambda: make_csr(sans=[x509.DNSName(f"d{i}.example") for i in range(101)]),
+        "the subjectAltName has 101 entries (at most 100)",
+    ),
+    ("100 SANs", {}, lambda: make_csr(sans=[x509.DNSName(f"d{i}.example") for i in range(100)]), None),
+    (
+        "17 subject attributes",
+        {},
+        lambda: make_csr(subject=cn_name("d", extra=[_o(f"o{i}") for i in range(16)])),
+        "the subject has 17 attributes (at most 16)",
+    ),
 ]
 
 
