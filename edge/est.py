@@ -40,6 +40,7 @@ from edge.est_codec import (
     est_response_headers,
     serverkeygen_multipart,
 )
+from edge.fair_slots import FairSlots, TooManyWaiting
 from edge.jobqueue import JobQueue, QueueError
 from edge.source import LmdbSource, Unavailable
 
@@ -51,6 +52,9 @@ POST_OPERATIONS = frozenset({"simpleenroll", "simplereenroll", "serverkeygen", "
 _KEY_ENCRYPTION_REQUESTS = frozenset(
     {x509.ObjectIdentifier("1.2.840.113549.1.9.16.2.37"), x509.ObjectIdentifier("1.2.840.113549.1.9.16.2.54")}
 )
+# Password checks (Argon2, memory-hard) at once per edge worker, and how many one address may have waiting.
+KDF_SLOTS = 2
+MAX_KDF_WAITING_PER_ADDRESS = 8
 _HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]  # RFC 9110 §9 and PATCH
 
 
@@ -120,7 +124,8 @@ class EstService:
         self._now = now
         self._trusted = est_auth.TrustedProxies.parse(config.est.trusted_proxies)
         self._cert_header = config.est.client_cert_header.encode()
-        self._kdf_slots = asyncio.Semaphore(2)
+        # Memory-hard password checks: a few at a time, handed out in turn by address (edge.fair_slots).
+        self._kdf_slots = FairSlots(KDF_SLOTS, MAX_KDF_WAITING_PER_ADDRESS)
         # Checked once at startup: a bad csrattrs entry is a configuration error, not a request error.
         self._csrattrs = {name: csrattrs_der(profile.csrattrs) for name, profile in config.profiles.items()}
         self._ras: list[RaRecord] | None = None
@@ -263,11 +268,16 @@ class EstService:
             # on their own, by the rate below.
             address = "basic:" + (request.client.host if request.client else "?")
             self._refuse_guesses_from(address)
-            async with self._kdf_slots:  # memory-hard: a few at a time, off the event loop
-                self._refuse_guesses_from(address)
-                user = await asyncio.to_thread(
-                    est_auth.verify_basic, authorization.encode("latin-1"), ca.name, self._source.est_user
-                )
+            try:
+                async with self._kdf_slots.slot(address):  # off the event loop
+                    self._refuse_guesses_from(address)
+                    user = await asyncio.to_thread(
+                        est_auth.verify_basic, authorization.encode("latin-1"), ca.name, self._source.est_user
+                    )
+            except TooManyWaiting:
+                raise EstError(
+                    429, "too many password checks from this address at once", {"Retry-After": "1"}
+                ) from None
             if user is not None:
                 return f"user:{ca.name}:{user}"
             self._limiter.allow(address)
