@@ -282,8 +282,9 @@ class EstService:
                 return f"user:{ca.name}:{user}"
             self._limiter.allow(address)
             raise EstError(401, "", {"WWW-Authenticate": f'Basic realm="{ca.name}", charset="UTF-8"'})
-        if cert is not None:
-            raise EstError(403, "this client certificate is not a registration authority for this CA")
+        # Also with a certificate that is no RA's (from the TLS layer or a trusted proxy, where Basic is
+        # accepted): HTTP authentication may come on top of TLS (RFC 7030 §3.2.3), and a client that
+        # sends its credentials only when challenged must be challenged, or it never enrolls.
         raise EstError(401, "", {"WWW-Authenticate": f'Basic realm="{ca.name}", charset="UTF-8"'})
 
     async def _reenroll(self, request: Request, label: str | None, cert: x509.Certificate | None) -> Response:
