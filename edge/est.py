@@ -58,6 +58,12 @@ MAX_KDF_WAITING_PER_ADDRESS = 8
 _HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]  # RFC 9110 §9 and PATCH
 
 
+def _shown(value: str) -> str:
+    """A client's path segment quoted for an error line, cut short: it is echoed, not stored."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
 class EstError(Exception):
     """Ends a request with ``status`` and a one-line plain-text ``message``."""
 
@@ -161,7 +167,7 @@ class EstService:
         op = request.path_params["op"]
         label = request.path_params.get("label")
         if op not in OPERATIONS:
-            raise EstError(404, f"unknown EST operation {op!r}")
+            raise EstError(404, f"unknown EST operation {_shown(op)}")
         allowed = "POST" if op in POST_OPERATIONS else "GET, HEAD"
         if request.method not in allowed.split(", "):
             raise EstError(405, f"{op} takes {allowed}", {"Allow": allowed})
@@ -239,7 +245,7 @@ class EstService:
                     raise EstError(404, "no CA is configured")
                 return min(issuers.values(), key=lambda record: record.number)
         if label.lower() in OPERATIONS or label not in issuers:
-            raise EstError(404, f"unknown CA label {label!r}")
+            raise EstError(404, f"unknown CA label {_shown(label)}")
         return issuers[label]
 
     def _cacerts(self, ca: IssuerRecord) -> Response:

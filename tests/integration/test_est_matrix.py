@@ -467,6 +467,10 @@ def test_unknown_label(main: Est) -> None:
     with main.nothing_issued():
         reply = main.post(f"{EST}/nosuch/simpleenroll", csr, *main.ra)
     expect(reply, 404, "unknown CA label 'nosuch'", main)
+    # A long label is echoed cut short (an audit: 20,000 characters came back whole).
+    reply = main.curl(f"{EST}/{'a' * 20000}/cacerts")
+    expect(reply, 404, "unknown CA label 'aaaa", main)
+    assert len(reply.body) < 200, len(reply.body)
 
 
 @pytest.mark.parametrize(
