@@ -188,13 +188,17 @@ def remove_ra(st: SignerStore, name: str) -> RaRecord:
     return store.RA_DECODER.decode(raw)
 
 
-def check_est_user(st: SignerStore, label: str, name: str) -> bytes:
-    """SignerError unless ``label`` is a registry CA and ``name`` a valid user name; returns the store key."""
+def check_est_label(st: SignerStore, label: str) -> None:
     known = [r.name for r in st.issuers()]
     if label not in known:
         raise SignerError(
             f"unknown EST label {label!r}: a label is a CA of the registry (known: {', '.join(known) or 'none'})"
         )
+
+
+def check_est_user(st: SignerStore, label: str, name: str) -> bytes:
+    """SignerError unless ``label`` is a registry CA and ``name`` a valid user name; returns the store key."""
+    check_est_label(st, label)
     check_user_name(name)
     key = store.est_user_key(label, name)
     if len(key) > st.env.max_key_size():
@@ -234,6 +238,7 @@ def list_est_users(st: SignerStore, label: str | None = None) -> list[EstUserRec
         cursor = txn.cursor()
         if label is None:
             return [store.EST_USER_DECODER.decode(v) for _, v in cursor]
+        check_est_label(st, label)  # as add and remove do: an empty list would hide a typo
         prefix = label.encode() + b"\x00"
         found = []
         if cursor.set_range(prefix):

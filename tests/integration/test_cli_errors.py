@@ -138,6 +138,7 @@ CASES: dict[str, tuple[list[str], str]] = {
         "--responder-cert",
     ),
     "responder mint too short": (["ca", "responder", "root", "--mint", "--days", "3"], "--days must be at least 14"),
+    "est user list of an unknown label": (["est", "user", "list", "nosuch"], "unknown EST label 'nosuch'"),
     "issue DNS name with a space": (
         ["issue", "root", "--cn", "x", "--san", "DNS:bad name!", "--out", "{d}/x"],
         "--san 'DNS:bad name!': not a DNS name",
