@@ -126,14 +126,15 @@ class UnixSocketQueue:
                     future.set_exception(QueueUnavailable("the signer job server closed the connection"))
 
     def _issued_too_late(self, cert_der: bytes) -> None:
-        """A certificate whose client was already answered 503: said, so that an operator can revoke it."""
+        """A certificate whose request had ended (a 503 past est.job_timeout_seconds, or a client gone):
+        said, so that an operator can revoke it."""
         try:
             what = f"certificate serial {x509.load_der_x509_certificate(cert_der).serial_number:X}"
         except ValueError:
             what = "a certificate"
         self._logger.error(
-            "%s was issued after its client had been answered 503 (est.job_timeout_seconds): it was never"
-            " delivered; the client's retry gets another",
+            "%s was issued after its request had ended (answered 503 past est.job_timeout_seconds, or the"
+            " client gone): it was never delivered",
             what,
         )
 

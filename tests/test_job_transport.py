@@ -283,8 +283,8 @@ def test_a_certificate_issued_after_the_edge_gave_up_is_logged(tmp_path, caplog)
     with caplog.at_level(logging.ERROR, logger="test"):
         asyncio.run(with_server(sock, stalled, body))
     assert [r.getMessage() for r in caplog.records] == [
-        "certificate serial C0FFEE was issued after its client had been answered 503 (est.job_timeout_seconds):"
-        " it was never delivered; the client's retry gets another"
+        "certificate serial C0FFEE was issued after its request had ended (answered 503 past"
+        " est.job_timeout_seconds, or the client gone): it was never delivered"
     ]
 
 
