@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -209,9 +210,9 @@ def check_not_writable_by_others(data_dir: Path) -> None:
     certificate, loosen a profile) or put a store of their own in place: as good as holding the CA.
     The owner may be another user than this one (an edge reading what the signer's user wrote).
     """
-    import stat
+    from contract.store import store_path
 
-    for path in (data_dir, data_dir / CONFIG_FILE, data_dir / "store", data_dir / "store" / "data.mdb"):
+    for path in (data_dir, data_dir / CONFIG_FILE, store_path(data_dir), store_path(data_dir) / "data.mdb"):
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
@@ -387,8 +388,6 @@ def _validate_est(est: EstConfig) -> None:
 
 def _validate_profile(where: str, profile: CAProfile) -> None:
     """Mistakes in a profile are the operator's: refuse them when the configuration loads."""
-    import re
-
     if not 1 <= profile.validity_days <= MAX_VALIDITY_DAYS:
         raise ConfigError(f"{where}.validity_days must be between 1 and {MAX_VALIDITY_DAYS} (a century)")
     for field, values, allowed in (

@@ -37,6 +37,13 @@ def control_character_in(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
 
+def uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be a uniformResourceIdentifier here (what a profile's pattern may not allow)."""
+    if control_character_in(uri) or " " in uri:
+        return "has a space or a control character"
+    return None
+
+
 def parse_san(values: Sequence[str]) -> list[x509.GeneralName]:
     """``DNS:name``, ``URI:uri``, ``IP:addr`` (as openssl writes them)."""
     names: list[x509.GeneralName] = []
@@ -50,8 +57,8 @@ def parse_san(values: Sequence[str]) -> list[x509.GeneralName]:
                 raise SignerError(f"--san {value!r}: {problem}")
             names.append(x509.DNSName(text))
         elif kind == "URI":
-            if control_character_in(text) or " " in text:
-                raise SignerError(f"--san {value!r}: a URI has no spaces or control characters")
+            if (problem := uri_problem(text)) is not None:
+                raise SignerError(f"--san {value!r}: {problem}")
             names.append(x509.UniformResourceIdentifier(text))
         elif kind == "IP":
             try:

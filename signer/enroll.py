@@ -42,7 +42,7 @@ from contract.chain import check_directly_issued
 from contract.config import KEY_USAGE_NAMES, CAProfile, Config
 from contract.jobs import EnrollJob, Issued, IssuedWithKey, ReenrollJob, Refused, ServerKeygenJob
 from contract.store import CertRecord, IssuerRecord
-from signer.certs import control_character_in, dns_name_problem
+from signer.certs import control_character_in, dns_name_problem, uri_problem
 from signer.inventory import issuing_refusal
 from signer.keys import KeyError_, SigningKey, generate_key, signature_hash
 from signer.ocsp_der import ResponseSigner
@@ -258,8 +258,8 @@ def check_name_syntax(names: RequestedNames) -> None:
         value = general_name.value
         if isinstance(general_name, x509.DNSName) and (problem := dns_name_problem(value)) is not None:
             raise EnrollRefused(400, f"DNS name {_shown(value)}: {problem}")
-        if isinstance(general_name, x509.UniformResourceIdentifier) and (control_character_in(value) or " " in value):
-            raise EnrollRefused(400, f"URI {_shown(value)} has a space or a control character")
+        if isinstance(general_name, x509.UniformResourceIdentifier) and (problem := uri_problem(value)) is not None:
+            raise EnrollRefused(400, f"URI {_shown(value)} {problem}")
 
 
 def check_names(names: RequestedNames, profile: CAProfile) -> None:

@@ -145,7 +145,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     ),
     "issue URI with a space": (
         ["issue", "root", "--cn", "x", "--san", "URI:urn:a b", "--out", "{d}/x"],
-        "a URI has no spaces or control characters",
+        "--san 'URI:urn:a b': has a space or a control character",
     ),
     # An EST/CLI audit: a lifetime past the year 9999 ended in a traceback (OverflowError), exit 1.
     "issue days past the calendar": (
