@@ -177,6 +177,10 @@ _SECTIONS: tuple[tuple[str, type[msgspec.Struct]], ...] = (
 )
 
 
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+_WHOLE_NUMBER_TYPES = (int, int | None)
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
     profiles = sorted(name for name in environ if name.startswith("PKI_EDGE_PROFILES_"))
@@ -193,10 +197,15 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
                 f"{', '.join(unknown)}: not a configuration key of [{section}]"
                 f" (PKI_EDGE_{section.upper()}_<KEY>: {', '.join(sorted(struct_type.__struct_fields__))})"
             )
+        whole = {f.name for f in msgspec.structs.fields(struct_type) if f.type in _WHOLE_NUMBER_TYPES}
         for field in struct_type.__struct_fields__:
-            value = environ.get(f"PKI_EDGE_{section.upper()}_{field.upper()}")
+            name = f"PKI_EDGE_{section.upper()}_{field.upper()}"
+            value = environ.get(name)
             if value is None:
                 continue
+            if field in whole and _WHOLE_NUMBER.fullmatch(value) is None:
+                # msgspec reads "8080.0" and "8e3" as integers: a typo would become another value.
+                raise ConfigError(f"{name}: {section}.{field} must be a whole number, got {value!r}")
             default = getattr(struct_type(), field)
             parsed: Any = [v.strip() for v in value.split(",") if v.strip()] if isinstance(default, list) else value
             overrides.setdefault(section, {})[field] = parsed

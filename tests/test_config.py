@@ -201,6 +201,9 @@ def test_env_names_of_a_section_without_its_key_are_refused(tmp_path: Path, name
         ({"PKI_EDGE_EDGE_PORT": "abc"}, "edge.port"),
         ({"PKI_EDGE_EDGE_PORT": ""}, "edge.port"),
         ({"PKI_EDGE_SIGNER_BATCH_SIZE": "1.5"}, "signer.batch_size"),
+        ({"PKI_EDGE_EDGE_PORT": "8080.0"}, "edge.port must be a whole number, got '8080.0'"),
+        ({"PKI_EDGE_EDGE_PORT": "8e3"}, "edge.port must be a whole number"),
+        ({"PKI_EDGE_EST_TLS_PORT": "8443.0"}, "est.tls_port must be a whole number"),
         ({"PKI_EDGE_SIGNER_VALIDITY_HOURS": "soon"}, "signer.validity_hours"),
     ],
 )
