@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
@@ -16,10 +17,11 @@ from signer.state import SignerStore
 from tests.signed_store import add_devices, drain
 
 SERIALS = range(1, 201)
+MicroStore = tuple[SignerStore, x509.Certificate]
 
 
 @pytest.fixture(scope="session")
-def micro_store(tmp_path_factory):
+def micro_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MicroStore]:
     """A signer store with 200 signed serials; yields (store, CA certificate)."""
     data = tmp_path_factory.mktemp("micro")
     config = Config()

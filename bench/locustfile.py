@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from locust import HttpUser, constant, task
+from locust.clients import ResponseContextManager
 
 OCSP_STATUS = {
     0: "successful",
@@ -127,7 +128,7 @@ class _OcspUser(HttpUser):
     abstract = True
     wait_time = constant(0)  # closed loop: each user sends its next request when the last one is answered
 
-    def _check(self, response) -> None:
+    def _check(self, response: ResponseContextManager) -> None:
         reason = ocsp_failure(response.status_code, response.content or b"")
         if reason is None:
             response.success()

@@ -381,7 +381,7 @@ def section(results: dict[str, Any]) -> str:
         f"{cfg['items']:,} distinct requests, mixes of {cfg['mix_length']:,}; "
         f"{cfg['rounds']} rounds × {cfg['seconds']:g} s per server and mix "
         f"(openssl {cfg['openssl_seconds']:g} s), interleaved; wrk -t1 -c{cfg['connections']}, keep-alive"
-        + (f"; every request {extra}" if (extra := extra_headers(cfg)) else "")
+        + (f"; every request {headers}" if (headers := extra_headers(cfg)) else "")
         + ".",
         "",
         "### Throughput (medians over rounds; ratios are medians of per-round ratios)",

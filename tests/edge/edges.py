@@ -19,17 +19,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from bench.process import free_port as free_port  # the tests' servers take ports as the benchmark's do
 from contract.config import Config
 from signer.inventory import revoke
 from signer.registry import create_ca
 from signer.state import SignerStore
 from tests.signed_store import add_devices, drain
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def signed_store(data: Path) -> x509.Certificate:
