@@ -34,7 +34,7 @@ _HEAD = (
     b"HTTP/1.1 200 OK\r\n"
     b"date: %(date)s\r\n"
     b"server: uvicorn\r\n"
-    b"cache-control: max-age=86399, public, no-transform, must-revalidate\r\n"
+    b"cache-control: max-age=86399, public, no-transform, must-revalidate, stale-while-revalidate=0\r\n"
     b"last-modified: %(date)s\r\n"
     b"expires: %(date)s\r\n"
     b'etag: "00000000000000000000000000000000"\r\n'

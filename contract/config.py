@@ -62,6 +62,9 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retry_after_seconds: int = 60
     # When the signer lags past a response's planned refresh, caches keep it this long at most.
     overdue_max_age_seconds: int = 60
+    # The longest max-age of any answer (0: up to the planned refresh, days by default). Behind a CDN,
+    # how long a revoked certificate may still be answered good from a cached copy nobody purged.
+    max_age_seconds: int = 0
     # Answer OCSP from uvicorn's parser callbacks instead of a full ASGI cycle (edge.fastlane).
     fast_lane: bool = True
 
@@ -263,6 +266,7 @@ MAX_PORT = 65535
 MAX_EDGE_WORKERS = 256
 MAX_SIGNER_WORKERS = 256
 MAX_TLS_HANDSHAKE_SECONDS = 300
+MAX_MAX_AGE_SECONDS = 31_622_400  # a leap year
 MAX_VALIDITY_HOURS = 8784.0  # a leap year: far past any OCSP profile's (RFC 5019bis, CA/B BRs: days)
 MAX_MAP_SIZE_MB = 1 << 24
 MAX_VALIDITY_DAYS = 36525  # a certificate's lifetime: a century (datetime ends at the year 9999)
@@ -345,6 +349,8 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"edge.ocsp_prefixes: {prefix!r} is under {taken[0]!r}, which OCSP is never answered under"
             )
+    if not 0 <= config.edge.max_age_seconds <= MAX_MAX_AGE_SECONDS:
+        raise ConfigError(f"edge.max_age_seconds must be 0 (no bound) or at most {MAX_MAX_AGE_SECONDS} (a year)")
     if config.edge.max_request_bytes < 64:
         raise ConfigError("edge.max_request_bytes is too small for any OCSP request")
     if config.edge.max_head_bytes < 3 * config.edge.max_request_bytes + 1024:

@@ -44,6 +44,9 @@ Send = Callable[[Message], Awaitable[None]]
 ALLOW = (b"allow", b"GET, HEAD, POST")
 _FRAGMENT = ord("#")
 STARLETTE_PATHS = frozenset({"/healthz", "/readyz"})
+# Health is now or never: a cache in front (Varnish keeps what says nothing for 120 s) would show a
+# monitor the state of minutes ago.
+_NOT_STORED = {"cache-control": "no-store"}
 STARLETTE_RAW_PATHS = frozenset(p.encode() for p in STARLETTE_PATHS)
 _LONGEST_STARLETTE_PATH = max(map(len, STARLETTE_RAW_PATHS))
 
@@ -242,16 +245,17 @@ def build_app(
         logger,
         retry_after_seconds=config.edge.retry_after_seconds,
         overdue_max_age_seconds=config.edge.overdue_max_age_seconds,
+        max_age_seconds=config.edge.max_age_seconds,
         locate=source.cert_ref,
     )
 
     async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok\n")
+        return PlainTextResponse("ok\n", headers=_NOT_STORED)
 
     async def readyz(request: Request) -> Response:
         source.reopen_if_replaced()
         if not source.open():
-            return JSONResponse({"ready": False, "reason": source.why_closed}, status_code=503)
+            return JSONResponse({"ready": False, "reason": source.why_closed}, status_code=503, headers=_NOT_STORED)
         source.refresh_issuers()
         now = clock.now()
         newest = source.newest_signed_at()
@@ -264,7 +268,7 @@ def build_app(
             "signer_backlog": None if backlog is None else backlog._asdict(),
             "unsignable_cas": source.unsignable_cas(),
         }
-        return JSONResponse({**body, "counters": metrics.snapshot()})
+        return JSONResponse({**body, "counters": metrics.snapshot()}, headers=_NOT_STORED)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -384,3 +384,16 @@ def test_a_data_directory_is_created_closed_to_writes_by_others_whatever_the_uma
         os.umask(old)
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o755
     load_config(tmp_path / "data")  # not refused by check_not_writable_by_others
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ok"), [("0", True), ("1", True), ("31622400", True), ("-1", False), ("31622401", False)]
+)
+def test_max_age_seconds_is_off_or_at_most_a_year(tmp_path: Path, seconds: str, ok: bool) -> None:
+    assert Config().edge.max_age_seconds == 0  # off: max-age runs to the planned refresh
+    environ = {"PKI_EDGE_EDGE_MAX_AGE_SECONDS": seconds}
+    if ok:
+        assert load_config(tmp_path, environ).edge.max_age_seconds == int(seconds)
+    else:
+        with pytest.raises(ConfigError, match=r"edge\.max_age_seconds must be 0 \(no bound\) or at most 31622400"):
+            load_config(tmp_path, environ)

@@ -134,7 +134,9 @@ class FakeSource:
 
 
 class Harness:
-    def __init__(self, outcome: StoredResponse | Exception, *, policy: bool = True, now: int = NOW) -> None:
+    def __init__(
+        self, outcome: StoredResponse | Exception, *, policy: bool = True, now: int = NOW, max_age: int = 0
+    ) -> None:
         self.clock = FakeClock(now)
         self.source = FakeSource(outcome)
         self.metrics = CounterMetrics()
@@ -146,6 +148,7 @@ class Harness:
             logging.getLogger("test"),
             retry_after_seconds=RETRY_AFTER,
             overdue_max_age_seconds=OVERDUE_MAX_AGE,
+            max_age_seconds=max_age,
         )
 
     def answer(self, der: bytes = REQUEST, conditional: Conditional | None = None) -> Answer:
@@ -162,7 +165,7 @@ def header_dict(answer: Answer) -> dict[bytes, bytes]:
 
 
 def cache_control(max_age: int) -> bytes:
-    return f"max-age={max_age}, public, no-transform, must-revalidate".encode()
+    return f"max-age={max_age}, public, no-transform, must-revalidate, stale-while-revalidate=0".encode()
 
 
 CACHE_HEADER_NAMES = (b"cache-control", b"last-modified", b"expires", b"etag")
@@ -257,6 +260,34 @@ def test_max_age_is_never_negative_without_the_freshness_policy(fields: dict[str
 
     assert answer.status == 200
     assert header_dict(answer)[b"cache-control"] == cache_control(0)
+
+
+# (id, StoredResponse fields, edge.max_age_seconds, expected max-age): the bound only ever shortens it.
+BOUNDED_MAX_AGE_CASES = [
+    ("bound-below-refresh", {"refresh_at": NOW + 2 * DAY, "next_update": NOW + 7 * DAY}, HOUR, HOUR),
+    ("bound-above-refresh", {"refresh_at": NOW + MINUTE, "next_update": NOW + 7 * DAY}, HOUR, MINUTE),
+    ("bound-equals-refresh", {"refresh_at": NOW + HOUR}, HOUR, HOUR),
+    ("bound-above-next-update", {"refresh_at": NOW + DAY, "next_update": NOW + 30}, MINUTE, 30),
+    ("bound-below-overdue", {"refresh_at": NOW - 1}, OVERDUE_MAX_AGE // 2, OVERDUE_MAX_AGE // 2),
+    ("bound-of-a-revoked-status", {"revoked": True, "refresh_at": NOW + DAY}, 300, 300),
+    ("bound-one-second", {}, 1, 1),
+    ("future-dated-stays-0", {"this_update": NOW + HOUR}, MINUTE, 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "bound", "max_age"), [c[1:] for c in BOUNDED_MAX_AGE_CASES], ids=[c[0] for c in BOUNDED_MAX_AGE_CASES]
+)
+def test_max_age_seconds_bounds_every_authoritative_answer(fields: dict[str, int], bound: int, max_age: int) -> None:
+    harness = Harness(stored(**fields), max_age=bound)  # type: ignore[arg-type]
+
+    answer = harness.answer()
+    not_modified = harness.answer(REQUEST, Conditional(if_none_match=ETAG))
+
+    assert answer.status == 200
+    assert header_dict(answer)[b"cache-control"] == cache_control(max_age)
+    assert not_modified.status == 304  # a cache revalidating gets the same bound
+    assert header_dict(not_modified)[b"cache-control"] == cache_control(max_age)
 
 
 def test_max_age_follows_the_clock() -> None:

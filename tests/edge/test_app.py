@@ -167,9 +167,12 @@ def test_max_age_counts_down_to_the_planned_refresh(world):
 
 
 def test_health_and_readiness_do_not_shadow_ocsp(world):
-    assert call(world, "GET", "/healthz").text == "ok\n"
+    health = call(world, "GET", "/healthz")
+    assert health.text == "ok\n"
     r = call(world, "GET", "/readyz")
     assert r.status_code == 200 and r.json()["ready"] is True and r.json()["issuers"] == 1
+    # A cache in front (Varnish keeps an answer without Cache-Control 120 s) would show a monitor the past.
+    assert health.headers["cache-control"] == r.headers["cache-control"] == "no-store"
     assert call(world, "GET", "/ocsp/healthz").status_code == 400
 
 

@@ -32,7 +32,7 @@ from tests.integration.helpers import (
     wait_ocsp_status,
 )
 
-CACHE_CONTROL = re.compile(r"max-age=(\d+), public, no-transform, must-revalidate")
+CACHE_CONTROL = re.compile(r"max-age=(\d+), public, no-transform, must-revalidate, stale-while-revalidate=0")
 IMF_FIXDATE = re.compile(
     r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT"
 )

@@ -65,6 +65,7 @@ def test_edge_and_signer_run_separately(
     r = httpx.get(base + "/readyz", timeout=5, trust_env=False)
     assert r.status_code == 503
     assert r.json()["ready"] is False
+    assert r.headers["cache-control"] == "no-store"  # no cache in front may keep a health answer
     some_request = ocsp_request_by_serial(make_ca("Nobody")[0], 1, "sha256")
     r = httpx.post(base + "/ocsp", content=some_request, timeout=5, trust_env=False)
     assert (r.status_code, r.content) == (503, TRY_LATER)
