@@ -12,13 +12,17 @@ Served under each configured prefix (``/.well-known/est`` and Lamassu's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import math
+import os
 import ssl
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -56,6 +60,17 @@ _KEY_ENCRYPTION_REQUESTS = frozenset(
 KDF_SLOTS = 2
 MAX_KDF_WAITING_PER_ADDRESS = 8
 _HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]  # RFC 9110 §9 and PATCH
+
+
+def lower_own_priority(steps: int) -> None:
+    """Lower the calling thread's scheduling priority by ``steps`` nice steps (19 at most).
+
+    Linux keeps a nice value per thread, and threads a thread starts inherit it. Lowering is always
+    allowed; where the system refuses anyway the thread stays as it is.
+    """
+    thread = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + steps))
 
 
 def _shown(value: str) -> str:
@@ -130,8 +145,14 @@ class EstService:
         self._now = now
         self._trusted = est_auth.TrustedProxies.parse(config.est.trusted_proxies)
         self._cert_header = config.est.client_cert_header.encode()
-        # Memory-hard password checks: a few at a time, handed out in turn by address (edge.fair_slots).
+        # Memory-hard password checks: a few at a time, handed out in turn by address (edge.fair_slots),
+        # on threads of their own at the signer workers' priority: argon2's threads (one per lane, made
+        # anew for each pass) inherit it, and OCSP on this process's event loop keeps the core first
+        # (at the loop's priority, a Basic enrollment a second took OCSP's p99 from 0.4 to 10 ms).
         self._kdf_slots = FairSlots(KDF_SLOTS, MAX_KDF_WAITING_PER_ADDRESS)
+        self._kdf_threads = ThreadPoolExecutor(
+            KDF_SLOTS, "pki-edge-kdf", initializer=lower_own_priority, initargs=(config.workers.nice,)
+        )
         # Checked once at startup: a bad csrattrs entry is a configuration error, not a request error.
         self._csrattrs = {name: csrattrs_der(profile.csrattrs) for name, profile in config.profiles.items()}
         self._ras: list[RaRecord] | None = None
@@ -277,8 +298,12 @@ class EstService:
             try:
                 async with self._kdf_slots.slot(address):  # off the event loop
                     self._refuse_guesses_from(address)
-                    user = await asyncio.to_thread(
-                        est_auth.verify_basic, authorization.encode("latin-1"), ca.name, self._source.est_user
+                    user = await asyncio.get_running_loop().run_in_executor(
+                        self._kdf_threads,
+                        est_auth.verify_basic,
+                        authorization.encode("latin-1"),
+                        ca.name,
+                        self._source.est_user,
                     )
             except TooManyWaiting:
                 raise EstError(

@@ -7,6 +7,7 @@ profile's extensions and the OCSP URL, and `openssl ocsp` says good for it at on
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -436,6 +437,29 @@ def test_signer_workers_yield_to_ocsp_and_revocations(est: Est) -> None:
     _, _, _, workers = _enroll_until_workers_run(est, "nice", "device-nice")
     signer = _nice(est.server.proc.pid)
     assert {_nice(pid) for pid in workers} == {min(19, signer + Config().workers.nice)}
+
+
+def test_password_checks_run_at_the_workers_priority_beside_ocsp(est: Est) -> None:
+    """argon2 (64 MiB, several threads) runs on edge threads workers.nice steps below the edge's event
+    loop, as the signer workers do: a Basic enrollment storm leaves OCSP the core first."""
+    added = subprocess.run(
+        [helpers.PKI_EDGE, "--data", str(est.data), "est", "user", "add", "root", "nicer", "--password-stdin"],
+        input="pw-nice\n", capture_output=True, text=True, timeout=60, env=helpers.clean_env(), check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added
+    body = csr(est, "nice-user", "device-nice-user")
+    est.curl(f"{est.https}/.well-known/est/root/simpleenroll", "-u", "nicer:pw-nice",
+             "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body}")  # fmt: skip
+    [edge] = [
+        pid for pid in _descendants(est.server.proc.pid) if b"\0edge\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    loop = _nice(edge)
+    threads = {}
+    for task in Path(f"/proc/{edge}/task").iterdir():
+        with contextlib.suppress(OSError):
+            threads[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    assert threads[edge] == loop  # the event loop: OCSP's
+    assert min(19, loop + Config().workers.nice) in set(threads.values()) - {loop}, threads  # the password checks'
 
 
 def test_a_killed_signer_worker_is_replaced_and_loses_nothing(est: Est) -> None:
