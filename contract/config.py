@@ -17,6 +17,8 @@ import msgspec
 
 CONFIG_FILE = "pki-edge.toml"
 ENV_DATA = "PKI_EDGE_DATA"
+# Every process of the service logs its lines alike (signer, workers, edge, up): one log reads as one.
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 DEFAULT_DATA = "./data"
 
 

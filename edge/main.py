@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import logging.config
 import os
 import resource
 import socket
@@ -23,7 +24,7 @@ import uvloop
 from cryptography import x509
 from uvicorn.supervisors import multiprocess
 
-from contract.config import ENV_DATA, Config, ConfigError
+from contract.config import ENV_DATA, LOG_FORMAT, Config, ConfigError
 from edge.est_codec import csrattrs_der
 
 _FAST_LANE = "edge.fastlane:OCSPHttpToolsProtocol"
@@ -45,6 +46,23 @@ def _options(config: Config, log_level: str) -> dict[str, Any]:
         "timeout_graceful_shutdown": 10,
         "h11_max_incomplete_event_size": 16 * 1024,
         "log_level": log_level,
+        "log_config": _log_config(),
+    }
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's lines and the edge's own (pki_edge.*) in the signer's format. Without it the edge's
+    loggers had no handler: warnings went out bare (no time, no level), and INFO was lost."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"lines": {"format": LOG_FORMAT}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "lines", "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "pki_edge": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
     }
 
 
@@ -120,6 +138,7 @@ def _ssl_reason(exc: OSError) -> str:
 def run_edge(data_dir: Path, config: Config, log_level: str = "info") -> None:
     check_listening(config)
     host, port, workers = config.edge.host, config.edge.port, config.edge.workers
+    logging.config.dictConfig(_log_config())  # what is said before uvicorn sets it (again) up
     raise_open_file_limit(logging.getLogger("pki_edge.edge"))
     # Workers are separate processes: each builds its app (and opens LMDB) from the environment.
     os.environ[ENV_DATA] = str(data_dir)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from contract.config import Config, ConfigError, data_dir_from, load_config
+from contract.config import LOG_FORMAT, Config, ConfigError, data_dir_from, load_config
 from signer.keys import KEY_TYPES
 
 if TYPE_CHECKING:
@@ -414,7 +414,7 @@ def cmd_backup(args: argparse.Namespace, data_dir: Path, config: Config) -> int:
 
 
 def _logger(name: str) -> logging.Logger:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return logging.getLogger(name)
 
 

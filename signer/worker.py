@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 
 from contract import jobs, store
-from contract.config import Config, load_config
+from contract.config import LOG_FORMAT, Config, load_config
 from contract.store import IssuerRecord
 from signer import enroll
 from signer.keys import SigningKey
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     path = Path(args[0])
     config = load_config(path)
     os.nice(config.workers.nice)  # relative to the signer's own priority

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import resource
 import selectors
 import socket
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from cryptography import x509
 
 from tests.edge.edges import free_port, request
@@ -98,3 +100,42 @@ def test_the_limit_is_left_alone_when_already_at_the_hard_one() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"], out
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_edges_own_lines_carry_time_logger_and_level(store, tmp_path: Path, workers: str) -> None:
+    """pki_edge.* lines of the edge (a refused request's warning, the open-files note) and uvicorn's are
+    written in the signer's format; they went out bare (no time, no level), or not at all for INFO."""
+    data, _ = store
+    port = free_port()
+    log = tmp_path / "edge.log"
+    cmd = [sys.executable, "-m", "signer.cli", "--data", str(data), "edge", "--port", str(port), "--workers", workers]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, preexec_fn=_low_soft_limit, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "edge did not start"
+            time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 501 ")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    lines = log.read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert any(
+        re.fullmatch(stamp + r" pki_edge\.edge WARNING Method not implemented\. \(501\)", line) for line in lines
+    ), lines
+    assert any(
+        re.fullmatch(stamp + r" pki_edge\.edge INFO open files: limit raised from 256 to \d+", line) for line in lines
+    ), lines
+    assert any(re.fullmatch(stamp + r" uvicorn\.error INFO Application startup complete\.", line) for line in lines), (
+        lines
+    )
