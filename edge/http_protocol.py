@@ -51,6 +51,8 @@ from edge.answer import render_head
 from edge.throttled_log import ThrottledLog
 
 LINGER_SECONDS = 5.0
+# The longest request target httptools.parse_url splits (uvicorn's, for the ASGI scope).
+MAX_PARSED_URL_BYTES = 65535
 # RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP-literal (with an RFC 6874 zone, "%25…"),
 # an IPv4 address or a reg-name (which may be empty).
 _HOST = re.compile(
@@ -253,6 +255,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             )
         elif isinstance(exc, httptools.HttpParserInvalidMethodError):
             self._refuse(501, "Method not implemented.")
+        elif isinstance(cause, httptools.HttpParserInvalidURLError) and len(self.url) > MAX_PARSED_URL_BYTES:
+            # A head that came whole in one read is not refused for its size, but httptools cannot
+            # split a target this long for ASGI (its offsets are 16-bit): too long, not invalid.
+            self._refuse(414, "Request target too long.")
         else:
             self._refuse(400, "Invalid HTTP request received.")
 

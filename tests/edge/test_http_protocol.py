@@ -15,7 +15,7 @@ from cryptography.x509 import ocsp
 
 from contract.config import DEFAULT_MAX_HEAD_BYTES
 from edge.fastlane import OCSPHttpToolsProtocol
-from edge.http_protocol import EdgeHttpProtocol
+from edge.http_protocol import MAX_PARSED_URL_BYTES, EdgeHttpProtocol
 from tests.edge.edges import InProcessEdge, port_of, read_answers, request, run
 
 BIG = 1 << 20  # past the bound, and past what one read takes (256 kB)
@@ -65,6 +65,17 @@ def test_both_paths_refuse_an_oversized_head_and_let_the_client_read_why(servers
         assert received.startswith(b"HTTP/1.1 " + status), (url, received[:200])
         assert b"\r\nconnection: close\r\n" in received
         assert orderly, url  # the refusal was read in full, then the connection closed (RFC 9112 §9.6)
+
+
+@pytest.mark.parametrize("length", [MAX_PARSED_URL_BYTES + 1, DEFAULT_MAX_HEAD_BYTES + 500])
+def test_both_paths_answer_414_to_a_target_too_long_to_split_in_one_read(servers, length: int) -> None:
+    """A head arriving whole is read whatever its size (the bound counts reads it does not end in), but
+    a target past 64 KiB cannot be split for ASGI: 414, not a 400 that says it is invalid."""
+    target = b"/healthz?" + b"A" * (length - 9)
+    for url in servers:
+        received, orderly = send_then_read(port_of(url), [b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"])
+        assert received.startswith(b"HTTP/1.1 414 "), (url, received[:200])
+        assert orderly
 
 
 def test_both_paths_answer_a_head_under_the_bound_arriving_in_pieces(store, servers) -> None:
