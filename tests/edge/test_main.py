@@ -35,21 +35,25 @@ def _open_files_limit(pid: int) -> tuple[str, str]:
     raise AssertionError("no open-files line")
 
 
+def _wait_ready(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "edge did not start"
+        time.sleep(0.1)
+
+
 def test_an_edge_started_with_a_low_soft_limit_serves_more_connections_than_it(store) -> None:
     data, ca = store
     port = free_port()
     cmd = [sys.executable, "-m", "signer.cli", "--data", str(data), "edge", "--port", str(port)]
     proc = subprocess.Popen(cmd, preexec_fn=_low_soft_limit, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "edge did not start"
-            time.sleep(0.1)
+        _wait_ready(port)
         soft, hard = _open_files_limit(proc.pid)
         assert soft == hard and (hard == "unlimited" or int(hard) > SOFT), (soft, hard)
         answers = _many_connections_at_once(port, ca, 3 * SOFT)
@@ -113,15 +117,7 @@ def test_the_edges_own_lines_carry_time_logger_and_level(store, tmp_path: Path, 
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, preexec_fn=_low_soft_limit, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "edge did not start"
-            time.sleep(0.1)
+        _wait_ready(port)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert s.recv(4096).startswith(b"HTTP/1.1 501 ")
