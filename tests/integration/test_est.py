@@ -459,7 +459,8 @@ def test_password_checks_run_at_the_workers_priority_beside_ocsp(est: Est) -> No
         with contextlib.suppress(OSError):
             threads[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
     assert threads[edge] == loop  # the event loop: OCSP's
-    assert min(19, loop + Config().workers.nice) in set(threads.values()) - {loop}, threads  # the password checks'
+    if loop < 19:  # else nothing can run below it (the tests themselves run at nice 19)
+        assert min(19, loop + Config().workers.nice) in set(threads.values()) - {loop}, threads  # the checks'
 
 
 def test_a_killed_signer_worker_is_replaced_and_loses_nothing(est: Est) -> None:
