@@ -214,6 +214,15 @@ def test_ra_trust_anchors_unreadable_is_a_clean_error_naming_the_file(cli: Cli, 
         assert (proc.returncode, proc.stderr) == (2, f"pki-edge: error: est.ra_trust_anchors {path}: {expected}\n")
 
 
+@pytest.mark.parametrize("port", ["8080.0", "8e3"])
+def test_a_port_from_the_environment_that_is_no_whole_number_is_refused(cli: Cli, port: str) -> None:
+    """An audit: msgspec read PKI_EDGE_EDGE_PORT=8080.0 as 8080 (and 8e3 as 8000): another port than meant."""
+    for command in (["edge"], ["up"]):
+        proc = pki_edge(cli.data, *command, check=False, env=clean_env(PKI_EDGE_EDGE_PORT=port))
+        expected = f"pki-edge: error: PKI_EDGE_EDGE_PORT: edge.port must be a whole number, got '{port}'\n"
+        assert (proc.returncode, proc.stderr) == (2, expected)
+
+
 @pytest.mark.parametrize("label", list(CASES))
 def test_clean_error(cli: Cli, label: str) -> None:
     args, expected = CASES[label]
